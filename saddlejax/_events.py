@@ -1,0 +1,69 @@
+"""Events of a gradient flow, located by root finding on the solver's dense output (SPEC §1)."""
+
+import abc
+
+import diffrax
+import equinox as eqx
+import optimistix as optx
+from jaxtyping import Array, Scalar
+
+from ._tree import tree_norm
+
+
+class AbstractFlowEvent(eqx.Module):
+    """A scalar condition g(θ) whose sign change marks the event.
+
+    Called as `event(state, loss_fn)` with the trainable state and the loss of the state.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, state, loss_fn) -> Scalar:
+        raise NotImplementedError
+
+
+class EscapeRadius(AbstractFlowEvent):
+    """The escape time t_α(r): the first t with ‖θ(t)‖ = r (SPEC §1). Start inside the ball."""
+
+    radius: float | Array
+
+    def __init__(self, radius):
+        if isinstance(radius, int | float) and not radius > 0:
+            raise ValueError(f"`radius` must be positive, got {radius}.")
+        self.radius = radius
+
+    def __call__(self, state, loss_fn):
+        return tree_norm(state) - self.radius
+
+
+class LossBelow(AbstractFlowEvent):
+    """The first t with L(θ(t)) = level (from above)."""
+
+    level: float | Array
+
+    def __call__(self, state, loss_fn):
+        return loss_fn(state) - self.level
+
+
+def to_diffrax_event(event, loss_fn, rtol: float = 1e-12, atol: float = 1e-12):
+    """Turn saddlejax events (one, or a tuple/list of them) into a `diffrax.Event`.
+
+    A `diffrax.Event` is passed through unchanged. The event time is refined by Newton's method on
+    the solver's interpolant between the two steps that bracket the sign change; `rtol`/`atol` are
+    the tolerances on that time.
+    """
+    if event is None or isinstance(event, diffrax.Event):
+        return event
+    events = tuple(event) if isinstance(event, list | tuple) else (event,)
+    for e in events:
+        if not isinstance(e, AbstractFlowEvent):
+            raise ValueError(
+                "`event` must be an `EscapeRadius`, a `LossBelow`, a tuple of them, or a "
+                f"`diffrax.Event`; got {type(e).__name__}."
+            )
+
+    def make(e):
+        return lambda t, y, args, **kwargs: e(y, loss_fn)
+
+    cond = tuple(make(e) for e in events)
+    cond = cond[0] if len(cond) == 1 else cond
+    return diffrax.Event(cond, root_finder=optx.Newton(rtol=rtol, atol=atol))

@@ -1,0 +1,98 @@
+"""Named ODE-solver strategies for gradient flow: explicit Runge–Kutta and matrix-free implicit.
+
+The gradient flow dθ/dt = −∇L(θ) is stiff on plateaus (λ_max(∇²L) ≈ 10 while the plateau lasts
+α^{−(L−2)}; PERF-NOTES). Explicit solvers are cheap per step but their step is capped near
+2/λ_max; implicit solvers step across the plateau but solve (I + hγ∇²L)δ = r at every stage.
+Their Newton systems are solved matrix-free: optimistix Newton with a lineax Krylov solver, whose
+operator is the Jacobian of the residual applied through `jax.jvp` (Hessian-vector products) —
+never a dense P×P matrix. (diffrax's default VeryChord materialises the Jacobian, and VeryChord or
+optx.Chord with a Krylov solver fail in diffrax 0.7.2 / lineax 0.1.1; Newton + GMRES works.)
+"""
+
+import diffrax
+import equinox as eqx
+import lineax as lx
+import optimistix as optx
+
+_EXPLICIT = {
+    "tsit5": (diffrax.Tsit5, 6),
+    "dopri5": (diffrax.Dopri5, 6),
+    "dopri8": (diffrax.Dopri8, 12),
+    "bosh3": (diffrax.Bosh3, 3),
+    "heun": (diffrax.Heun, 2),
+}
+_IMPLICIT = {
+    "kvaerno3": diffrax.Kvaerno3,
+    "kvaerno4": diffrax.Kvaerno4,
+    "kvaerno5": diffrax.Kvaerno5,
+}
+_ALIASES = {"explicit": "tsit5", "stiff": "kvaerno5", "implicit": "kvaerno5"}
+SOLVER_NAMES = tuple(sorted(_EXPLICIT) + sorted(_IMPLICIT) + sorted(_ALIASES))
+
+
+class KrylovSettings(eqx.Module):
+    """Settings of the matrix-free Newton–Krylov solve inside implicit solvers.
+
+    **Arguments:**
+
+    - `krylov_rtol`, `krylov_atol`: GMRES tolerances on the linear residual (relative to the
+        right-hand side). The Newton iteration corrects a loose linear solve (inexact Newton).
+    - `restart`, `max_krylov_steps`: GMRES restart length and iteration cap.
+    - `newton_rtol_factor`: Newton's tolerances are this factor times the step-size
+        controller's (rtol, atol): the nonlinear solve need only be more accurate than the local
+        error the controller accepts.
+    """
+
+    krylov_rtol: float = 1e-4
+    krylov_atol: float = 1e-12
+    restart: int = eqx.field(static=True, default=20)
+    max_krylov_steps: int | None = eqx.field(static=True, default=200)
+    newton_rtol_factor: float = 0.1
+
+
+def check_solver(solver) -> None:
+    """Raise a ValueError for an unknown solver name or a non-solver object."""
+    if isinstance(solver, diffrax.AbstractSolver):
+        return
+    if isinstance(solver, str) and solver.lower() in SOLVER_NAMES:
+        return
+    raise ValueError(
+        f"unknown `solver` {solver!r}; use one of {SOLVER_NAMES} or a `diffrax.AbstractSolver` "
+        "instance (e.g. `diffrax.Tsit5()`)."
+    )
+
+
+def is_implicit(solver) -> bool:
+    if isinstance(solver, str):
+        return _ALIASES.get(solver.lower(), solver.lower()) in _IMPLICIT
+    return isinstance(solver, diffrax.AbstractImplicitSolver)
+
+
+def make_solver(solver, rtol, atol, krylov: KrylovSettings | None = None):
+    """Build the diffrax solver for a name (inside jit: `rtol`, `atol` may be traced).
+
+    **Returns:** (solver, gradient evaluations per step or −1 where not known a priori).
+    """
+    check_solver(solver)
+    if isinstance(solver, diffrax.AbstractSolver):
+        for cls, per_step in _EXPLICIT.values():
+            if type(solver) is cls:
+                return solver, per_step
+        return solver, -1
+    name = _ALIASES.get(solver.lower(), solver.lower())
+    if name in _EXPLICIT:
+        cls, per_step = _EXPLICIT[name]
+        return cls(), per_step
+    krylov = KrylovSettings() if krylov is None else krylov
+    linear_solver = lx.GMRES(
+        rtol=krylov.krylov_rtol,
+        atol=krylov.krylov_atol,
+        restart=krylov.restart,
+        max_steps=krylov.max_krylov_steps,
+    )
+    root_finder = optx.Newton(
+        rtol=krylov.newton_rtol_factor * rtol,
+        atol=krylov.newton_rtol_factor * atol,
+        linear_solver=linear_solver,
+    )
+    return _IMPLICIT[name](root_finder=root_finder), -1

@@ -1,0 +1,1 @@
+"""Sub-commands of the `saddlejax` CLI (see `saddlejax._cli`)."""

@@ -1,0 +1,6 @@
+"""Networks as Equinox modules, written for a single example (batch them with `jax.vmap`)."""
+
+from ._deep_linear import DeepLinear as DeepLinear, end_to_end_matrix as end_to_end_matrix
+from ._deep_relu import DeepReLU as DeepReLU
+from ._squared_relu import SquaredReLU as SquaredReLU
+from ._two_layer import TwoLayer as TwoLayer

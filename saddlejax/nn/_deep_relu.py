@@ -1,0 +1,51 @@
+"""Bias-free deep (leaky-)ReLU networks (SPEC §2, §9; Bantzis, Simon & Jacot)."""
+
+from collections.abc import Sequence
+
+import equinox as eqx
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._layers import check_std, check_widths, default_std, gaussian_matrices, leaky_relu
+
+
+class DeepReLU(eqx.Module):
+    """f_θ(x) = W_L σ(W_{L−1} ⋯ σ(W_1 x)), σ = (leaky) ReLU; L-homogeneous in θ.
+
+    **Arguments:**
+
+    - `widths`: layer sizes (n_0, ..., n_L).
+    - `negative_slope`: 0 for ReLU, in (0, 1) for leaky ReLU.
+    - `std`, `dtype`: as for `DeepLinear`.
+    - `key`: a JAX PRNG key (keyword only).
+    """
+
+    weights: tuple[Float[Array, "n_out n_in"], ...]
+    negative_slope: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        negative_slope: float = 0.0,
+        *,
+        key: PRNGKeyArray,
+        std: float | Sequence[float] | None = None,
+        dtype=None,
+    ):
+        widths = check_widths(widths)
+        if not 0.0 <= negative_slope < 1.0:
+            raise ValueError(
+                f"`negative_slope` must lie in [0, 1) (0 is ReLU), got {negative_slope}."
+            )
+        std = check_std(default_std(widths) if std is None else std, len(widths) - 1)
+        shapes = [(n_out, n_in) for n_in, n_out in zip(widths[:-1], widths[1:])]
+        self.weights = gaussian_matrices(key, shapes, std, dtype)
+        self.negative_slope = float(negative_slope)
+
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+    def __call__(self, x: Float[Array, " n_in"]) -> Float[Array, " n_out"]:
+        for w in self.weights[:-1]:
+            x = leaky_relu(w @ x, self.negative_slope)
+        return self.weights[-1] @ x

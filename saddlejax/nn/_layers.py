@@ -1,0 +1,67 @@
+"""Shared Gaussian initialisation of bias-free weight matrices."""
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, PRNGKeyArray
+
+
+def default_std(widths: Sequence[int]) -> float:
+    """The default entry scale w^{-1/2}, with w the largest hidden width (SPEC §1, γ = 1).
+
+    For a network without hidden layers, w is the largest of the given sizes.
+    """
+    hidden = widths[1:-1] if len(widths) > 2 else widths
+    return float(max(hidden)) ** -0.5
+
+
+def check_widths(widths: Sequence[int], *, name: str = "widths", min_len: int = 2) -> tuple:
+    """Validate a tuple of layer sizes (n_0, n_1, ..., n_L)."""
+    try:
+        widths = tuple(int(w) for w in widths)
+    except TypeError as e:
+        raise ValueError(f"`{name}` must be a sequence of positive ints, got {widths!r}.") from e
+    if len(widths) < min_len:
+        raise ValueError(
+            f"`{name}` must list at least {min_len} sizes (input, ..., output), got {widths}."
+        )
+    if any(w <= 0 for w in widths):
+        raise ValueError(f"every entry of `{name}` must be a positive int, got {widths}.")
+    return widths
+
+
+def check_std(std, n: int) -> tuple[float, ...]:
+    """Broadcast `std` (a float or one float per layer) to n positive floats."""
+    if isinstance(std, int | float):
+        std = (float(std),) * n
+    std = tuple(float(s) for s in std)
+    if len(std) != n:
+        raise ValueError(f"`std` must be a float or a sequence of {n} floats, got {len(std)}.")
+    if any(not s > 0 for s in std):
+        raise ValueError(f"`std` must be positive, got {std}.")
+    return std
+
+
+def gaussian_matrices(
+    key: PRNGKeyArray, shapes: Sequence[tuple[int, int]], std: Sequence[float], dtype=None
+) -> tuple[Array, ...]:
+    """One N(0, std_ℓ²) matrix per shape, each from its own split of `key`."""
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    keys = jr.split(key, len(shapes))
+    return tuple(
+        s * jr.normal(k, shape, dtype=dtype) for k, shape, s in zip(keys, shapes, std, strict=True)
+    )
+
+
+def matrix_chain(weights: Sequence[Array]) -> Array:
+    """W_L ⋯ W_1 for weights given in the order (W_1, ..., W_L)."""
+    out = weights[0]
+    for w in weights[1:]:
+        out = w @ out
+    return out
+
+
+def leaky_relu(x: Array, negative_slope: float) -> Array:
+    return jnp.where(x >= 0, x, negative_slope * x)
+
