@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order `saddlejax --help` lists them.
-COMMANDS = ("run",)
+COMMANDS = ("run", "escape_path")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,7 +69,7 @@ def noisy_low_rank_problem(
     noiseless so that the test error measures the distance to the teacher.
     """
     kw, ktr, kte, kn = jr.split(key, 4)
-    w0 = jr.normal(kw, (n, rank)) * jnp.sqrt(jnp.arange(1, rank + 1, dtype=float))
+    w0 = jr.normal(kw, (n, rank)) * jnp.sqrt(jnp.arange(1, rank + 1, dtype=float))[None, :]
     teacher = w0 @ w0.T
     x_train = jr.normal(ktr, (n_train, n))
     x_test = jr.normal(kte, (n_test, n))

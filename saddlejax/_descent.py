@@ -1,5 +1,6 @@
 """Gradient descent under `lax.scan`: the discrete baseline of the flow (SPEC §1)."""
 
+import math
 from collections.abc import Callable
 
 import equinox as eqx
@@ -64,6 +65,18 @@ def _descend(problem, state0, learning_rate, *, optimizer, steps, save_every, ob
     )
 
 
+def _default_save_every(steps: int, target: int = 256) -> int:
+    """The divisor d of `steps` whose number of saves steps/d is closest to `target` (in log).
+
+    It must divide `steps` (the scan saves every d iterations); steps // 256 need not.
+    """
+    divisors = set()
+    for d in range(1, math.isqrt(steps) + 1):
+        if steps % d == 0:
+            divisors.update((d, steps // d))
+    return min(sorted(divisors), key=lambda d: abs(math.log(steps / d) - math.log(target)))
+
+
 def gradient_descent(
     objective: Callable,
     params0: PyTree,
@@ -88,7 +101,8 @@ def gradient_descent(
     - `learning_rate`: η > 0 (may differ between calls without recompiling).
     - `steps`: number of iterations, a multiple of `save_every`.
     - `optimizer`: an optax factory called as `optimizer(learning_rate)`; `optax.sgd` is plain GD.
-    - `save_every`: iterations between saves (default: steps // 256, at least 1).
+    - `save_every`: iterations between saves, dividing `steps` (default: the divisor giving
+        closest to 256 saves).
 
     **Returns:** a `FlowSolution` with `ts = kη` at the saved iterations k = 0, save_every, ….
     """
@@ -96,7 +110,7 @@ def gradient_descent(
         raise ValueError(f"`learning_rate` must be positive, got {learning_rate}.")
     if not isinstance(steps, int | np.integer) or steps <= 0:
         raise ValueError(f"`steps` must be a positive int, got {steps!r}.")
-    save_every = max(1, steps // 256) if save_every is None else save_every
+    save_every = _default_save_every(int(steps)) if save_every is None else save_every
     if not isinstance(save_every, int | np.integer) or save_every <= 0 or steps % save_every:
         raise ValueError(
             f"`save_every` must be a positive int dividing `steps` = {steps}, got {save_every!r}."

@@ -12,6 +12,8 @@ from jaxtyping import ArrayLike, PyTree
 from ._events import to_diffrax_event
 from ._solution import RESULTS, FlowSolution
 from ._solvers import KrylovSettings, check_solver, make_solver
+from ._auto import AutoStiff
+from ._stiff import RosenbrockKrylov
 from ._trainable import split_trainable
 from ._tree import tree_all_finite, tree_norm, tree_rms
 
@@ -81,6 +83,19 @@ def _to_results(diffrax_result) -> RESULTS:
     )
 
 
+_COUNT_NAMES = {
+    "hvp": "hvp_evals_accepted",
+    "max_cg": "max_cg_iterations",
+    "n_implicit": "implicit_steps_accepted",
+    "n_explicit": "explicit_steps_accepted",
+}
+
+
+def _solver_counts(solver_state) -> dict:
+    """Work counters kept in a Rosenbrock–Krylov or auto solver's state (accepted steps)."""
+    return {name: solver_state[k] for k, name in _COUNT_NAMES.items() if k in solver_state}
+
+
 def _merge_after(after, first, second):
     """Entries of `second` at save indices after the event, of `first` before (any pytree)."""
 
@@ -117,6 +132,8 @@ def _solve(
     term = diffrax.ODETerm(problem.neg_grad)
     meter = diffrax.TextProgressMeter() if progress else diffrax.NoProgressMeter()
     diffrax_event = to_diffrax_event(event, problem.loss)
+    # Rosenbrock–Krylov solvers count Hessian-vector products in their solver state.
+    counts_hvp = isinstance(diffrax_solver, RosenbrockKrylov | AutoStiff)
 
     def run(t_start, y_start, save_ts, with_event):
         subs = [diffrax.SubSaveAt(ts=save_ts, fn=_save_fn(problem, observe))]
@@ -130,7 +147,7 @@ def _solve(
             t1,
             dt0,
             y_start,
-            saveat=diffrax.SaveAt(subs=subs),
+            saveat=diffrax.SaveAt(subs=subs, solver_state=counts_hvp),
             stepsize_controller=controller,
             event=diffrax_event if with_event else None,
             max_steps=max_steps,
@@ -142,7 +159,10 @@ def _solve(
     saved, loss, gnorm, norm = sol.ys[0]
     steps = sol.ys[1] if record_steps else None
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+    if counts_hvp:
+        stats.update(_solver_counts(sol.solver_state))
     result = _to_results(sol.result)
+    t_stop = sol.ts[-1][0]  # where the solve stopped: t1, the event, or a failure
     if diffrax_event is None:
         event_time, event_mask = jnp.array(jnp.inf, dtype=jnp.result_type(ts)), None
     else:
@@ -154,25 +174,51 @@ def _solve(
             t_event = sol.ts[-1][0]
             y_event = jax.tree_util.tree_map(lambda x: x[0], sol.ys[-1])
             sol2 = run(t_event, y_event, jnp.maximum(ts, t_event), False)
+            # Only continue after an event (or t1), never past a failure of the first solve.
+            first_ok = result == RESULTS.successful
             saved, loss, gnorm, norm = _merge_after(
-                ts > t_event, (saved, loss, gnorm, norm), sol2.ys[0]
+                (ts > t_event) & first_ok, (saved, loss, gnorm, norm), sol2.ys[0]
             )
-            stats = {k: stats[k] + sol2.stats[k] for k in stats}
+            t_stop = jnp.where(first_ok, sol2.ts[-1][0], t_stop)
+            stats2 = dict(sol2.stats)
+            if counts_hvp:
+                stats2.update(_solver_counts(sol2.solver_state))
+            stats = {
+                k: (jnp.maximum if k == "max_cg_iterations" else jnp.add)(stats[k], stats2[k])
+                for k in stats
+            }
             if record_steps:
                 steps = jax.tree_util.tree_map(
                     lambda a, b: jnp.concatenate([a, b]), steps, sol2.ys[1]
                 )
             result = RESULTS.where(result == RESULTS.successful, _to_results(sol2.result), result)
-    # Save times after a terminating event are filled with inf by diffrax: not a failure.
-    reached = ts <= sol.ts[-1][0] if stop_at_event else jnp.ones_like(ts, dtype=bool)
+    # Save times after the solve stopped (event or failure) are filled with inf by diffrax:
+    # not a non-finite value (a max_steps failure must stay a max_steps failure).
+    reached = ts <= t_stop
     finite = jnp.all(jnp.where(reached, jnp.isfinite(loss), True)) & tree_all_finite(
         _merge_after(~reached, saved, jax.tree_util.tree_map(jnp.zeros_like, saved))
     )
     result = RESULTS.where(finite, result, RESULTS.nonfinite)
-    if evals_per_step > 0:
+    if "explicit_steps_accepted" in stats:
+        # solver="auto": 6 gradients per Tsit5 step, the Rosenbrock count per implicit step;
+        # rejected steps are apportioned like the accepted ones.
+        per_implicit = RosenbrockKrylov.grad_evals_per_step(diffrax_solver.tableau)
+        accepted_evals = 6 * stats["explicit_steps_accepted"] + per_implicit * stats[
+            "implicit_steps_accepted"
+        ]
+        stats["grad_evals"] = jnp.round(
+            accepted_evals * stats["num_steps"] / jnp.maximum(stats["num_accepted_steps"], 1)
+        ).astype(stats["num_steps"].dtype)
+    elif evals_per_step > 0:
         stats["grad_evals"] = stats["num_steps"] * evals_per_step
     else:
         stats["grad_evals"] = -jnp.ones_like(stats["num_steps"])
+    if counts_hvp:
+        # Rejected steps' products are not kept by diffrax: estimate them at the accepted mean.
+        accepted = jnp.maximum(stats["num_accepted_steps"], 1)
+        stats["hvp_evals"] = jnp.round(
+            stats["hvp_evals_accepted"] * stats["num_steps"] / accepted
+        ).astype(stats["hvp_evals_accepted"].dtype)
     stats["rtol"] = rtol
     stats["atol"] = atol
     if record_steps:

@@ -41,6 +41,15 @@ def _check_data(x, y, y_name="y"):
     return x, y
 
 
+def _check_outputs(outputs, y, what="the model maps `x` to"):
+    # Trace-time check: (n, 1) outputs against (n, k) targets would otherwise broadcast silently.
+    if outputs.shape != y.shape:
+        raise ValueError(
+            f"{what} shape {outputs.shape}, but `y` has shape {y.shape}; the model's output "
+            "size must match the columns of `y`."
+        )
+
+
 def _reduce(total: Scalar, n: int, normalization: str) -> Scalar:
     return {
         "mean": total / n,
@@ -84,10 +93,7 @@ class SquareLoss(AbstractObjective):
     def residual(self, model) -> Float[Array, "n n_out"]:
         """f_θ(x_i) − y_i for every sample."""
         out = jax.vmap(model)(self.x)
-        if out.shape != self.y.shape:
-            raise ValueError(
-                f"the model maps `x` to shape {out.shape}, but `y` has shape {self.y.shape}."
-            )
+        _check_outputs(out, self.y)
         return out - self.y
 
     def output_gradient_at_zero(self) -> Float[Array, "n n_out"]:
@@ -96,10 +102,14 @@ class SquareLoss(AbstractObjective):
 
     def from_outputs(self, outputs: Float[Array, "n n_out"]) -> Scalar:
         """The loss as a function of the network's outputs on `x`."""
+        _check_outputs(outputs, self.y, "the outputs (model applied to `x`) have")
         return _reduce(jnp.sum((outputs - self.y) ** 2), self.y.shape[0], self.normalization)
 
     def matrix_cost(self, a: Float[Array, "n_out n_in"]) -> Scalar:
         """C(A) for the linear model f(x) = A x, e.g. a deep linear network's A_θ (SPEC §3)."""
+        expected = (self.y.shape[1], self.x.shape[1])
+        if a.shape != expected:
+            raise ValueError(f"the end-to-end matrix must have shape {expected}, got {a.shape}.")
         return self.from_outputs(self.x @ a.T)
 
     def __call__(self, model) -> Scalar:
@@ -120,6 +130,7 @@ class LogisticLoss(AbstractObjective):
             raise ValueError(f"`y` must hold one ±1 label per sample, got shape {self.y.shape}.")
 
     def from_outputs(self, outputs: Float[Array, "n 1"]) -> Scalar:
+        _check_outputs(outputs, self.y, "the outputs (model applied to `x`) have")
         return jnp.mean(jax.nn.softplus(-self.y * outputs))
 
     def output_gradient_at_zero(self) -> Float[Array, "n 1"]:
@@ -160,6 +171,11 @@ class MatrixCompletion(AbstractObjective):
         return jnp.sum(self.mask)
 
     def matrix_cost(self, a: Float[Array, "n_out n_in"]) -> Scalar:
+        if a.shape != self.target.shape:
+            raise ValueError(
+                f"the end-to-end matrix must have the shape of `target` {self.target.shape}, "
+                f"got {a.shape}."
+            )
         return jnp.sum(self.mask * (a - self.target) ** 2) / self.n_observed
 
     def __call__(self, model) -> Scalar:

@@ -14,6 +14,9 @@ import equinox as eqx
 import lineax as lx
 import optimistix as optx
 
+from ._auto import AutoStiff
+from ._stiff import RosenbrockKrylov, TABLEAUS
+
 _EXPLICIT = {
     "tsit5": (diffrax.Tsit5, 6),
     "dopri5": (diffrax.Dopri5, 6),
@@ -26,8 +29,13 @@ _IMPLICIT = {
     "kvaerno4": diffrax.Kvaerno4,
     "kvaerno5": diffrax.Kvaerno5,
 }
+# Rosenbrock methods with conjugate-gradient stage solves on Hessian-vector products
+# (saddlejax/_stiff.py): linearly implicit, one symmetric solve per stage.
+_ROSENBROCK = {"rodas3": "rodas3", "rodas4": "rodas4"}
 _ALIASES = {"explicit": "tsit5", "stiff": "kvaerno5", "implicit": "kvaerno5"}
-SOLVER_NAMES = tuple(sorted(_EXPLICIT) + sorted(_IMPLICIT) + sorted(_ALIASES))
+SOLVER_NAMES = tuple(
+    sorted(_EXPLICIT) + sorted(_IMPLICIT) + sorted(_ROSENBROCK) + ["auto"] + sorted(_ALIASES)
+)
 
 
 class KrylovSettings(eqx.Module):
@@ -40,7 +48,8 @@ class KrylovSettings(eqx.Module):
     - `restart`, `max_krylov_steps`: GMRES restart length and iteration cap.
     - `newton_rtol_factor`: Newton's tolerances are this factor times the step-size
         controller's (rtol, atol): the nonlinear solve need only be more accurate than the local
-        error the controller accepts.
+        error the controller accepts. For the Rosenbrock solvers ("rodas3", "rodas4", "auto")
+        it is the conjugate-gradient residual tolerance in units of atol + rtol·|θ|.
     """
 
     krylov_rtol: float = 1e-4
@@ -63,9 +72,11 @@ def check_solver(solver) -> None:
 
 
 def is_implicit(solver) -> bool:
+    """Whether `solver` solves linear or nonlinear systems in ∇²L (implicit or Rosenbrock)."""
     if isinstance(solver, str):
-        return _ALIASES.get(solver.lower(), solver.lower()) in _IMPLICIT
-    return isinstance(solver, diffrax.AbstractImplicitSolver)
+        name = _ALIASES.get(solver.lower(), solver.lower())
+        return name in _IMPLICIT or name in _ROSENBROCK or name == "auto"
+    return isinstance(solver, diffrax.AbstractImplicitSolver | RosenbrockKrylov | AutoStiff)
 
 
 def make_solver(solver, rtol, atol, krylov: KrylovSettings | None = None):
@@ -84,6 +95,24 @@ def make_solver(solver, rtol, atol, krylov: KrylovSettings | None = None):
         cls, per_step = _EXPLICIT[name]
         return cls(), per_step
     krylov = KrylovSettings() if krylov is None else krylov
+    if name == "auto":
+        auto = AutoStiff(
+            rtol=rtol,
+            atol=atol,
+            linear_factor=krylov.newton_rtol_factor,
+            max_cg_steps=200 if krylov.max_krylov_steps is None else krylov.max_krylov_steps,
+        )
+        return auto, -1
+    if name in _ROSENBROCK:
+        tableau = TABLEAUS[name]
+        rosenbrock = RosenbrockKrylov(
+            rtol=rtol,
+            atol=atol,
+            tableau=tableau,
+            linear_factor=krylov.newton_rtol_factor,
+            max_cg_steps=200 if krylov.max_krylov_steps is None else krylov.max_krylov_steps,
+        )
+        return rosenbrock, RosenbrockKrylov.grad_evals_per_step(tableau)
     linear_solver = lx.GMRES(
         rtol=krylov.krylov_rtol,
         atol=krylov.krylov_atol,

@@ -19,9 +19,14 @@ def default_std(widths: Sequence[int]) -> float:
 def check_widths(widths: Sequence[int], *, name: str = "widths", min_len: int = 2) -> tuple:
     """Validate a tuple of layer sizes (n_0, n_1, ..., n_L)."""
     try:
-        widths = tuple(int(w) for w in widths)
-    except TypeError as e:
+        widths = tuple(widths)
+        ints = tuple(int(w) for w in widths)
+    except (TypeError, ValueError) as e:
         raise ValueError(f"`{name}` must be a sequence of positive ints, got {widths!r}.") from e
+    if any(w != i for w, i in zip(widths, ints)):
+        # int(2.5) == 2 would silently build a different network.
+        raise ValueError(f"every entry of `{name}` must be an integer, got {tuple(widths)}.")
+    widths = ints
     if len(widths) < min_len:
         raise ValueError(
             f"`{name}` must list at least {min_len} sizes (input, ..., output), got {widths}."

@@ -1,0 +1,91 @@
+"""α scaling of the engine on the default problem (issue 5): steps, wall time, compile time,
+gradient / Hessian-vector-product evaluations and the solver-overhead ratio per solver and α.
+
+    python benchmarks/bench_alpha.py [--quick] [--solvers tsit5 rodas3] [--alphas 1e-1 1e-2]
+"""
+
+import math
+
+from _common import (
+    default_problem,
+    drop_time,
+    grad_time,
+    hvp_time,
+    parser,
+    print_table,
+    timed_flow,
+    to_float,
+    write_json,
+)
+
+
+def t1_of(alpha: float, depth: int = 4) -> float:
+    """The issue's horizons: 500 at α = 0.1, else 2·α^{−(L−2)} (20,000 at α = 1e−2)."""
+    return 500.0 if alpha >= 0.1 else 2.0 * alpha ** (-(depth - 2))
+
+
+def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False):
+    rows = []
+    for alpha in alphas:
+        problem, params0 = default_problem(alpha)
+        tg = grad_time(problem, params0)
+        th = hvp_time(problem, params0)
+        for solver in solvers:
+            sol, wall, compile_s = timed_flow(
+                problem, params0, t1_of(alpha), solver=solver, rtol=rtol, max_steps=max_steps
+            )
+            st = {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}
+            grads = st.get("grad_evals", -1)
+            hvps = st.get("hvp_evals", 0.0)
+            equiv = grads + hvps * th / tg if grads > 0 else float("nan")
+            row = dict(
+                solver=solver,
+                alpha=alpha,
+                t1=t1_of(alpha),
+                ok=bool(sol.successful),
+                steps=int(st["num_steps"]),
+                rejected=int(st["num_rejected_steps"]),
+                grad_evals=int(grads),
+                hvp_evals=int(hvps),
+                hvp_per_step=hvps / max(st["num_steps"], 1),
+                wall_s=wall,
+                compile_s=compile_s,
+                grad_us=tg * 1e6,
+                hvp_us=th * 1e6,
+                overhead=wall / (equiv * tg) if equiv == equiv else float("nan"),
+                t_half=drop_time(sol),
+                final_loss=to_float(sol.loss[-1]),
+            )
+            rows.append(row)
+            if not quiet:
+                print(row, flush=True)
+    return rows
+
+
+COLUMNS = ["solver", "alpha", "t1", "ok", "steps", "rejected", "grad_evals", "hvp_evals",
+           "hvp_per_step", "wall_s", "compile_s", "overhead", "t_half", "final_loss"]
+
+
+def main(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--solvers", nargs="+", default=None)
+    p.add_argument("--alphas", nargs="+", type=float, default=None)
+    p.add_argument("--rtol", type=float, default=1e-6)
+    args = p.parse_args(argv)
+    alphas = args.alphas or ([1e-1, 1e-2] if args.quick else [1e-1, 1e-2, 1e-3, 1e-4])
+    solvers = args.solvers or ["auto"]
+    rows = run(solvers, alphas, rtol=args.rtol)
+    # log(1/α) growth: wall-time ratio per decade of α, per solver.
+    for s in solvers:
+        rs = [r for r in rows if r["solver"] == s]
+        if len(rs) > 1:
+            base = rs[0]
+            for r in rs:
+                r["wall_ratio"] = r["wall_s"] / base["wall_s"]
+                r["log_ratio"] = math.log(1 / r["alpha"]) / math.log(1 / base["alpha"])
+    print_table(rows, COLUMNS + ["wall_ratio", "log_ratio"], "α scaling, default problem")
+    write_json("alpha", {"rtol": args.rtol, "rows": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,417 @@
+"""Leading homogeneous Taylor terms at a critical point, and their identities (SPEC §4).
+
+Write L(θ* + δ) = L(θ*) + H(δ) + e(δ) with H(δ) = (1/k!) D^kL(θ*)[δ, …, δ] the first non-vanishing
+term of the Taylor series (Jacot et al. §4.1, "(k, m)-approximately homogeneous"). Everything here
+is exact automatic differentiation: H is k nested forward-mode derivatives of t ↦ L(θ* + tδ) at
+t = 0 (never finite differences); ∇H and Hessian-vector products of H come from JAX on top.
+
+Two routes evaluate H:
+
+- `"ray"` (any smooth loss, any critical point): H(δ) = (1/k!) d^k/dt^k L(θ* + tδ)|_{t=0} by k
+    nested `jax.jvp`s. Cost ≈ 2^k loss evaluations.
+- `"outputs"` (the origin of a positively homogeneous network with a per-sample loss, e.g. a
+    bias-free (leaky-)ReLU net): H(δ) = Σ_i ⟨∂ℓ/∂f(0, y_i), f_δ(x_i)⟩ (SPEC §4, second bullet).
+    AD through a ReLU at a zero pre-activation returns the derivative of one branch, so the
+    "ray" route at the origin of a ReLU net silently differentiates the wrong (linear) function;
+    this route avoids it by using the network's homogeneity f_{tδ} = t^k f_δ (t > 0) instead.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jax.experimental.jet import jet
+from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree, Scalar
+
+from ._tree import tree_axpy, tree_dot, tree_norm, tree_scale
+
+# ---------------------------------------------------------------------------------------------
+# pytree plumbing
+
+
+def _params(tree) -> PyTree:
+    """The inexact-array part of a pytree (a model's parameters; static fields kept)."""
+    return eqx.filter(tree, eqx.is_inexact_array)
+
+
+def _shift(point, delta, t):
+    """θ* + tδ, where δ may be shaped like `point` or like its array part."""
+    params, static = eqx.partition(point, eqx.is_inexact_array)
+    return eqx.combine(tree_axpy(t, _params(delta), params), static)
+
+
+def _random_unit(key, like) -> PyTree:
+    params = _params(like)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jr.split(key, max(len(leaves), 1))
+    noise = jax.tree_util.tree_unflatten(
+        treedef, [jr.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    )
+    return tree_scale(1 / tree_norm(noise), noise)
+
+
+def _dtype(tree):
+    leaves = jax.tree_util.tree_leaves(_params(tree))
+    if not leaves:
+        raise ValueError("`point` has no floating-point arrays: there is nothing to expand in.")
+    return leaves[0].dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# exact ray derivatives
+
+
+def _ray_function(loss, point, delta):
+    dtype = _dtype(point)
+
+    def g(t):
+        return loss(_shift(point, delta, t))
+
+    return g, dtype
+
+
+def _nested_jvp_coefficients(loss, point, delta, max_order):
+    g, dtype = _ray_function(loss, point, delta)
+
+    def all_derivatives(n):
+        if n == 0:
+            return lambda t: (g(t),)
+        inner = all_derivatives(n - 1)
+
+        def h(t):
+            primal, tangent = jax.jvp(inner, (t,), (jnp.ones_like(t),))
+            return primal + (tangent[-1],)
+
+        return h
+
+    return jnp.stack(all_derivatives(max_order)(jnp.zeros((), dtype)))
+
+
+def _jet_coefficients(loss, point, delta, max_order):
+    g, dtype = _ray_function(loss, point, delta)
+    one = (jnp.ones((), dtype),) + (jnp.zeros((), dtype),) * (max_order - 1)
+    primal, series = jet(g, (jnp.zeros((), dtype),), (one,))
+    return jnp.stack([primal, *series])
+
+
+@eqx.filter_jit
+def _batched_coefficients(loss, point, deltas, max_order, use_jet):
+    fn = _jet_coefficients if use_jet else _nested_jvp_coefficients
+    derivs = jax.vmap(lambda d: fn(loss, point, d, max_order))(deltas)
+    dtype = derivs.dtype
+    factorials = jnp.asarray([math.factorial(j) for j in range(max_order + 1)], dtype)
+    return derivs / factorials[None]
+
+
+def ray_taylor_coefficients(
+    loss: Callable, point: PyTree, delta: PyTree, max_order: int
+) -> Array:
+    """[c_0, …, c_K] with c_j = (1/j!) d^j/dt^j L(θ* + tδ) at t = 0 (exact AD, no differences).
+
+    c_j = (1/j!) D^jL(θ*)[δ, …, δ]. Taylor-mode AD (`jax.experimental.jet`, cost O(K²)) is tried
+    first; where jet lacks a rule (e.g. `custom_jvp` functions such as `jax.nn.relu`), K nested
+    `jax.jvp`s are used instead (cost ≈ 2^K evaluations of L).
+    """
+    deltas = jax.tree_util.tree_map(lambda a: a[None], _params(delta))
+    return _coefficients(loss, point, deltas, max_order)[0]
+
+
+def _coefficients(loss, point, deltas, max_order):
+    try:
+        return _batched_coefficients(loss, point, deltas, max_order, True)
+    except Exception:  # noqa: BLE001 - jet has no rule for some primitive: use nested jvp
+        return _batched_coefficients(loss, point, deltas, max_order, False)
+
+
+def _kth_ray_derivative(loss, point, delta, k):
+    g, dtype = _ray_function(loss, point, delta)
+    d = g
+    for _ in range(k):
+        d = (lambda f: lambda t: jax.jvp(f, (t,), (jnp.ones_like(t),))[1])(d)
+    return d(jnp.zeros((), dtype)) / math.factorial(k)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Taylor term
+
+
+class TaylorTerm(eqx.Module):
+    """The leading homogeneous Taylor term of a loss at a critical point (SPEC §4).
+
+    **Fields:**
+
+    - `order`: k, the smallest order with D^kL(θ*) ≠ 0.
+    - `next_order`: m, the next order > k with a non-zero derivative, or None if none was found
+        up to `max_order` (e.g. the loss is exactly L(θ*) + H near θ*).
+    - `value`: L(θ*).
+    - `coefficients`: max over the probe directions of |c_j| = |(1/j!) D^jL(θ*)[δ^j]|, j = 0…K
+        (unit probes): the evidence the orders were read from.
+    - `point`, `loss`: θ* and L.
+    - `method`: "ray" or "outputs" (see the module docstring).
+
+    **Methods:** `H(delta)` evaluates H on a pytree shaped like `point` (or like its array part);
+    use `jax.grad(term.H)` and `jax.jvp(jax.grad(term.H), ...)` for ∇H and Hessian-vector products.
+    """
+
+    order: int = eqx.field(static=True)
+    next_order: int | None = eqx.field(static=True)
+    value: Scalar
+    coefficients: Array
+    point: PyTree
+    loss: Callable
+    method: str = eqx.field(static=True)
+
+    def H(self, delta) -> Scalar:
+        """H(δ) = (1/k!) D^kL(θ*)[δ, …, δ] (SPEC §4)."""
+        if self.method == "outputs":
+            return _outputs_term(self.loss, self.point, delta)
+        return _kth_ray_derivative(self.loss, self.point, delta, self.order)
+
+    def remainder(self, delta) -> Scalar:
+        """e(δ) = L(θ* + δ) − L(θ*) − H(δ)."""
+        return self.loss(_shift(self.point, delta, 1.0)) - self.value - self.H(delta)
+
+
+def _outputs_term(objective, point, delta):
+    # H(δ) = ⟨∂ℓ/∂f(f = 0), f_δ(X)⟩: a jvp of the loss as a function of the outputs at 0.
+    model = eqx.combine(_params(delta), eqx.partition(point, eqx.is_inexact_array)[1])
+    outputs = jax.vmap(model)(objective.x)
+    zero = jnp.zeros_like(outputs)
+    return jax.jvp(objective.from_outputs, (zero,), (outputs,))[1]
+
+
+def _is_zero(c, scale, rtol, atol):
+    return c <= rtol * scale + atol
+
+
+def _homogeneity_degree(model, x, keys, max_order, rtol) -> int | None:
+    """The integer k with f_{2δ}(X) = 2^k f_δ(X) for every probe δ, or None."""
+    static = eqx.partition(model, eqx.is_inexact_array)[1]
+    degrees = set()
+    for key in keys:
+        delta = _random_unit(key, model)
+        f1 = jax.vmap(eqx.combine(delta, static))(x)
+        f2 = jax.vmap(eqx.combine(tree_scale(2.0, delta), static))(x)
+        n1 = jnp.linalg.norm(f1)
+        if not n1 > 0:
+            return None
+        k = round(float(jnp.log2(jnp.linalg.norm(f2) / n1)))
+        if not 1 <= k <= max_order or not jnp.linalg.norm(f2 - 2.0**k * f1) <= rtol * 2.0**k * n1:
+            return None
+        degrees.add(k)
+    return degrees.pop() if len(degrees) == 1 else None
+
+
+def taylor_term(
+    loss: Callable,
+    point: PyTree,
+    *,
+    key: PRNGKeyArray | None = None,
+    n_probes: int = 4,
+    max_order: int = 8,
+    radius: float = 1.0,
+    rtol: float = 1e-9,
+    atol: float = 0.0,
+    method: Literal["auto", "ray", "outputs"] = "auto",
+) -> TaylorTerm:
+    """Find the leading homogeneous Taylor term H of `loss` at the critical point `point`.
+
+    k is the smallest order with D^kL(θ*) ≠ 0 and m the next (SPEC §4; Jacot et al. §4.1).
+    The orders are read, not assumed: for `n_probes` random unit directions δ the exact ray
+    coefficients c_j(δ) = (1/j!) D^jL(θ*)[δ^j], j ≤ `max_order`, are computed by nested
+    forward-mode AD, and c_j counts as non-zero when
+
+        max_δ |c_j(δ)| · r^j > rtol · S + atol,   S = max(|L(θ*)|, max_{i≤K, δ} |c_i(δ)| r^i),
+
+    with r = `radius`. This is relative to the size of the loss and of its terms at the length
+    scale r, so multiplying L by a constant does not change the answer; several random probes
+    make an accidental zero (δ on the zero set of the polynomial D^kL[δ^k]) a null event.
+    Order 0 is excluded (it is L(θ*)). If order 1 is non-zero the point is not critical: that is
+    reported as `order == 1`, not raised, so a caller can check it.
+
+    Failure modes (documented, not detected): a derivative smaller than rtol·S at the scale r
+    (e.g. a critical point known only to 1e−6 gives |c_1| ≈ 1e−6: pass a larger `rtol` or a
+    smaller `radius`); a first non-zero order above `max_order` (raises); non-smooth losses.
+    At the origin of a ReLU network AD differentiates one branch of each kink, so the "ray"
+    route is wrong there; `method="auto"` switches to the "outputs" route when `loss` is an
+    objective with `from_outputs` and `x`, the network outputs vanish at `point`, and the
+    network is positively homogeneous in its parameters (f_{2δ} = 2^k f_δ on every probe).
+
+    This function reads concrete values to decide integer orders, so it is not jittable;
+    `term.H` is.
+
+    **Arguments:**
+
+    - `loss`: a callable `point -> scalar` (an objective of saddlejax, or any function).
+    - `point`: θ*, any pytree (e.g. a `DeepLinear`); its inexact arrays are the parameters.
+    - `key`: PRNG key for the probe directions (default `jr.key(0)`).
+    - `n_probes`, `max_order`, `radius`, `rtol`, `atol`: see above.
+    - `method`: "auto", "ray" or "outputs".
+
+    **Returns:** a `TaylorTerm` with `.order`, `.next_order`, `.H`.
+
+    **Example:**
+
+    ```python
+    net = saddlejax.nn.DeepLinear((5, 20, 20, 5), key=jr.key(0))
+    origin = jax.tree.map(jnp.zeros_like, net)
+    term = saddlejax.taylor_term(saddlejax.SquareLoss(x, y), origin)
+    term.order, term.next_order  # (3, 6)
+    term.H(net)                  # Tr[Gᵀ A_θ]
+    ```
+    """
+    if method not in ("auto", "ray", "outputs"):
+        raise ValueError(f"`method` must be 'auto', 'ray' or 'outputs', got {method!r}.")
+    if max_order < 2 or n_probes < 1:
+        raise ValueError(
+            f"`max_order` must be ≥ 2 and `n_probes` ≥ 1, got {max_order} and {n_probes}."
+        )
+    if not (radius > 0 and rtol >= 0 and atol >= 0):
+        raise ValueError("`radius` must be positive and `rtol`, `atol` non-negative.")
+    key = jr.key(0) if key is None else key
+    keys = list(jr.split(key, n_probes))
+    value = loss(point)
+
+    if method in ("auto", "outputs"):
+        usable = hasattr(loss, "from_outputs") and hasattr(loss, "x") and callable(point)
+        k = None
+        if usable:
+            out = jax.vmap(point)(loss.x)
+            if jnp.all(out == 0):
+                k = _homogeneity_degree(point, loss.x, keys, max_order, 1e-10)
+        if k is None and method == "outputs":
+            raise ValueError(
+                "`method='outputs'` needs `loss` to be an objective with `from_outputs` and `x`, "
+                "and `point` a network whose outputs vanish there and which is positively "
+                "homogeneous in its parameters (e.g. the origin of a bias-free ReLU net). "
+                "Use method='ray' otherwise."
+            )
+        if k is not None:
+            # Next order: ½D²ℓ(0)[f_δ, f_δ] ∝ t^{2k} (the loss is smooth in the outputs).
+            static = eqx.partition(point, eqx.is_inexact_array)[1]
+            delta = _random_unit(keys[0], point)
+            f = jax.vmap(eqx.combine(delta, static))(loss.x)
+            zero = jnp.zeros_like(f)
+            c1 = jax.jvp(loss.from_outputs, (zero,), (f,))[1]
+            c2 = 0.5 * jax.jvp(lambda z: jax.jvp(loss.from_outputs, (z,), (f,))[1], (zero,), (f,))[1]
+            scale = max(abs(float(value)), abs(float(c1)), abs(float(c2)))
+            m = None if _is_zero(abs(float(c2)), scale, rtol, atol) else 2 * k
+            coeffs = jnp.zeros(max_order + 1).at[0].set(jnp.abs(value))
+            return TaylorTerm(k, m, value, coeffs, point, loss, "outputs")
+
+    deltas = jax.vmap(lambda k: _random_unit(k, point))(jnp.stack(keys))
+    coeffs = jnp.abs(_coefficients(loss, point, deltas, max_order)).max(axis=0)
+    powers = radius ** jnp.arange(max_order + 1)
+    sized = np.asarray(coeffs * powers)
+    scale = max(abs(float(value)), float(sized[1:].max()))
+    nonzero = [j for j in range(1, max_order + 1) if not _is_zero(sized[j], scale, rtol, atol)]
+    if not nonzero:
+        raise ValueError(
+            f"every derivative of order 1…{max_order} vanished (relative tolerance {rtol}) on "
+            f"{n_probes} random directions: raise `max_order`, or, at the origin of a ReLU "
+            "network, pass a saddlejax objective so the 'outputs' route can be used."
+        )
+    k = nonzero[0]
+    m = nonzero[1] if len(nonzero) > 1 else None
+    return TaylorTerm(k, m, value, coeffs, point, loss, "ray")
+
+
+# ---------------------------------------------------------------------------------------------
+# identities as numbers
+
+
+def homogeneity_error(
+    H: Callable, delta: PyTree, order: int, scales: Sequence[float] = (0.5, 2.0, 3.0)
+) -> Array:
+    """max_λ |H(λδ) − λ^k H(δ)| / |λ^k H(δ)| over `scales` (SPEC §4: H(λδ) = λ^k H(δ)).
+
+    Use positive λ for positively homogeneous H (ReLU nets); negative λ test full homogeneity.
+    """
+    h = H(delta)
+    errs = [jnp.abs(H(tree_scale(lam, delta)) - lam**order * h) / jnp.abs(lam**order * h) for lam in scales]
+    return jnp.max(jnp.stack(errs))
+
+
+def euler_error(H: Callable, delta: PyTree, order: int) -> Array:
+    """|δᵀ∇H(δ) − kH(δ)| / |kH(δ)| (Euler's identity for k-homogeneous H; SPEC §4)."""
+    h, g = jax.value_and_grad(H)(delta)
+    return jnp.abs(tree_dot(_params(delta), _params(g)) - order * h) / jnp.abs(order * h)
+
+
+def remainder_slope(
+    loss: Callable,
+    point: PyTree,
+    H: Callable,
+    delta: PyTree,
+    radii: ArrayLike = (0.05, 0.08, 0.13, 0.2, 0.32, 0.5),
+) -> tuple[Array, Array]:
+    """Fitted slope of log|L(θ* + rδ) − L(θ*) − H(rδ)| against log r (SPEC §4: O(‖δ‖^m)).
+
+    δ is normalised to unit norm first, so `radii` are the distances ‖rδ‖. The slope should be
+    m (the next order); the radii must keep the remainder above the roundoff of L(θ*)
+    (≈ 1e−16·|L(θ*)|) and small enough that orders above m do not bend the line.
+
+    **Returns:** (slope, remainders).
+    """
+    unit = tree_scale(1 / tree_norm(_params(delta)), _params(delta))
+    radii = jnp.asarray(radii)
+    value = loss(point)
+
+    def rem(r):
+        step = tree_scale(r, unit)
+        return jnp.abs(loss(_shift(point, step, 1.0)) - value - H(step))
+
+    rems = jnp.stack([rem(r) for r in radii])
+    slope = jnp.polyfit(jnp.log(radii), jnp.log(rems), 1)[0]
+    return slope, rems
+
+
+def h_flow(
+    H: Callable,
+    theta0: PyTree,
+    t1: float,
+    *,
+    rtol: float = 1e-11,
+    atol: float = 1e-13,
+    max_steps: int = 100_000,
+) -> PyTree:
+    """Γ_H(t1, θ₀): the gradient flow of H, dθ/dt = −∇H(θ), at time t1 (Dopri8, PID control)."""
+    theta0 = _params(theta0)
+    vf = diffrax.ODETerm(lambda t, y, args: jax.tree_util.tree_map(jnp.negative, jax.grad(H)(y)))
+    sol = diffrax.diffeqsolve(
+        vf,
+        diffrax.Dopri8(),
+        0.0,
+        t1,
+        None,
+        theta0,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+    )
+    return jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
+
+
+def lemma13_error(
+    H: Callable,
+    theta0: PyTree,
+    order: int,
+    lam: float,
+    t: float,
+    *,
+    rtol: float = 1e-11,
+    atol: float = 1e-13,
+) -> Array:
+    """‖Γ_H(t, λθ₀) − λΓ_H(λ^{k−2}t, θ₀)‖ / ‖λΓ_H(λ^{k−2}t, θ₀)‖ (Jacot et al. Lemma 13; SPEC §4).
+
+    Both flows are integrated with `h_flow`; pick t below the blow-up time of the H-flow from
+    λθ₀ (k > 2 flows blow up in finite time).
+    """
+    lhs = h_flow(H, tree_scale(lam, _params(theta0)), t, rtol=rtol, atol=atol)
+    rhs = tree_scale(lam, h_flow(H, theta0, lam ** (order - 2) * t, rtol=rtol, atol=atol))
+    return tree_norm(tree_axpy(-1.0, rhs, lhs)) / tree_norm(rhs)

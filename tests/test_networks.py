@@ -1,0 +1,140 @@
+"""Networks (SPEC §2), initialisation scales (SPEC §1) and frozen layers."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import saddlejax as sj
+from saddlejax import init
+from saddlejax.nn import DeepLinear, DeepReLU, SquaredReLU, TwoLayer
+
+# Homogeneity is an algebraic identity: only rounding separates the two sides (~1e-15 relative
+# per multiplication), so 1e-12 leaves three decades of margin while catching any bias term or
+# non-homogeneous activation (which would be wrong at O(1)).
+HOMOGENEITY_RTOL = 1e-12
+
+
+def test_shapes(getkey):
+    """Every network maps one input of size n_0 to one output of size n_L, with weight W_ℓ of
+    shape (n_ℓ, n_{ℓ−1}) (SPEC §2), and batches with vmap."""
+    x = jr.normal(getkey(), (7, 3))
+    dln = DeepLinear((3, 5, 6, 2), key=getkey())
+    assert [w.shape for w in dln.weights] == [(5, 3), (6, 5), (2, 6)]
+    assert dln.widths == (3, 5, 6, 2) and dln.depth == 3
+    relu = DeepReLU((3, 5, 6, 2), 0.1, key=getkey())
+    assert [w.shape for w in relu.weights] == [(5, 3), (6, 5), (2, 6)]
+    two = TwoLayer(3, 8, 2, "tanh", key=getkey())
+    assert two.w.shape == (8, 3) and two.a.shape == (2, 8)
+    sq = SquaredReLU(3, 8, key=getkey())
+    assert sq.w.shape == (8, 3)
+    for net, out in ((dln, 2), (relu, 2), (two, 2), (sq, 1)):
+        assert net(x[0]).shape == (out,)
+        assert jax.vmap(net)(x).shape == (7, out)
+    assert sq.neurons(x[0]).shape == (8,)
+    np.testing.assert_allclose(sq.neurons(x[0]).sum(), sq(x[0])[0], rtol=1e-14)
+
+
+def _homogeneity_cases(key):
+    k = jr.split(key, 4)
+    return [
+        (DeepLinear((3, 5, 4, 2), key=k[0]), 3),
+        (DeepLinear((3, 5, 5, 5, 2), key=k[0]), 4),
+        (DeepReLU((3, 6, 6, 2), key=k[1]), 3),
+        (DeepReLU((3, 6, 6, 6, 2), 0.2, key=k[1]), 4),
+        (SquaredReLU(3, 7, key=k[2], std=1.0), 2),
+        (TwoLayer(3, 7, 2, "relu", key=k[3]), 2),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("lam", [0.3, 2.7])
+def test_homogeneity(getkey, case, lam):
+    """f(λθ) = λ^L f(θ) for λ > 0: DeepLinear/DeepReLU are L-homogeneous (L = depth),
+    SquaredReLU and the two-layer ReLU net 2-homogeneous (SPEC §2)."""
+    net, degree = _homogeneity_cases(getkey())[case]
+    x = jr.normal(getkey(), (5, 3))
+    f = jax.vmap(net)(x)
+    f_scaled = jax.vmap(init.scale(net, lam))(x)
+    np.testing.assert_allclose(f_scaled, lam**degree * f, rtol=HOMOGENEITY_RTOL, atol=0)
+
+
+def test_deep_linear_matrix(getkey):
+    """DeepLinear.matrix() is the composed map W_L ⋯ W_1: it equals a numpy product of the
+    weights and reproduces the network on inputs (SPEC §2)."""
+    net = DeepLinear((4, 6, 5, 3), key=getkey())
+    w1, w2, w3 = (np.asarray(w) for w in net.weights)
+    expected = w3 @ w2 @ w1
+    # Three float64 matmuls of O(1) entries: rounding ~1e-15.
+    np.testing.assert_allclose(net.matrix(), expected, rtol=1e-12, atol=1e-14)
+    x = jr.normal(getkey(), (4,))
+    np.testing.assert_allclose(net(x), expected @ np.asarray(x), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        sj.nn.end_to_end_matrix(list(net.weights)), expected, rtol=1e-12, atol=1e-14
+    )
+
+
+def test_init_conversions():
+    """α = w^{−γ/2}/σ̃ and γ = −2 log(ασ̃)/log w are inverse; α_CL maps to m^{−α_CL}/σ̃ (SPEC §1)."""
+    for width, gamma, base in [(100, 1.5, 0.1), (30, 0.5, 1.0), (1000, 2.0, 0.03)]:
+        alpha = init.alpha_from_gamma(width, gamma, base)
+        assert math.isclose(alpha, width ** (-gamma / 2) / base, rel_tol=1e-14)
+        assert math.isclose(init.gamma_from_alpha(width, alpha, base), gamma, rel_tol=1e-12)
+        assert math.isclose(init.gamma_std(width, gamma) ** 2, width ** (-gamma), rel_tol=1e-14)
+    assert math.isclose(init.alpha_from_clw(400, 0.75, 0.05) * 0.05, 400**-0.75, rel_tol=1e-14)
+    assert math.isclose(init.clw_std(400, 0.75), 400**-0.75, rel_tol=1e-14)
+
+
+def test_init_empirical_std(getkey):
+    """A draw scaled by α = alpha_from_gamma(w, γ, σ̃) has empirical entry std w^{−γ/2}, and the
+    default DeepLinear draw has std w^{−1/2} (SPEC §1)."""
+    widths = (40, 200, 200, 40)
+    width, gamma = 200, 1.6
+    base = DeepLinear(widths, key=getkey())
+    n = sum(w.size for w in base.weights)  # 56,000 entries
+    # The sample std of n Gaussian entries has relative standard error 1/√(2n) ≈ 0.3 %;
+    # 6 standard errors (≈ 1.8 %) make a false failure essentially impossible, while a wrong
+    # convention (e.g. σ = w^{−γ} instead of w^{−γ/2}) is off by a factor ≥ 1.5.
+    tol = 6 / math.sqrt(2 * n)
+    sigma_base = float(np.std(np.concatenate([np.ravel(w) for w in base.weights])))
+    assert abs(sigma_base / width**-0.5 - 1) < tol
+    alpha = init.alpha_from_gamma(width, gamma, width**-0.5)
+    scaled = init.scale(base, alpha)
+    sigma = float(np.std(np.concatenate([np.ravel(w) for w in scaled.weights])))
+    assert abs(sigma / width ** (-gamma / 2) - 1) < tol
+    assert abs(float(init.entry_std(scaled)) / width ** (-gamma / 2) - 1) < tol
+    explicit = DeepLinear(widths, key=getkey(), std=init.gamma_std(width, gamma))
+    sigma_explicit = float(np.std(np.concatenate([np.ravel(w) for w in explicit.weights])))
+    assert abs(sigma_explicit / width ** (-gamma / 2) - 1) < tol
+
+
+def test_freeze_flow(getkey):
+    """With `freeze`, frozen layers do not move under gradient_flow, the solution's state holds
+    only the trainable layers, and the net is 2-homogeneous in those two layers (SPEC §2)."""
+    net = init.scale(DeepReLU((3, 6, 6, 6, 2), key=getkey()), 0.5)
+    x = jr.normal(getkey(), (12, 3))
+    loss = sj.SquareLoss(x, jr.normal(getkey(), (12, 2)))
+    spec = sj.freeze(net, lambda m: m.weights[1:-1])
+    assert spec.weights == (True, False, False, True)
+    sol = sj.gradient_flow(loss, net, 5.0, trainable=spec, n_save=8, rtol=1e-8)
+    assert sol.params.weights[1] is None and sol.params.weights[2] is None
+    assert sol.params.weights[0].shape == (8, 6, 3)
+    final = sol.final_params
+    for i in (1, 2):
+        np.testing.assert_array_equal(final.weights[i], net.weights[i])
+    for i in (0, 3):
+        assert float(jnp.linalg.norm(final.weights[i] - net.weights[i])) > 1e-3
+    assert float(sol.loss[-1]) < float(sol.loss[0])
+    # 2-homogeneity in the trainable part only.
+    state, static = eqx.partition(final, spec)
+    lam = 1.7
+    f = jax.vmap(final)(x)
+    f_scaled = jax.vmap(eqx.combine(init.scale(state, lam), static))(x)
+    np.testing.assert_allclose(f_scaled, lam**2 * f, rtol=HOMOGENEITY_RTOL)
+    # gradient_descent honours the same spec.
+    gd = sj.gradient_descent(loss, net, learning_rate=1e-2, steps=20, trainable=spec)
+    np.testing.assert_array_equal(gd.final_params.weights[2], net.weights[2])

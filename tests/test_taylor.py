@@ -1,0 +1,126 @@
+"""Leading homogeneous Taylor terms at critical points (SPEC §4)."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+
+import saddlejax as sj
+
+
+def _zeros(model):
+    return jax.tree_util.tree_map(lambda a: jnp.zeros_like(a) if eqx.is_inexact_array(a) else a, model)
+
+
+def _mse(getkey, n_in=5, n_out=3, n=20):
+    return sj.SquareLoss(jr.normal(getkey(), (n, n_in)), jr.normal(getkey(), (n, n_out)))
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_dln_origin_orders_and_closed_form(getkey, depth):
+    """At the origin of a DLN, k = L, m = 2L and H(θ) = Tr[Gᵀ A_θ] (SPEC §4), by the exact
+    nested-jvp ("ray") route, for a loss scaled by 1e−6 too (order detection is relative)."""
+    loss = _mse(getkey)
+    net = sj.nn.DeepLinear((5,) + (6,) * (depth - 1) + (3,), key=getkey())
+    origin = _zeros(net)
+    g = sj.matrix_cost_gradient_at_zero(loss)
+    for scale in (1.0, 1e-6):
+        term = sj.taylor_term(lambda p: scale * loss(p), origin, method="ray", key=getkey())
+        assert (term.order, term.next_order) == (depth, 2 * depth)
+        expected = scale * sj.dln_taylor_term(g)(net.weights)
+        # exact AD vs a closed form: agreement to roundoff of a sum of O(1) terms
+        assert jnp.abs(term.H(net) - expected) <= 1e-12 * jnp.abs(expected)
+
+
+def test_identities_homogeneity_euler_remainder(getkey):
+    """H(λδ) = λ^k H(δ) (λ of both signs), δᵀ∇H(δ) = kH(δ), and |L(θ*+δ) − L(θ*) − H(δ)|
+    scales like ‖δ‖^m with a fitted slope m (SPEC §4), for a DLN with L = 3 at the origin."""
+    loss = _mse(getkey)
+    net = sj.nn.DeepLinear((5, 6, 6, 3), key=getkey())
+    origin = _zeros(net)
+    term = sj.taylor_term(loss, origin, key=getkey())
+    # both are exact identities; errors are roundoff of O(10) flops on O(1) numbers
+    assert sj.homogeneity_error(term.H, net, term.order, (-1.5, 0.5, 3.0)) < 1e-12
+    assert sj.euler_error(term.H, net, term.order) < 1e-12
+    slope, _ = sj.remainder_slope(loss, origin, term.H, net, radii=jnp.geomspace(0.2, 1.0, 6))
+    # L(tδ) − L(0) − H(tδ) = t^{2L}·c exactly for a DLN: the fit is exact up to roundoff
+    assert abs(slope - 2 * term.order) < 1e-3
+
+
+def test_general_critical_point_strict_saddle(getkey):
+    """At a non-origin critical point the orders are read from the loss: for
+    L(θ) = (θ₁² − 1)² + θ₂²θ₁ − … a hand-built function with a strict saddle at 0 and a cubic
+    next term, k = 2 and m = 3, and H is half the Hessian quadratic form (SPEC §4)."""
+
+    def loss(p):
+        a, b = p["a"], p["b"]
+        return 3.0 + a**2 - 2.0 * b**2 + a * b**2 + 0.25 * a**4
+
+    point = {"a": jnp.zeros(()), "b": jnp.zeros(())}
+    term = sj.taylor_term(loss, point, key=getkey())
+    assert (term.order, term.next_order) == (2, 3)
+    delta = {"a": jnp.asarray(0.3), "b": jnp.asarray(-0.7)}
+    assert jnp.abs(term.H(delta) - (0.3**2 - 2 * 0.7**2)) < 1e-14  # exact polynomial
+
+
+def test_shifted_critical_point_with_roundoff(getkey):
+    """Order detection is robust to a critical point known to roundoff only: at the minimum
+    θ* = (1, …) of a shifted quartic, where ∇L(θ*) is ~1e−16 but not 0, k = 2 (SPEC §4)."""
+    c = jnp.asarray(1.0 / 3.0)
+
+    def loss(p):
+        return jnp.sum((p - c) ** 2) * 1e3 + jnp.sum((p - c) ** 4)
+
+    term = sj.taylor_term(loss, jnp.full(4, c), key=getkey())
+    assert (term.order, term.next_order) == (2, 4)
+
+
+def test_relu_origin_uses_outputs_route(getkey):
+    """At the origin of a ReLU net AD differentiates one branch of each kink; `auto` detects
+    the homogeneous network and uses H(θ) = Σ⟨∂ℓ/∂f(0), f_θ(x_i)⟩, which equals the one-sided
+    limit (L(tδ) − L(0))/t^L as t → 0⁺ (SPEC §4, §9)."""
+    loss = _mse(getkey)
+    net = sj.nn.DeepReLU((5, 6, 6, 3), key=getkey())
+    origin = _zeros(net)
+    term = sj.taylor_term(loss, origin, key=getkey())
+    assert term.method == "outputs" and (term.order, term.next_order) == (3, 6)
+    t = 1e-3
+    one_sided = (loss(jax.tree_util.tree_map(lambda a: t * a, net)) - loss(origin)) / t**3
+    # the remainder is O(t^L) = 1e-9 relative to H ~ O(1) (plus roundoff 1e-16/t^3 = 1e-7)
+    assert jnp.abs(one_sided - term.H(net)) < 1e-5 * jnp.abs(term.H(net))
+    assert sj.homogeneity_error(term.H, net, 3, (0.5, 2.0)) < 1e-12
+
+
+def test_ray_coefficients_match_polynomial():
+    """The nested-jvp coefficients c_j = (1/j!) d^j/dt^j L(θ*+tδ) of a polynomial in t equal its
+    coefficients exactly (no finite differences)."""
+    coeffs = jnp.asarray([2.0, -1.0, 0.5, 0.0, 3.0])
+
+    def loss(p):
+        return sum(c * p**j for j, c in enumerate(coeffs))
+
+    got = sj.ray_taylor_coefficients(loss, jnp.zeros(()), jnp.ones(()), 6)
+    assert jnp.allclose(got[:5], coeffs, rtol=0, atol=1e-13)
+    assert jnp.all(got[5:] == 0)
+    assert math.isclose(float(got[4]), 3.0, rel_tol=1e-14)
+
+
+def test_lemma13_time_rescaling(getkey):
+    """Γ_H(t, λθ₀) = λ Γ_H(λ^{k−2} t, θ₀) for the k = 3 DLN term (Jacot et al. Lemma 13)."""
+    loss = _mse(getkey)
+    net = sj.nn.DeepLinear((5, 4, 4, 3), key=getkey(), std=0.3)
+    term = sj.taylor_term(loss, _zeros(net), key=getkey())
+    err = sj.lemma13_error(term.H, net, term.order, 0.5, 0.5)
+    # both flows are integrated at rtol 1e-11; the identity itself is exact
+    assert err < 1e-8
+
+
+def test_errors_name_argument(getkey):
+    """Bad settings raise a ValueError naming the argument."""
+    with pytest.raises(ValueError, match="method"):
+        sj.taylor_term(lambda p: jnp.sum(p**2), jnp.zeros(3), method="fd")
+    with pytest.raises(ValueError, match="max_order"):
+        sj.taylor_term(lambda p: jnp.sum(p**9), jnp.zeros(3), max_order=4)
