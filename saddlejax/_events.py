@@ -4,6 +4,7 @@ import abc
 
 import diffrax
 import equinox as eqx
+import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Scalar
 
@@ -29,7 +30,8 @@ class EscapeRadius(AbstractFlowEvent):
     def __init__(self, radius):
         if isinstance(radius, int | float) and not radius > 0:
             raise ValueError(f"`radius` must be positive, got {radius}.")
-        self.radius = radius
+        # An array, not a Python float: a new radius must not recompile the solve.
+        self.radius = jnp.asarray(radius, dtype=float)
 
     def __call__(self, state, loss_fn):
         return tree_norm(state) - self.radius
@@ -39,6 +41,9 @@ class LossBelow(AbstractFlowEvent):
     """The first t with L(θ(t)) = level (from above)."""
 
     level: float | Array
+
+    def __init__(self, level):
+        self.level = jnp.asarray(level, dtype=float)  # an array: no recompile per level
 
     def __call__(self, state, loss_fn):
         return loss_fn(state) - self.level
