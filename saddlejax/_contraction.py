@@ -55,19 +55,20 @@ def _interval_weights(ts: Float[Array, " n"]) -> tuple[Int[Array, "n-1 4"], Floa
     """
     n = ts.shape[0]
     i = jnp.arange(n - 1)
-    idx = jnp.clip(i - 1, 0, n - 4)[:, None] + jnp.arange(4)
+    idx = jnp.clip(i - 1, 0, n - 4)[:, None] + jnp.arange(4)[None, :]
     nodes = ts[idx]
     a, b = ts[:-1], ts[1:]
     gx = jnp.asarray([-np.sqrt(0.6), 0.0, np.sqrt(0.6)], ts.dtype)
     gw = jnp.asarray([5 / 9, 8 / 9, 5 / 9], ts.dtype)
-    q = 0.5 * (a + b)[:, None] + 0.5 * (b - a)[:, None] * gx  # (n-1, 3)
+    q = 0.5 * (a + b)[:, None] + 0.5 * (b - a)[:, None] * gx[None, :]  # (n-1, 3)
     cols = []
     for j in range(4):
         basis = jnp.ones_like(q)
         for k in range(4):
             if k != j:
-                basis = basis * (q - nodes[:, k : k + 1]) / (nodes[:, j : j + 1] - nodes[:, k : k + 1])
-        cols.append(0.5 * (b - a) * jnp.sum(gw * basis, axis=1))
+                xk = nodes[:, k : k + 1]
+                basis = basis * (q - xk) / (nodes[:, j : j + 1] - xk)
+        cols.append(0.5 * (b - a) * jnp.sum(gw[None, :] * basis, axis=1))
     return idx, jnp.stack(cols, axis=1)
 
 
@@ -82,16 +83,18 @@ def _cumulative(idx, w, fs: PyTree) -> PyTree:
     return jax.tree_util.tree_map(leaf, fs)
 
 
+@eqx.filter_jit
 def integrate_path(path: Path) -> Path:
     """The path t ↦ ∫_{t_min}^t x(u) du on the same grid (the quadrature used by Φ).
 
-    4th order in the grid step; on the grids of `escape_times` its relative error on e^{st}
-    (k = 2) or (T−t)^{−p} (k > 2) is below 1e−8 with 400 points per window (tested).
+    4th order in the grid step; on 401-point grids of `escape_times` over 3.7 decades of ‖x‖ its
+    relative error is 3e−9 on e^{0.8t} (k = 2) and 5e−6 on (T−t)^{−5} (k = 3) (tested).
     """
     idx, w = _interval_weights(path.ts)
     return path.with_xs(_cumulative(idx, w, path.xs))
 
 
+@eqx.filter_jit
 def time_derivative(path: Path) -> PyTree:
     """dx/dt at every grid time by second-order finite differences on the non-uniform grid.
 
@@ -158,6 +161,7 @@ def _weights(ts, order, horizon, exponent):
     return (horizon - ts) ** (2 * exponent - 1)
 
 
+@eqx.filter_jit
 def weighted_norm(path: Path, exponent: float | Array) -> Array:
     """‖b‖² = ∫ w(t) ‖b(t)‖² dt over the grid of `path` (a correction b = x − x₀).
 
@@ -251,6 +255,7 @@ def contraction_map(
     return reference.with_xs(xs)
 
 
+@eqx.filter_jit
 def ode_residual(loss: Callable, path: Path) -> Array:
     """max_i ‖ẋ(t_i) + ∇C(x(t_i))‖ / ‖∇C(x(t_i))‖: zero (to O(h²)) iff x is a gradient-flow path
     of C. ẋ by second-order finite differences (`time_derivative`)."""

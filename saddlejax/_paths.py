@@ -5,9 +5,9 @@ the escape path
 
     k = 2:  x(t) = ρ e^{s(t−T)},        k > 2:  x(t) = ρ ((k−2) s (T−t))^{−1/(k−2)}   (t < T),
 
-with T a time shift (for k > 2 the blow-up time). A `Path` stores such a path on a time grid: uniform
-in t for k = 2 (the path is exponential in t) and geometric in (T − t) for k > 2 (the path is a power
-of T − t), so that every grid step changes ‖x‖ by about the same factor (SPEC §7).
+with T a time shift (for k > 2 the blow-up time). A `Path` stores such a path on a time grid:
+uniform in t for k = 2 (the path is exponential in t) and geometric in (T − t) for k > 2 (the path
+is a power of T − t), so that every grid step changes ‖x‖ by about the same factor (SPEC §7).
 """
 
 import math
@@ -31,6 +31,15 @@ def _check_order(order) -> int:
 
 def _concrete(x) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
+
+
+def _fails(check) -> bool:
+    """True if the check evaluates to False on concrete values; False when it cannot be decided
+    (traced values: under `jit` even operations on constants are staged)."""
+    try:
+        return not bool(check())
+    except jax.errors.ConcretizationTypeError:
+        return False
 
 
 class Path(eqx.Module):
@@ -64,10 +73,10 @@ class Path(eqx.Module):
                     f"every leaf of `xs` needs a leading time axis of size len(ts) = {n}; got a "
                     f"leaf of shape {jnp.shape(leaf)}. Stack the parameters over time first."
                 )
-        if _concrete(ts) and not bool(jnp.all(jnp.diff(ts) > 0)):
+        if _concrete(ts) and _fails(lambda: jnp.all(jnp.diff(ts) > 0)):
             raise ValueError("`ts` must be strictly increasing.")
         horizon = jnp.asarray(horizon, ts.dtype)
-        if self.order > 2 and _concrete(ts) and _concrete(horizon) and not ts[-1] < horizon:
+        if self.order > 2 and _concrete((ts, horizon)) and _fails(lambda: ts[-1] < horizon):
             raise ValueError(
                 f"for order k > 2 the grid must end before the blow-up time `horizon` = "
                 f"{float(horizon)}, but it ends at {float(ts[-1])}."
@@ -97,7 +106,7 @@ class Path(eqx.Module):
         return jax.vmap(tree_norm)(self.xs)
 
     def evaluate(self, t: float | Array) -> PyTree:
-        """θ(t) by linear interpolation between the two grid times around t (clamped to the grid)."""
+        """θ(t), linearly interpolated between the grid times around t (clamped to the grid)."""
         t = jnp.asarray(t, self.ts.dtype)
         i = jnp.clip(jnp.searchsorted(self.ts, t) - 1, 0, self.n - 2)
         w = jnp.clip((t - self.ts[i]) / (self.ts[i + 1] - self.ts[i]), 0.0, 1.0)
@@ -123,7 +132,7 @@ def escape_scale(
 def escape_time(
     speed: float, order: int, radius: float, *, horizon: float = 0.0
 ) -> float:
-    """The time t at which the escape path of speed s has norm `radius` (inverse of `escape_scale`)."""
+    """The time t at which the escape path of speed s has norm `radius` (`escape_scale` inverse)."""
     order = _check_order(order)
     if not speed > 0 or not radius > 0:
         raise ValueError(f"`speed` and `radius` must be positive, got {speed} and {radius}.")
@@ -197,16 +206,17 @@ def escape_path(
     ```
     """
     order = _check_order(order)
-    if _concrete(speed) and not float(speed) > 0:
+    if _concrete(speed) and _fails(lambda: jnp.asarray(speed) > 0):
         raise ValueError(f"`speed` must be positive for an escape path, got {float(speed)}.")
     ts = jnp.asarray(ts)
-    if _concrete(direction):
-        norm = float(tree_norm(direction))
-        if abs(norm - 1.0) > 1e-6:
-            raise ValueError(
-                f"`direction` must lie on the unit sphere (‖ρ‖ = 1), got ‖ρ‖ = {norm}; divide "
-                "it by its norm (the closed forms hold for unit ρ)."
-            )
+    if _concrete(direction) and _fails(lambda: jnp.abs(tree_norm(direction) - 1.0) <= 1e-6):
+        raise ValueError(
+            f"`direction` must lie on the unit sphere (‖ρ‖ = 1), got ‖ρ‖ = "
+            f"{float(tree_norm(direction))}; divide it by its norm (the closed forms hold for "
+            "unit ρ)."
+        )
     d = escape_scale(speed, order, ts, horizon=horizon)
-    xs = jax.tree_util.tree_map(lambda r: d.reshape((-1,) + (1,) * jnp.ndim(r)) * r, direction)
+    xs = jax.tree_util.tree_map(
+        lambda r: d.reshape((-1,) + (1,) * jnp.ndim(r)) * jnp.asarray(r)[None], direction
+    )
     return Path(ts, xs, order=order, horizon=horizon)

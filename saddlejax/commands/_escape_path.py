@@ -7,9 +7,10 @@ import time
 
 PRESETS = {
     # Matrix completion of a 4×4 rank-2 matrix (75 % observed); small widths so a run takes seconds.
-    "dln2": dict(depth=2, hidden=3, alphas=(1e-2, 1e-3, 1e-4)),
-    "dln3": dict(depth=3, hidden=3, alphas=(1e-2, 1e-3, 1e-4)),
-    "dln4": dict(depth=4, hidden=3, alphas=(1e-1, 3e-2, 1e-2)),
+    # r_min: ‖x₀(t_min)‖; for L = 4 a larger one keeps |t_min| (∝ r_min^{−2}) moderate.
+    "dln2": dict(depth=2, hidden=3, r_min=1e-4, alphas=(1e-2, 1e-3, 1e-4)),
+    "dln3": dict(depth=3, hidden=3, r_min=1e-4, alphas=(1e-2, 1e-3, 1e-4)),
+    "dln4": dict(depth=4, hidden=3, r_min=1e-3, alphas=(3e-2, 1e-2, 3e-3)),
 }
 
 
@@ -21,8 +22,13 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="dln2")
     p.add_argument("--seed", type=int, default=0, help="key of the problem (θ̃ uses seed + 1)")
+    p.add_argument(
+        "--index", type=int, default=0,
+        help="singular triplet of G giving the escape direction x₀ (0: optimal; a larger index "
+        "gives a slower direction, possibly below the theorem's speed threshold)",
+    )
     p.add_argument("--n", type=int, default=401, help="grid size of the path")
-    p.add_argument("--r-min", type=float, default=1e-4, help="‖x₀‖ at t_min")
+    p.add_argument("--r-min", type=float, default=None, help="‖x₀‖ at t_min (default: preset)")
     p.add_argument("--r-max", type=float, default=0.5, help="‖x₀‖ at the end of the window")
     p.add_argument("--radius", type=float, default=0.3, help="escape radius r of t_α(r)")
     p.add_argument("--alphas", type=float, nargs="*", default=None, help="α of the simulations")
@@ -34,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 
 def _float_list(x):
-    return [float(v) for v in x]
+    return [float(v) if math.isfinite(float(v)) else None for v in x]
 
 
 def run(args) -> int:
@@ -65,10 +71,11 @@ def run(args) -> int:
         except Exception as e:  # noqa: BLE001 — a cross-check only; report, do not fail
             taylor_orders = f"taylor_term failed: {e}"
     h = dln_taylor_term(g)
-    rho = dln_escape_direction(g, widths)
+    rho = dln_escape_direction(g, widths, index=args.index)
     s = float(rho.speed)
     s_star = float(dln_optimal_speed(g, depth))
-    ts = escape_times(s, k, radii=(args.r_min, args.r_max), n=args.n)
+    r_min = preset["r_min"] if args.r_min is None else args.r_min
+    ts = escape_times(s, k, radii=(r_min, args.r_max), n=args.n)
     x0 = escape_path(rho.weights, s, k, ts)
     check = check_bijection(
         problem, x0, h, next_order=m, speed=s, optimal_speed=s_star, tail=args.tail,
@@ -91,6 +98,7 @@ def run(args) -> int:
         "speed": s,
         "optimal_speed": s_star,
         "threshold_speed": check.threshold,
+        "above_threshold": s > check.threshold,
         "tail": args.tail,
         "converged": bool(check.image.successful),
         "num_steps": int(check.image.num_steps),
@@ -98,6 +106,7 @@ def run(args) -> int:
         "inverse_contraction_ratios": _float_list(check.preimage.ratios()),
         "ode_residual": float(check.image.ode_residual),
         "round_trip_error": float(check.round_trip_error),
+        "round_trip_error_forward": float(check.round_trip_error_forward),
         "fitted_rate": float(check.fitted_rate),
         "theory_rate": float(check.theory_rate),
         "fitted_speed": float(check.fitted_speed),
@@ -110,19 +119,26 @@ def run(args) -> int:
     if args.png:
         _plot(args.png, x0, check, sim, out)
         out["png"] = args.png
-    out = {key: (None if isinstance(v, float) and not math.isfinite(v) else v)
-           for key, v in out.items()}
-    if args.json:
-        print(json.dumps(out))
+    if args.json:  # JSON has no NaN: non-finite numbers (a failed iteration) become null
+        print(json.dumps({key: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                          for key, v in out.items()}))
         return 0 if out["converged"] else 1
     print(f"preset {args.preset}: DLN widths {widths}, (k, m) = ({k}, {m})"
           + (f", taylor_term finds {taylor_orders}" if taylor_orders is not None else ""))
-    print(f"speed s = s* = {s:.6g}; theorem threshold {check.threshold:.4g}")
-    print(f"Ψ: {out['num_steps']} iterations, converged: {out['converged']}")
+    print(f"speed s = {s:.6g} (s* = {s_star:.6g}); theorem threshold {check.threshold:.4g}"
+          + ("" if s > check.threshold else " — below it: the theorem does not apply"))
+    print(f"Ψ: {out['num_steps']} iterations, converged: {out['converged']}"
+          + ("" if out["converged"] else f" ({_message(check.image.result)})"))
     print("contraction ratios (weighted norm): "
           + " ".join(f"{r:.3f}" for r in ratios[:8]) + (" …" if ratios.size > 8 else ""))
+    if not out["converged"]:
+        print("Ψ(x₀) was not found: no round trip, closeness rate or simulation to report.")
+        print(f"wall time {wall:.1f} s")
+        return 1
     print(f"ODE residual of Ψ(x₀): {out['ode_residual']:.2e}")
-    print(f"round trip ‖Ψ⁻¹(Ψ(x₀)) − x₀‖/‖x₀‖: {out['round_trip_error']:.2e}")
+    print(f"round trip ‖Ψ⁻¹(Ψ(x₀)) − x₀‖/‖x₀‖: {out['round_trip_error']:.2e} "
+          f"(Ψ⁻¹ of the engine's forward flow instead of Ψ(x₀): "
+          f"{out['round_trip_error_forward']:.2e})")
     print(f"closeness rate: fitted {out['fitted_rate']:.5f}, theory {out['theory_rate']:.5f}")
     print(f"escape speed of Ψ(x₀): {out['fitted_speed']:.6g} (x₀: {s:.6g})")
     print(f"forward integration from x₀(t_min): distance {out['forward_integration_distance']:.2e}")
@@ -133,6 +149,12 @@ def run(args) -> int:
         print(f"figure: {args.png}")
     print(f"wall time {wall:.1f} s")
     return 0 if out["converged"] else 1
+
+
+def _message(result) -> str:
+    from .._contraction import CONTRACTION_RESULTS
+
+    return CONTRACTION_RESULTS._index_to_message[int(result._value)]
 
 
 def _plot(filename, x0, check, sim, out) -> None:
@@ -162,9 +184,9 @@ def _plot(filename, x0, check, sim, out) -> None:
     ax.set_title(f"escape paths, theory rate {out['theory_rate']:.3f}")
     ax.legend(fontsize=8)
     ax = axes[1]
-    ratios = np.asarray(out["contraction_ratios"])
+    ratios = np.asarray(out["contraction_ratios"], dtype=float)
     ax.plot(np.arange(1, ratios.size + 1), ratios, "o-", label="Ψ (Φ_C)")
-    inv = np.asarray(out["inverse_contraction_ratios"])
+    inv = np.asarray(out["inverse_contraction_ratios"], dtype=float)
     ax.plot(np.arange(1, inv.size + 1), inv, "s--", label="Ψ⁻¹ (Φ_H)")
     ax.axhline(1.0, color="k", lw=0.5)
     ax.set_xlabel("iteration n")
