@@ -113,10 +113,15 @@ def _kkt(h, rho):
 
 def _newton_polish(h, rho, n_steps, gmres_rtol, restart, sign):
     """Riemannian Newton on S^{P−1} for ∇H(ρ) ∥ ρ, keeping a step only when the KKT residual
-    drops (and, when minimising, H does not rise beyond roundoff)."""
+    drops (and, when minimising, H does not rise beyond roundoff). Stops at the first rejected
+    step (roundoff reached) or after `n_steps`."""
 
-    def step(carry, _):
-        rho, accepted = carry
+    def cond(carry):
+        rho, accepted, n, done = carry
+        return (n < n_steps) & ~done
+
+    def body(carry):
+        rho, accepted, n, _ = carry
         g = jax.grad(h)(rho)
         mu = jnp.dot(rho, g)
         gr = g - mu * rho
@@ -144,9 +149,12 @@ def _newton_polish(h, rho, n_steps, gmres_rtol, restart, sign):
         h_old, h_new = h(rho), h(new)
         ok = jnp.isfinite(k_new) & (k_new < k_old)
         ok = ok & ((sign == 0) | (h_new <= h_old + 1e-12 * jnp.abs(h_old)))
-        return (jnp.where(ok, new, rho), accepted + ok), None
+        # Converged to roundoff: further steps cannot help (and would be rejected anyway).
+        done = ~ok | (k_new <= 1e-14 * jnp.linalg.norm(g))
+        return jnp.where(ok, new, rho), accepted + ok, n + 1, done
 
-    (rho, accepted), _ = jax.lax.scan(step, (rho, jnp.zeros((), jnp.int32)), None, length=n_steps)
+    init = (rho, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.array(n_steps <= 0))
+    rho, accepted, _, _ = jax.lax.while_loop(cond, body, init)
     return rho, accepted
 
 
@@ -430,6 +438,17 @@ def _lobpcg_bottom(matvec, n, dtype, key, n_eig, max_iters, tol):
     return -theta, U, iters
 
 
+@eqx.filter_jit
+def _restricted_bottom(h, rho, key, max_iters, tol):
+    def matvec(v):
+        pv = v - jnp.dot(rho, v) * rho
+        hv = jax.jvp(jax.grad(h), (rho,), (pv,))[1]
+        return hv - jnp.dot(rho, hv) * rho
+
+    lam, U, _ = _lobpcg_bottom(matvec, rho.size, rho.dtype, key, 1, max_iters, tol)
+    return lam, U
+
+
 def strictness_test(
     H: Callable,
     direction: PyTree,
@@ -438,6 +457,7 @@ def strictness_test(
     key: PRNGKeyArray,
     max_iters: int = 200,
     tol: float | None = None,
+    margin: float = 1e-8,
 ) -> StrictnessTest:
     """Does some v ⊥ ρ have vᵀ∇²H(ρ)v < −s*‖v‖²? (Jacot et al. Prop. 14; SPEC §5.)
 
@@ -446,16 +466,12 @@ def strictness_test(
     of P∇²H(ρ)P with eigenvalue 0, which never passes the (negative) threshold.
     """
     h, flat, unravel = _flat_H(H, direction)
-    rho = flat / jnp.linalg.norm(flat)
-
-    def matvec(v):
-        pv = v - jnp.dot(rho, v) * rho
-        hv = jax.jvp(jax.grad(h), (rho,), (pv,))[1]
-        return hv - jnp.dot(rho, hv) * rho
-
-    lam, U, _ = _lobpcg_bottom(matvec, flat.size, flat.dtype, key, 1, max_iters, tol)
+    if not 5 < flat.size:
+        raise ValueError(f"LOBPCG needs more than 5 parameters, `direction` has {flat.size}.")
+    lam, U = _restricted_bottom(h, flat / jnp.linalg.norm(flat), key, max_iters, tol)
     threshold = -jnp.asarray(optimal_speed)
-    return StrictnessTest(lam[0], threshold, lam[0] < threshold, unravel(U[:, 0]))
+    strict = lam[0] < threshold * (1 + margin)
+    return StrictnessTest(lam[0], threshold, strict, unravel(U[:, 0]))
 
 
 class HessianEigenpairs(eqx.Module):
@@ -497,5 +513,5 @@ def hessian_negative_eigenpairs(
         return jax.jvp(jax.grad(f), (flat,), (v,))[1]
 
     lam, U, _ = _lobpcg_bottom(matvec, flat.size, flat.dtype, key, n_eig, max_iters, tol)
-    res = jnp.linalg.norm(jax.vmap(matvec, in_axes=1, out_axes=1)(U) - U * lam, axis=0)
+    res = jnp.linalg.norm(jax.vmap(matvec, in_axes=1, out_axes=1)(U) - U * lam[None, :], axis=0)
     return HessianEigenpairs(lam, jax.vmap(unravel, in_axes=1)(U), -lam, res)

@@ -42,7 +42,9 @@ def _as_2d(y, n):
     y = jnp.asarray(y)
     y = y[:, None] if y.ndim == 1 else y
     if y.ndim != 2 or y.shape[0] != n:
-        raise ValueError(f"`y` must have shape (n_samples, n_out) with n_samples = {n}, got {y.shape}.")
+        raise ValueError(
+            f"`y` must have shape (n_samples, n_out) with n_samples = {n}, got {y.shape}."
+        )
     return y
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar
 
-from ._escape import optimal_escape
+from ._escape import ESCAPE_RESULTS, optimal_escape
 from ._taylor import taylor_term
 from .nn import DeepReLU
 
@@ -30,6 +30,9 @@ class ReLUEscape(eqx.Module):
     - `sv_ratios`: per layer σ_1(W_ℓ)/σ_2(W_ℓ) (inf for a rank-one layer; nan for a layer with
         a single singular value).
     - `depth`: L.
+    - `result`: the `ESCAPE_RESULTS` code of the sphere solver (at a kink of H the KKT residual
+        of the smooth theory need not vanish; then this says "not converged" and `speed` is the
+        best value found).
     """
 
     direction: PyTree
@@ -38,14 +41,13 @@ class ReLUEscape(eqx.Module):
     singular_values: tuple[Array, ...]
     sv_ratios: Array
     depth: int = eqx.field(static=True)
+    result: ESCAPE_RESULTS
 
 
 def layer_sv_ratios(weights: Sequence[Array]) -> tuple[tuple[Array, ...], Array]:
     """Singular values of each W_ℓ and the ratios σ_1/σ_2 (σ_2 = 0 gives inf)."""
     svs = tuple(jnp.linalg.svd(w, compute_uv=False) for w in weights)
-    ratios = jnp.stack(
-        [s[0] / s[1] if s.size > 1 else jnp.asarray(jnp.nan, s.dtype) for s in svs]
-    )
+    ratios = jnp.stack([s[0] / s[1] if s.size > 1 else jnp.asarray(jnp.nan, s.dtype) for s in svs])
     return svs, ratios
 
 
@@ -82,7 +84,9 @@ def relu_optimal_escape(
     esc = optimal_escape(term.H, term.order, origin, key=k_solve, n_restarts=n_restarts, **kwargs)
     direction = eqx.combine(esc.direction, eqx.partition(origin, eqx.is_inexact_array)[1])
     svs, ratios = layer_sv_ratios(direction.weights)
-    return ReLUEscape(direction, esc.speed, esc.kkt_residual, svs, ratios, len(widths) - 1)
+    return ReLUEscape(
+        direction, esc.speed, esc.kkt_residual, svs, ratios, len(widths) - 1, esc.result
+    )
 
 
 def relu_speed_vs_depth(

@@ -56,6 +56,11 @@ def _random_unit(key, like) -> PyTree:
     return tree_scale(1 / tree_norm(noise), noise)
 
 
+@eqx.filter_jit
+def _probes(keys, like):
+    return jax.vmap(lambda k: _random_unit(k, like))(keys)
+
+
 def _dtype(tree):
     leaves = jax.tree_util.tree_leaves(_params(tree))
     if not leaves:
@@ -109,9 +114,7 @@ def _batched_coefficients(loss, point, deltas, max_order, use_jet):
     return derivs / factorials[None]
 
 
-def ray_taylor_coefficients(
-    loss: Callable, point: PyTree, delta: PyTree, max_order: int
-) -> Array:
+def ray_taylor_coefficients(loss: Callable, point: PyTree, delta: PyTree, max_order: int) -> Array:
     """[c_0, …, c_K] with c_j = (1/j!) d^j/dt^j L(θ* + tδ) at t = 0 (exact AD, no differences).
 
     c_j = (1/j!) D^jL(θ*)[δ, …, δ]. Taylor-mode AD (`jax.experimental.jet`, cost O(K²)) is tried
@@ -215,7 +218,7 @@ def taylor_term(
     key: PRNGKeyArray | None = None,
     n_probes: int = 4,
     max_order: int = 8,
-    radius: float = 1.0,
+    radius: float | None = None,
     rtol: float = 1e-9,
     atol: float = 0.0,
     method: Literal["auto", "ray", "outputs"] = "auto",
@@ -224,20 +227,25 @@ def taylor_term(
 
     k is the smallest order with D^kL(θ*) ≠ 0 and m the next (SPEC §4; Jacot et al. §4.1).
     The orders are read, not assumed: for `n_probes` random unit directions δ the exact ray
-    coefficients c_j(δ) = (1/j!) D^jL(θ*)[δ^j], j ≤ `max_order`, are computed by nested
-    forward-mode AD, and c_j counts as non-zero when
+    coefficients c_j(δ) = (1/j!) D^jL(θ*)[δ^j], j ≤ `max_order`, are computed by exact AD, and
+    c_j counts as non-zero when, for some probe,
 
-        max_δ |c_j(δ)| · r^j > rtol · S + atol,   S = max(|L(θ*)|, max_{i≤K, δ} |c_i(δ)| r^i),
+        |c_j(δ)| · r^j > rtol · S + atol·S,
 
-    with r = `radius`. This is relative to the size of the loss and of its terms at the length
-    scale r, so multiplying L by a constant does not change the answer; several random probes
-    make an accidental zero (δ on the zero set of the polynomial D^kL[δ^k]) a null event.
+    where S = |L(θ*)| (or, if that is 0, the largest |c_i(δ)|) and r is the length scale at which
+    the first non-zero term reaches S: r = min_i (S/|c_i(δ)|)^{1/i}. Terms are thus compared at
+    the distance where the expansion matters, so the answer does not change when L is multiplied
+    by a constant, when θ is rescaled, or when the network widens (a random unit δ of a wide DLN
+    has tiny high-order terms at r = 1). Pass `radius` to fix r instead (then
+    S = max(|L(θ*)|, max_i |c_i| r^i)). Several random probes make an accidental zero (δ on the
+    zero set of the polynomial D^kL[δ^k]) a null event.
     Order 0 is excluded (it is L(θ*)). If order 1 is non-zero the point is not critical: that is
     reported as `order == 1`, not raised, so a caller can check it.
 
     Failure modes (documented, not detected): a derivative smaller than rtol·S at the scale r
-    (e.g. a critical point known only to 1e−6 gives |c_1| ≈ 1e−6: pass a larger `rtol` or a
-    smaller `radius`); a first non-zero order above `max_order` (raises); non-smooth losses.
+    counts as zero, so a genuine but tiny next term is missed; a critical point known only to
+    1e−6 has |c_1| r ≈ 1e−6·S and is reported as k = 1 (pass a larger `rtol` to accept it);
+    a first non-zero order above `max_order` raises; non-smooth losses (next paragraph).
     At the origin of a ReLU network AD differentiates one branch of each kink, so the "ray"
     route is wrong there; `method="auto"` switches to the "outputs" route when `loss` is an
     objective with `from_outputs` and `x`, the network outputs vanish at `point`, and the
@@ -272,8 +280,8 @@ def taylor_term(
         raise ValueError(
             f"`max_order` must be ≥ 2 and `n_probes` ≥ 1, got {max_order} and {n_probes}."
         )
-    if not (radius > 0 and rtol >= 0 and atol >= 0):
-        raise ValueError("`radius` must be positive and `rtol`, `atol` non-negative.")
+    if not ((radius is None or radius > 0) and rtol >= 0 and atol >= 0):
+        raise ValueError("`radius` must be None or positive and `rtol`, `atol` non-negative.")
     key = jr.key(0) if key is None else key
     keys = list(jr.split(key, n_probes))
     value = loss(point)
@@ -299,18 +307,35 @@ def taylor_term(
             f = jax.vmap(eqx.combine(delta, static))(loss.x)
             zero = jnp.zeros_like(f)
             c1 = jax.jvp(loss.from_outputs, (zero,), (f,))[1]
-            c2 = 0.5 * jax.jvp(lambda z: jax.jvp(loss.from_outputs, (z,), (f,))[1], (zero,), (f,))[1]
+            c2 = (
+                0.5 * jax.jvp(lambda z: jax.jvp(loss.from_outputs, (z,), (f,))[1], (zero,), (f,))[1]
+            )
             scale = max(abs(float(value)), abs(float(c1)), abs(float(c2)))
             m = None if _is_zero(abs(float(c2)), scale, rtol, atol) else 2 * k
             coeffs = jnp.zeros(max_order + 1).at[0].set(jnp.abs(value))
             return TaylorTerm(k, m, value, coeffs, point, loss, "outputs")
 
-    deltas = jax.vmap(lambda k: _random_unit(k, point))(jnp.stack(keys))
-    coeffs = jnp.abs(_coefficients(loss, point, deltas, max_order)).max(axis=0)
-    powers = radius ** jnp.arange(max_order + 1)
-    sized = np.asarray(coeffs * powers)
-    scale = max(abs(float(value)), float(sized[1:].max()))
-    nonzero = [j for j in range(1, max_order + 1) if not _is_zero(sized[j], scale, rtol, atol)]
+    deltas = _probes(jnp.stack(keys), _params(point))
+    raw = np.abs(np.asarray(_coefficients(loss, point, deltas, max_order)))  # (probes, K + 1)
+    coeffs = jnp.asarray(raw.max(axis=0))
+    sized = np.zeros(max_order + 1)
+    for c in raw:
+        if radius is None:
+            # The length scale r* at which the first Taylor term changes L by as much as L
+            # itself (or, for L(θ*) = 0, by as much as the largest term at r = 1): terms are
+            # compared where they matter, so neither the scale of L nor that of θ (nor the
+            # width of the network, which shrinks high-order terms of a random unit δ) matters.
+            s0 = c[0] if c[0] > 0 else max(c[1:].max(), np.finfo(float).tiny)
+            with np.errstate(divide="ignore"):
+                r_j = np.where(
+                    c[1:] > 0, (s0 / c[1:]) ** (1.0 / np.arange(1, max_order + 1)), np.inf
+                )
+            r = float(r_j.min()) if np.isfinite(r_j.min()) else 1.0
+        else:
+            r = radius
+            s0 = max(c[0], (c[1:] * r ** np.arange(1, max_order + 1)).max())
+        sized = np.maximum(sized, c * r ** np.arange(max_order + 1) / s0)
+    nonzero = [j for j in range(1, max_order + 1) if not _is_zero(sized[j], 1.0, rtol, atol)]
     if not nonzero:
         raise ValueError(
             f"every derivative of order 1…{max_order} vanished (relative tolerance {rtol}) on "
@@ -334,7 +359,10 @@ def homogeneity_error(
     Use positive λ for positively homogeneous H (ReLU nets); negative λ test full homogeneity.
     """
     h = H(delta)
-    errs = [jnp.abs(H(tree_scale(lam, delta)) - lam**order * h) / jnp.abs(lam**order * h) for lam in scales]
+    errs = [
+        jnp.abs(H(tree_scale(lam, delta)) - lam**order * h) / jnp.abs(lam**order * h)
+        for lam in scales
+    ]
     return jnp.max(jnp.stack(errs))
 
 
