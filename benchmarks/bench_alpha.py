@@ -18,13 +18,17 @@ from _common import (
     write_json,
 )
 
+import saddlejax
+
+T1_FACTOR = 2.0
+
 
 def t1_of(alpha: float, depth: int = 4) -> float:
     """The issue's horizons: 500 at α = 0.1, else 2·α^{−(L−2)} (20,000 at α = 1e−2)."""
-    return 500.0 if alpha >= 0.1 else 2.0 * alpha ** (-(depth - 2))
+    return 500.0 if alpha >= 0.1 else T1_FACTOR * alpha ** (-(depth - 2))
 
 
-def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False):
+def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False, deflate=0):
     rows = []
     for alpha in alphas:
         problem, params0 = default_problem(alpha)
@@ -32,7 +36,8 @@ def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False):
         th = hvp_time(problem, params0)
         for solver in solvers:
             sol, wall, compile_s = timed_flow(
-                problem, params0, t1_of(alpha), solver=solver, rtol=rtol, max_steps=max_steps
+                problem, params0, t1_of(alpha), solver=solver, rtol=rtol, max_steps=max_steps,
+                krylov=saddlejax.KrylovSettings(deflate=deflate),
             )
             st = {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}
             grads = st.get("grad_evals", -1)
@@ -71,10 +76,14 @@ def main(argv=None):
     p.add_argument("--solvers", nargs="+", default=None)
     p.add_argument("--alphas", nargs="+", type=float, default=None)
     p.add_argument("--rtol", type=float, default=1e-6)
+    p.add_argument("--t1-factor", type=float, default=2.0, help="t1 = factor·α^-(L-2), α < 0.1")
+    p.add_argument("--deflate", type=int, default=0, help="Ritz vectors deflated in CG")
     args = p.parse_args(argv)
+    global T1_FACTOR
+    T1_FACTOR = args.t1_factor
     alphas = args.alphas or ([1e-1, 1e-2] if args.quick else [1e-1, 1e-2, 1e-3, 1e-4])
     solvers = args.solvers or ["auto"]
-    rows = run(solvers, alphas, rtol=args.rtol)
+    rows = run(solvers, alphas, rtol=args.rtol, deflate=args.deflate)
     # log(1/α) growth: wall-time ratio per decade of α, per solver.
     for s in solvers:
         rs = [r for r in rows if r["solver"] == s]

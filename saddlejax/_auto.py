@@ -1,20 +1,25 @@
 """Automatic explicit/implicit switching for the gradient flow (`solver="auto"`).
 
-Near the origin of a deep net and during the fast drops between plateaus, the flow is not stiff
-at the step its accuracy needs, and an explicit Runge–Kutta step (Tsit5, 6 gradients) is ten
-times cheaper than a Rosenbrock–Krylov step (`_stiff.py`: 7 gradients plus tens of
-Hessian-vector products). On plateaus after an escape, ∇²L has λ_max ≈ 10 while the dynamics
-is slow: the explicit step is capped at its stability limit h·λ_max ≈ 3.5 and only an implicit
-step can follow the accuracy-limited step size (Hairer & Wanner II, §IV.2: stiffness
-detection). The switch uses the curvature along the step:
+Near the origin of a deep net the Hessian vanishes and the flow is not stiff: an explicit
+Runge–Kutta step (Tsit5, 6 gradients) is far cheaper than a Rosenbrock–Krylov step (`_stiff.py`:
+7 gradients plus tens of Hessian-vector products). After an escape, ∇²L has a few large
+eigenvalues (≈ 10³ on the default problem) while the dynamics is slow: the explicit step is
+capped at its stability limit h·λ_max ≈ 3.4 and only an implicit step can follow the
+accuracy-limited step size (stiffness detection, Hairer & Wanner II, §IV.2). The switch:
 
-- explicit mode: λ ≈ ‖f(θₙ₊₁) − f(θₙ)‖ / ‖θₙ₊₁ − θₙ‖ (a free secant estimate, f = −∇L; it sees the
-    stiff components an explicit step excites). Switch to implicit when h·λ ≥ `to_implicit`
-    (default 2.5: the step is at Tsit5's stability boundary ≈ 3.4 on the negative real axis).
-- implicit mode: λ by one power-iteration Hessian-vector product per step (the vector is kept
-    across steps). Switch back to explicit when h·λ < `to_explicit` (default 10: the implicit
-    step is less than about three times the largest stable explicit step, so the explicit
-    method is cheaper), after at least `min_implicit_steps` accepted implicit steps.
+- λ_max(∇²L) is tracked by power iteration, one Hessian-vector product every `power_every`-th
+    explicit step and every implicit step, the vector kept across steps. (A free secant
+    estimate ‖Δf‖/‖Δθ‖ does not work: it sees the soft curvature along the motion.)
+- explicit mode: switch to implicit when h·λ ≥ `to_implicit` (default 2.5: the step is near
+    Tsit5's stability boundary ≈ 3.4 on the negative real axis, so it is stability-limited),
+    after at least `min_explicit_steps`·2^k explicit steps (see the back-off below).
+- implicit mode: switch back to explicit when h·λ < `to_explicit` (default 40: an implicit
+    step costs as much as 10–15 explicit ones, so it must be that many times longer than the
+    largest stable explicit step ≈ 3.4/λ) and the step stopped growing (by 20 % a step: after
+    a drop the implicit step grows for a while before it reaches the plateau's scale), after
+    at least `min_implicit_steps` implicit steps.
+- back-off against flip-flopping in fast drops: k counts the implicit stretches in a row that
+    ended without ever reaching h·λ ≥ `to_explicit` (at most 3); a stretch that did resets it.
 
 Both modes produce cubic-Hermite dense output, and each step's error estimate is that of the
 method which made it.
@@ -30,6 +35,8 @@ from jax.flatten_util import ravel_pytree
 
 from ._stiff import RODAS4, RosenbrockKrylov, RosenbrockTableau
 
+_DEFLATION_KEYS = ("basis", "ritz", "age", "last_cg")
+
 
 def _flat(tree):
     return ravel_pytree(tree)[0]
@@ -38,9 +45,10 @@ def _flat(tree):
 class AutoStiff(diffrax.AbstractAdaptiveSolver):
     """Tsit5 where the flow is not stiff, Rosenbrock–Krylov (RODAS4 + CG) where it is.
 
-    **Arguments:** `rtol`, `atol`, `tableau`, `linear_factor`, `max_cg_steps` as for
-    `RosenbrockKrylov`; `to_implicit`, `to_explicit`, `min_implicit_steps` as in the module
-    docstring.
+    **Arguments:** `rtol`, `atol`, `tableau`, `linear_factor`, `max_cg_steps`, `deflate` as for
+    `RosenbrockKrylov`; `to_implicit`, `to_explicit`, `min_implicit_steps`,
+    `min_explicit_steps`, `power_every` as in the module docstring; `verbose` prints one line
+    per attempted step (debugging).
 
     The solver state counts Hessian-vector products, explicit and implicit accepted steps.
     Under `jax.vmap` both branches run for every trajectory (a batched `lax.cond`).
@@ -54,9 +62,13 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
     tableau: RosenbrockTableau = RODAS4
     linear_factor: float | jax.Array = 0.1
     max_cg_steps: int = eqx.field(static=True, default=200)
+    deflate: int = eqx.field(static=True, default=0)
     to_implicit: float = 2.5
-    to_explicit: float = 10.0
-    min_implicit_steps: int = eqx.field(static=True, default=4)
+    to_explicit: float = 40.0
+    min_implicit_steps: int = eqx.field(static=True, default=3)
+    min_explicit_steps: int = eqx.field(static=True, default=16)
+    power_every: int = eqx.field(static=True, default=8)
+    verbose: bool = eqx.field(static=True, default=False)
 
     def order(self, terms):
         return self.tableau.order
@@ -71,6 +83,7 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
             tableau=self.tableau,
             linear_factor=self.linear_factor,
             max_cg_steps=self.max_cg_steps,
+            deflate=self.deflate,
         )
 
     def init(self, terms, t0, t1, y0, args):
@@ -89,6 +102,13 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
             max_cg=zero,
             n_implicit=zero,
             n_explicit=zero,
+            backoff=zero,
+            h=jnp.zeros((), flat.dtype),
+            stiff={
+                k: v
+                for k, v in self._stiff().init(terms, t0, t1, y0, args).items()
+                if k in _DEFLATION_KEYS
+            },
         )
 
     def func(self, terms, t0, y0, args):
@@ -97,6 +117,16 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         h = t1 - t0
         st = solver_state
+
+        def power_step(v):
+            """One power-iteration step for λ_max(∇²L) at θₙ (the vector persists)."""
+            flat0, unravel = ravel_pytree(y0)
+            _, hv = jax.jvp(lambda x: _flat(terms.vf(t0, unravel(x), args)), (flat0,), (v,))
+            hv = -hv
+            lam = jnp.abs(jnp.dot(v, hv)).astype(st["lam"].dtype)
+            nrm = jnp.linalg.norm(hv)
+            v = jnp.where(nrm > 0, hv / jnp.where(nrm > 0, nrm, 1.0), v)
+            return v, lam, jnp.ones((), jnp.int32)
 
         def explicit(_):
             tsit = diffrax.Tsit5()
@@ -110,41 +140,52 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
                 k0=jax.tree_util.tree_map(lambda x: x[0], k),
                 k1=jax.tree_util.tree_map(lambda x: x[-1], k),
             )
-            dy = _flat(y1) - _flat(y0)
-            df = _flat(f1) - _flat(st["f"])
-            lam = jnp.linalg.norm(df) / jnp.maximum(jnp.linalg.norm(dy), jnp.finfo(dy.dtype).tiny)
+            # Every `power_every`-th explicit step: one power-iteration step for λ_max(∇²L).
+            v, lam, n = jax.lax.cond(
+                st["n_explicit"] % self.power_every == 0,
+                lambda: power_step(st["v"]),
+                lambda: (st["v"], st["lam"], jnp.zeros((), jnp.int32)),
+            )
             err = jax.tree_util.tree_map(
                 lambda e: jnp.where(result == diffrax.RESULTS.successful, e, jnp.inf), err
             )
-            return y1, err, dense, f1, st["v"], lam, jnp.zeros((), jnp.int32), jnp.zeros(
-                (), jnp.int32
-            )
+            return y1, err, dense, f1, v, lam, n, jnp.zeros((), jnp.int32), st["stiff"]
 
         def implicit(_):
             stiff = self._stiff()
             zero = jnp.zeros((), jnp.int32)
-            y1, err, dense, inner, _ = stiff.step(
-                terms, t0, t1, y0, args, dict(hvp=zero, max_cg=zero), made_jump
-            )
+            inner0 = dict(st["stiff"], hvp=zero, max_cg=zero)
+            y1, err, dense, inner, _ = stiff.step(terms, t0, t1, y0, args, inner0, made_jump)
             f1 = jax.tree_util.tree_map(lambda k: k / h, dense["k1"])
-            # One power-iteration step for λ_max(∇²L) at θₙ (the vector persists across steps).
-            flat0, unravel = ravel_pytree(y0)
-            _, hv = jax.jvp(lambda x: _flat(terms.vf(t0, unravel(x), args)), (flat0,), (st["v"],))
-            hv = -hv
-            lam = jnp.abs(jnp.dot(st["v"], hv))
-            nrm = jnp.linalg.norm(hv)
-            v = jnp.where(nrm > 0, hv / jnp.where(nrm > 0, nrm, 1.0), st["v"])
-            return y1, err, dense, f1, v, lam, inner["hvp"] + 1, inner["max_cg"]
+            v, lam, n = power_step(st["v"])
+            n_hvp = inner["hvp"] + n
+            max_cg = inner["max_cg"]
+            inner = {k: inner[k] for k in _DEFLATION_KEYS}
+            return y1, err, dense, f1, v, lam, n_hvp, max_cg, inner
 
-        y1, err, dense, f1, v, lam, n_hvp, max_cg = jax.lax.cond(
+        y1, err, dense, f1, v, lam, n_hvp, max_cg, stiff_state = jax.lax.cond(
             st["implicit"], implicit, explicit, None
         )
         was_implicit = st["implicit"]
         hl = jnp.abs(h) * lam
-        dwell = jnp.where(was_implicit, st["dwell"] + 1, 0)
-        go_implicit = (~was_implicit) & (hl >= self.to_implicit)
-        go_explicit = was_implicit & (dwell >= self.min_implicit_steps) & (hl < self.to_explicit)
+        dwell = st["dwell"] + 1
+        # After an implicit stretch that never grew past `to_explicit` (a fast drop, where the
+        # explicit method is cheaper), wait twice as long before trying implicit again.
+        backoff = st["backoff"]
+        explicit_wait = self.min_explicit_steps * 2 ** jnp.minimum(backoff, 3)
+        go_implicit = (~was_implicit) & (hl >= self.to_implicit) & (dwell >= explicit_wait)
+        growing = jnp.abs(h) > 1.2 * st["h"]
+        go_explicit = (
+            was_implicit & (dwell >= self.min_implicit_steps) & (hl < self.to_explicit) & ~growing
+        )
         implicit_next = jnp.where(was_implicit, ~go_explicit, go_implicit)
+        skipped = was_implicit & (hl >= self.to_explicit)
+        backoff = jnp.where(skipped, 0, jnp.where(go_explicit, backoff + 1, backoff))
+        if self.verbose:
+            jax.debug.print(
+                "t={t:.6g} h={h:.3g} implicit={m} hλ={hl:.3g} hvp={n} next={nx}",
+                t=t0, h=h, m=was_implicit, hl=hl, n=n_hvp, nx=implicit_next,
+            )
         state = dict(
             f=f1,
             implicit=implicit_next,
@@ -155,5 +196,8 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
             max_cg=jnp.maximum(st["max_cg"], max_cg),
             n_implicit=st["n_implicit"] + was_implicit.astype(jnp.int32),
             n_explicit=st["n_explicit"] + (~was_implicit).astype(jnp.int32),
+            backoff=backoff,
+            h=jnp.abs(h).astype(st["h"].dtype),
+            stiff=stiff_state,
         )
         return y1, err, dense, state, diffrax.RESULTS.successful

@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order `saddlejax --help` lists them.
-COMMANDS = ("run", "escape_path")
+COMMANDS = ("run", "escape_path", "escape", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

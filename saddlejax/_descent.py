@@ -127,5 +127,5 @@ def gradient_descent(
         observe=observe,
     )
     if throw:
-        raise_if_failed(sol)
+        sol = raise_if_failed(sol)
     return sol

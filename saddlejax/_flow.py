@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, PyTree
 
+from ._auto import AutoStiff
 from ._events import to_diffrax_event
 from ._solution import RESULTS, FlowSolution
 from ._solvers import KrylovSettings, check_solver, make_solver
-from ._auto import AutoStiff
 from ._stiff import RosenbrockKrylov
 from ._trainable import split_trainable
 from ._tree import tree_all_finite, tree_norm, tree_rms
@@ -203,12 +203,11 @@ def _solve(
         # solver="auto": 6 gradients per Tsit5 step, the Rosenbrock count per implicit step;
         # rejected steps are apportioned like the accepted ones.
         per_implicit = RosenbrockKrylov.grad_evals_per_step(diffrax_solver.tableau)
-        accepted_evals = 6 * stats["explicit_steps_accepted"] + per_implicit * stats[
+        accepted_evals = 6.0 * stats["explicit_steps_accepted"] + per_implicit * stats[
             "implicit_steps_accepted"
         ]
-        stats["grad_evals"] = jnp.round(
-            accepted_evals * stats["num_steps"] / jnp.maximum(stats["num_accepted_steps"], 1)
-        ).astype(stats["num_steps"].dtype)
+        ratio = stats["num_steps"] / jnp.maximum(stats["num_accepted_steps"], 1)
+        stats["grad_evals"] = jnp.round(accepted_evals * ratio).astype(stats["num_steps"].dtype)
     elif evals_per_step > 0:
         stats["grad_evals"] = stats["num_steps"] * evals_per_step
     else:
@@ -216,9 +215,10 @@ def _solve(
     if counts_hvp:
         # Rejected steps' products are not kept by diffrax: estimate them at the accepted mean.
         accepted = jnp.maximum(stats["num_accepted_steps"], 1)
-        stats["hvp_evals"] = jnp.round(
-            stats["hvp_evals_accepted"] * stats["num_steps"] / accepted
-        ).astype(stats["hvp_evals_accepted"].dtype)
+        ratio = stats["num_steps"] / accepted
+        stats["hvp_evals"] = jnp.round(stats["hvp_evals_accepted"] * ratio).astype(
+            stats["num_steps"].dtype
+        )
     stats["rtol"] = rtol
     stats["atol"] = atol
     if record_steps:
@@ -304,8 +304,13 @@ def gradient_flow(
     - `t1`: final time.
     - `t0`: initial time.
     - `solver`: "tsit5" (default; explicit, cheap while ∇²L is small, i.e. near the origin of a
-        deep net), "kvaerno5" / "stiff" (implicit, matrix-free Newton–GMRES on Hessian-vector
-        products; steps across long plateaus), other names in `SOLVER_NAMES`, or a diffrax solver.
+        deep net), "auto" (Tsit5 where the flow is not stiff, RODAS4 with deflated conjugate
+        gradients on Hessian-vector products on stiff plateaus; the fastest choice for small α),
+        "rodas3" / "rodas4" (Rosenbrock–Krylov throughout), "kvaerno5" / "stiff" (implicit,
+        Newton–GMRES), other names in `SOLVER_NAMES`, or a diffrax solver. The Rosenbrock and
+        auto solvers add `hvp_evals` (Hessian-vector products; rejected steps estimated at the
+        accepted mean), `hvp_evals_accepted`, `max_cg_iterations` and, for "auto",
+        `explicit_steps_accepted` / `implicit_steps_accepted` to `sol.stats`.
     - `rtol`: relative tolerance of the PID step-size controller.
     - `atol`: absolute tolerance. Default `None` means rtol·RMS(θ₀): the initial scale sets the
         absolute accuracy, so α = 1e−6 is resolved as well as α = 1e−1 (a fixed 1e−6 would not).
@@ -363,20 +368,24 @@ def gradient_flow(
         progress=progress,
     )
     if throw:
-        raise_if_failed(sol)
+        sol = raise_if_failed(sol)
     return sol
 
 
-def raise_if_failed(sol: FlowSolution) -> None:
-    """Raise a RuntimeError naming the cause if any trajectory in `sol` failed (outside jit)."""
+def raise_if_failed(sol: FlowSolution) -> FlowSolution:
+    """Raise a RuntimeError naming the cause if any trajectory in `sol` failed.
+
+    **Returns:** `sol`. Under a user's jit/vmap the check is attached to the returned solution's
+    arrays (`eqx.error_if`), so use the returned value: a check whose output is unused is
+    removed by jit's dead-code elimination and would never fire.
+    """
     if isinstance(sol.result._value, jax.core.Tracer):
         # Under a user's jit/vmap: a runtime error, raised if any trajectory failed.
         msg = "gradient flow failed (pass `throw=False` and read `sol.result` for the cause)"
-        eqx.error_if(sol.result._value, sol.result._value != RESULTS.successful._value, msg)
-        return
+        return eqx.error_if(sol, sol.result._value != RESULTS.successful._value, msg)
     codes = np.asarray(sol.result._value)
     if np.all(codes == RESULTS.successful._value):
-        return
+        return sol
     bad = codes[codes != RESULTS.successful._value]
     messages = sorted({RESULTS._index_to_message[int(c)] for c in np.unique(bad)})
     raise RuntimeError(

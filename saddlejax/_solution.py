@@ -43,7 +43,10 @@ class FlowSolution(eqx.Module):
         `norm`, each of length `max_steps` padded with +inf after the last step; else None.
     - `stats`: `num_steps`, `num_accepted_steps`, `num_rejected_steps`, `grad_evals` (gradient
         evaluations: exact for gradient descent, stages × steps for explicit Runge–Kutta solvers,
-        −1 where unknown) and the tolerances used.
+        −1 where unknown) and the tolerances used. Rosenbrock and "auto" solvers add
+        `hvp_evals` (Hessian-vector products; rejected steps estimated at the accepted mean),
+        `hvp_evals_accepted`, `max_cg_iterations`, and for "auto" `explicit_steps_accepted` and
+        `implicit_steps_accepted`.
     - `result`: a `RESULTS` code; check `sol.result == RESULTS.successful`.
     """
 

@@ -15,7 +15,7 @@ import lineax as lx
 import optimistix as optx
 
 from ._auto import AutoStiff
-from ._stiff import RosenbrockKrylov, TABLEAUS
+from ._stiff import TABLEAUS, RosenbrockKrylov
 
 _EXPLICIT = {
     "tsit5": (diffrax.Tsit5, 6),
@@ -49,7 +49,12 @@ class KrylovSettings(eqx.Module):
     - `newton_rtol_factor`: Newton's tolerances are this factor times the step-size
         controller's (rtol, atol): the nonlinear solve need only be more accurate than the local
         error the controller accepts. For the Rosenbrock solvers ("rodas3", "rodas4", "auto")
-        it is the conjugate-gradient residual tolerance in units of atol + rtol·|θ|.
+        it is the conjugate-gradient residual tolerance in units of atol + rtol·|θ|; keep it
+        ≤ 0.1 (at 0.5 the stage errors spoil the error estimate and the steps collapse).
+    - `deflate`: Rosenbrock/auto only: number of Lanczos Ritz vectors of ∇²L used as a
+        deflation preconditioner for CG (0: none). It cuts Hessian-vector products about 3×
+        on long stiff plateaus, but each CG iteration then also streams k vectors of size P;
+        on a 2-core CPU at P ≈ 22,000 that cancels the gain (benchmarks/README.md).
     """
 
     krylov_rtol: float = 1e-4
@@ -57,6 +62,7 @@ class KrylovSettings(eqx.Module):
     restart: int = eqx.field(static=True, default=20)
     max_krylov_steps: int | None = eqx.field(static=True, default=200)
     newton_rtol_factor: float = 0.1
+    deflate: int = eqx.field(static=True, default=0)
 
 
 def check_solver(solver) -> None:
@@ -99,6 +105,7 @@ def make_solver(solver, rtol, atol, krylov: KrylovSettings | None = None):
         auto = AutoStiff(
             rtol=rtol,
             atol=atol,
+            deflate=krylov.deflate,
             linear_factor=krylov.newton_rtol_factor,
             max_cg_steps=200 if krylov.max_krylov_steps is None else krylov.max_krylov_steps,
         )
@@ -109,6 +116,7 @@ def make_solver(solver, rtol, atol, krylov: KrylovSettings | None = None):
             rtol=rtol,
             atol=atol,
             tableau=tableau,
+            deflate=krylov.deflate,
             linear_factor=krylov.newton_rtol_factor,
             max_cg_steps=200 if krylov.max_krylov_steps is None else krylov.max_krylov_steps,
         )

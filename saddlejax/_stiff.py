@@ -14,8 +14,8 @@ explicit guess Kᵢ = hγ·rhsᵢ and stopped as soon as the residual is below a
 step-size controller's error scale atol + rtol·|θ| (inexact, error-controlled solves: since
 I + hγ∇²L ⪰ (1 − hγ|λ_min|)·I, the error is at most that residual). Where ∇²L is tiny (near the
 origin of a deep net) the first residual already passes and a stage costs one gradient and
-one Hessian-vector product: the method is then as cheap as an explicit one, so no switching
-is needed. A failed solve (indefinite curvature detected, or the iteration cap) rejects the
+one Hessian-vector product (still dearer than Tsit5's steps there, hence `solver="auto"` in
+`_auto.py`). A failed solve (indefinite curvature detected, or the iteration cap) rejects the
 step and the controller shrinks h, which restores definiteness and conditioning.
 
 The vector field must be autonomous (gradient flow is): the ∂f/∂t terms are omitted.
@@ -106,42 +106,74 @@ def _rms(x):
 
 
 def conjugate_gradient(
-    matvec: Callable, b, x0, scale, tol, max_steps: int
+    matvec: Callable, b, x0, scale, tol, max_steps: int, precondition: Callable | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Solve A x = b for symmetric A by conjugate gradients (Hestenes–Stiefel), from x0.
+    """Solve A x = b for symmetric A by (preconditioned) conjugate gradients, from x0.
 
     Stops when RMS(r/scale) ≤ tol (r = b − A x), when pᵀAp ≤ 0 (A not positive definite along
-    p: failure), or after `max_steps` iterations (failure unless converged).
+    p: failure), or after `max_steps` iterations (failure unless converged). `precondition`
+    applies a symmetric positive-definite M⁻¹.
 
     **Returns:** (x, number of matrix-vector products, converged).
     """
+    prec = (lambda r: r) if precondition is None else precondition
     r = b - matvec(x0)
-    rr = jnp.dot(r, r)
+    z = prec(r)
+    rz = jnp.dot(r, z)
 
     def done_of(r, bad):
         return (_rms(r / scale) <= tol) | bad
 
     def cond(carry):
-        _, _, _, _, k, done = carry[:6]
+        k, done = carry[4], carry[5]
         return (~done) & (k < max_steps)
 
     def body(carry):
-        x, r, p, rr, k, _, _ = carry
+        x, r, p, rz, k, _, _ = carry
         ap = matvec(p)
         pap = jnp.dot(p, ap)
         bad = ~(pap > 0)
-        alpha = jnp.where(bad, 0.0, rr / jnp.where(bad, 1.0, pap))
+        alpha = jnp.where(bad, 0.0, rz / jnp.where(bad, 1.0, pap))
         x = x + alpha * p
         r = r - alpha * ap
-        rr_new = jnp.dot(r, r)
-        beta = rr_new / jnp.where(rr > 0, rr, 1.0)
-        p = r + beta * p
-        return x, r, p, rr_new, k + 1, done_of(r, bad), bad
+        z = prec(r)
+        rz_new = jnp.dot(r, z)
+        beta = rz_new / jnp.where(rz > 0, rz, 1.0)
+        p = z + beta * p
+        return x, r, p, rz_new, k + 1, done_of(r, bad), bad
 
-    init = (x0, r, r, rr, jnp.asarray(0), done_of(r, False), jnp.asarray(False))
+    init = (x0, r, z, rz, jnp.asarray(0), done_of(r, False), jnp.asarray(False))
     x, r, _, _, k, _, bad = jax.lax.while_loop(cond, body, init)
     converged = (_rms(r / scale) <= tol) & ~bad
     return x, k + 1, converged
+
+
+def lanczos_top(hvp: Callable, v0, n_steps: int, n_keep: int):
+    """The `n_keep` largest Ritz pairs of a symmetric operator after `n_steps` Lanczos steps
+    with full reorthogonalisation (Golub & Van Loan §10.1), started from v0.
+
+    **Returns:** (V of shape (n_keep, n), orthonormal rows; Ritz values θ, descending).
+    """
+    n = v0.size
+    q0 = v0 / jnp.linalg.norm(v0)
+    basis = jnp.zeros((n_steps + 1, n), v0.dtype).at[0].set(q0)
+
+    def body(j, carry):
+        basis, alphas, betas = carry
+        w = hvp(basis[j])
+        a = jnp.dot(basis[j], w)
+        w = w - basis.T @ (basis @ w)  # one full reorthogonalisation pass (rows > j are zero)
+        nb = jnp.linalg.norm(w)
+        basis = basis.at[j + 1].set(jnp.where(nb > 0, w / jnp.where(nb > 0, nb, 1.0), 0.0))
+        return basis, alphas.at[j].set(a), betas.at[j].set(nb)
+
+    zeros = jnp.zeros((n_steps,), v0.dtype)
+    basis, alphas, betas = jax.lax.fori_loop(0, n_steps, body, (basis, zeros, zeros))
+    off = betas[:-1]
+    tri = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+    theta, vecs = jnp.linalg.eigh(tri)
+    theta, vecs = theta[::-1][:n_keep], vecs[:, ::-1][:, :n_keep]
+    return vecs.T @ basis[:n_steps], theta
 
 
 class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
@@ -150,15 +182,21 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
 
     **Arguments:**
 
-    - `tableau`: `RODAS3` (default; 3 gradients + 4 CG solves per step, order 3) or `RODAS4`.
+    - `tableau`: `RODAS3` (default; 4 gradients + 4 CG solves per step, order 3) or `RODAS4`
+        (7 gradients + 6 CG solves, order 4); gradient counts include f(θₙ₊₁) for dense output.
     - `rtol`, `atol`: the step-size controller's tolerances (may be traced); the CG residual
         tolerance is `linear_factor`·(atol + rtol·|θₙ|) in RMS.
     - `linear_factor`: see above (inexact solves: 0.1 keeps the solve error well inside the
         local error the controller accepts).
     - `max_cg_steps`: cap on CG iterations per stage; reaching it rejects the step.
+    - `deflate`: number k of top Ritz vectors of ∇²L (Lanczos, `lanczos_steps` steps) used as
+        the deflation preconditioner M⁻¹ = I − V diag(hγθ/(1 + hγθ)) Vᵀ (0: plain CG). They are
+        kept in the solver state and refreshed every `refresh_every` accepted steps or when a
+        stage needed more than `refresh_cg` products.
 
     Dense output: cubic Hermite on θₙ, θₙ₊₁, f(θₙ), f(θₙ₊₁) (one more gradient per step).
-    The solver state counts Hessian-vector products and CG solves over the accepted steps.
+    The solver state counts Hessian-vector products (CG, Lanczos) over the accepted steps and
+    the largest per-stage CG count.
     """
 
     term_structure: ClassVar = diffrax.AbstractTerm
@@ -169,6 +207,10 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
     tableau: RosenbrockTableau = RODAS3
     linear_factor: float | jax.Array = 0.1
     max_cg_steps: int = eqx.field(static=True, default=200)
+    deflate: int = eqx.field(static=True, default=0)
+    lanczos_steps: int = eqx.field(static=True, default=24)
+    refresh_every: int = eqx.field(static=True, default=64)
+    refresh_cg: int = eqx.field(static=True, default=12)
 
     def order(self, terms):
         return self.tableau.order
@@ -178,7 +220,15 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
 
     def init(self, terms, t0, t1, y0, args):
         zero = jnp.zeros((), jnp.int32)
-        return dict(hvp=zero, max_cg=zero)
+        flat = ravel_pytree(y0)[0]
+        return dict(
+            hvp=zero,
+            max_cg=zero,
+            basis=jnp.zeros((self.deflate, flat.size), flat.dtype),
+            ritz=jnp.zeros((self.deflate,), flat.dtype),
+            age=jnp.asarray(self.refresh_every, jnp.int32),
+            last_cg=zero,
+        )
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -200,8 +250,35 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
         def matvec(v):
             return v - hg * jvp(v)
 
-        ks, stage_f, prev_row = [], f0, ()
         n_hvp = jnp.zeros((), jnp.int32)
+        basis, ritz, age = solver_state["basis"], solver_state["ritz"], solver_state["age"]
+        if self.deflate > 0:
+            # Deflation preconditioner M⁻¹ = I − V diag(hγθ/(1 + hγθ)) Vᵀ from the top Ritz
+            # pairs (V, θ) of ∇²L: exact inverse of I + hγ∇²L on span V. On plateaus ∇²L has a
+            # few large eigenvalues and a gap (e.g. 12 above 200, the rest below 0.2), so CG
+            # then sees κ ≈ 1 + hγλ_{k+1} instead of 1 + hγλ_max. Refreshed by Lanczos every
+            # `refresh_every` accepted steps or when a stage needed > `refresh_cg` iterations.
+            refresh = (age >= self.refresh_every) | (solver_state["last_cg"] > self.refresh_cg)
+
+            def new_basis():
+                start = jnp.sum(basis, axis=0) + jnp.cos(
+                    jnp.arange(flat0.size, dtype=flat0.dtype) * 2.399963229728653
+                ) / jnp.sqrt(flat0.size)
+                v, th = lanczos_top(
+                    lambda v: -jvp(v), start, self.lanczos_steps, self.deflate
+                )
+                return v, th, jnp.zeros((), jnp.int32)
+
+            basis, ritz, age = jax.lax.cond(refresh, new_basis, lambda: (basis, ritz, age))
+            n_hvp = n_hvp + jnp.where(refresh, self.lanczos_steps, 0)
+            shrink = jnp.where(ritz > 0, hg * ritz / (1 + hg * jnp.maximum(ritz, 0)), 0.0)
+
+            def precondition(r):
+                return r - basis.T @ (shrink * (basis @ r))
+        else:
+            precondition = None
+
+        ks, stage_f, prev_row = [], f0, ()
         max_cg = jnp.zeros((), jnp.int32)
         ok = jnp.asarray(True)
         for i in range(len(tab.m)):
@@ -211,7 +288,10 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
             prev_row = row
             rhs = stage_f + sum((c / h) * k for c, k in zip(tab.c[i], ks) if c != 0.0)
             b = hg * rhs
-            k_i, n_i, conv = conjugate_gradient(matvec, b, b, scale, tol, self.max_cg_steps)
+            x0 = b if precondition is None else precondition(b)
+            k_i, n_i, conv = conjugate_gradient(
+                matvec, b, x0, scale, tol, self.max_cg_steps, precondition
+            )
             ks.append(k_i)
             n_hvp = n_hvp + n_i
             max_cg = jnp.maximum(max_cg, n_i)
@@ -223,7 +303,12 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
         y1 = unravel(flat1)
         dense_info = dict(y0=y0, y1=y1, k0=unravel(h * f0), k1=unravel(h * f1))
         state = dict(
-            hvp=solver_state["hvp"] + n_hvp, max_cg=jnp.maximum(solver_state["max_cg"], max_cg)
+            hvp=solver_state["hvp"] + n_hvp,
+            max_cg=jnp.maximum(solver_state["max_cg"], max_cg),
+            basis=basis,
+            ritz=ritz,
+            age=age + 1,
+            last_cg=max_cg,
         )
         return y1, unravel(err), dense_info, state, diffrax.RESULTS.successful
 

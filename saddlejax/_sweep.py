@@ -205,7 +205,8 @@ def sweep(
         parts = []
         for lo in range(0, seeds.size, chunk):
             chunk_seeds = seeds[lo : lo + chunk]
-            padded = np.concatenate([chunk_seeds, np.full(chunk - chunk_seeds.size, chunk_seeds[-1])])
+            pad = np.full(chunk - chunk_seeds.size, chunk_seeds[-1])
+            padded = np.concatenate([chunk_seeds, pad])
             args = (
                 jax.vmap(jr.key)(jnp.asarray(padded)),
                 jnp.asarray(alpha),

@@ -50,5 +50,6 @@ def tree_index(tree, i):
 
 
 def tree_all_finite(tree) -> Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if eqx.is_inexact_array(x)]
+    arrays = [x for x in jax.tree_util.tree_leaves(tree) if eqx.is_inexact_array(x)]
+    leaves = [jnp.all(jnp.isfinite(x)) for x in arrays]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
