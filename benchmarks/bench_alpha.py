@@ -28,7 +28,7 @@ def t1_of(alpha: float, depth: int = 4) -> float:
     return 500.0 if alpha >= 0.1 else T1_FACTOR * alpha ** (-(depth - 2))
 
 
-def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False, deflate=0):
+def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False, deflate=16, recycle=16):
     rows = []
     for alpha in alphas:
         problem, params0 = default_problem(alpha)
@@ -36,8 +36,13 @@ def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False, deflate=0
         th = hvp_time(problem, params0)
         for solver in solvers:
             sol, wall, compile_s = timed_flow(
-                problem, params0, t1_of(alpha), solver=solver, rtol=rtol, max_steps=max_steps,
-                krylov=saddlejax.KrylovSettings(deflate=deflate),
+                problem,
+                params0,
+                t1_of(alpha),
+                solver=solver,
+                rtol=rtol,
+                max_steps=max_steps,
+                krylov=saddlejax.KrylovSettings(deflate=deflate, recycle=recycle),
             )
             st = {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}
             grads = st.get("grad_evals", -1)
@@ -45,6 +50,8 @@ def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False, deflate=0
             equiv = grads + hvps * th / tg if grads > 0 else float("nan")
             row = dict(
                 solver=solver,
+                deflate=deflate,
+                recycle=recycle,
                 alpha=alpha,
                 t1=t1_of(alpha),
                 ok=bool(sol.successful),
@@ -67,8 +74,24 @@ def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False, deflate=0
     return rows
 
 
-COLUMNS = ["solver", "alpha", "t1", "ok", "steps", "rejected", "grad_evals", "hvp_evals",
-           "hvp_per_step", "wall_s", "compile_s", "overhead", "t_half", "final_loss"]
+COLUMNS = [
+    "solver",
+    "deflate",
+    "recycle",
+    "alpha",
+    "t1",
+    "ok",
+    "steps",
+    "rejected",
+    "grad_evals",
+    "hvp_evals",
+    "hvp_per_step",
+    "wall_s",
+    "compile_s",
+    "overhead",
+    "t_half",
+    "final_loss",
+]
 
 
 def main(argv=None):
@@ -77,13 +100,14 @@ def main(argv=None):
     p.add_argument("--alphas", nargs="+", type=float, default=None)
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--t1-factor", type=float, default=2.0, help="t1 = factor·α^-(L-2), α < 0.1")
-    p.add_argument("--deflate", type=int, default=0, help="Ritz vectors deflated in CG")
+    p.add_argument("--deflate", type=int, default=16, help="tracked eigenvectors deflated in CG")
+    p.add_argument("--recycle", type=int, default=16, help="CG directions recycled across stages")
     args = p.parse_args(argv)
     global T1_FACTOR
     T1_FACTOR = args.t1_factor
     alphas = args.alphas or ([1e-1, 1e-2] if args.quick else [1e-1, 1e-2, 1e-3, 1e-4])
     solvers = args.solvers or ["auto"]
-    rows = run(solvers, alphas, rtol=args.rtol, deflate=args.deflate)
+    rows = run(solvers, alphas, rtol=args.rtol, deflate=args.deflate, recycle=args.recycle)
     # log(1/α) growth: wall-time ratio per decade of α, per solver.
     for s in solvers:
         rs = [r for r in rows if r["solver"] == s]

@@ -95,6 +95,7 @@ from ._objectives import (
     SquareLoss as SquareLoss,
     matrix_cost_gradient_at_zero as matrix_cost_gradient_at_zero,
 )
+from ._origin import OriginHandoff as OriginHandoff, origin_handoff as origin_handoff
 from ._paths import (
     Path as Path,
     escape_path as escape_path,

@@ -63,6 +63,9 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
     linear_factor: float | jax.Array = 0.1
     max_cg_steps: int = eqx.field(static=True, default=200)
     deflate: int = eqx.field(static=True, default=0)
+    recycle: int = eqx.field(static=True, default=0)
+    refresh_every: int = eqx.field(static=True, default=1)
+    refresh_cg: int = eqx.field(static=True, default=6)
     to_implicit: float = 2.5
     to_explicit: float = 40.0
     min_implicit_steps: int = eqx.field(static=True, default=3)
@@ -84,6 +87,9 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
             linear_factor=self.linear_factor,
             max_cg_steps=self.max_cg_steps,
             deflate=self.deflate,
+            recycle=self.recycle,
+            refresh_every=self.refresh_every,
+            refresh_cg=self.refresh_cg,
         )
 
     def init(self, terms, t0, t1, y0, args):
@@ -184,7 +190,12 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
         if self.verbose:
             jax.debug.print(
                 "t={t:.6g} h={h:.3g} implicit={m} hλ={hl:.3g} hvp={n} next={nx}",
-                t=t0, h=h, m=was_implicit, hl=hl, n=n_hvp, nx=implicit_next,
+                t=t0,
+                h=h,
+                m=was_implicit,
+                hl=hl,
+                n=n_hvp,
+                nx=implicit_next,
             )
         state = dict(
             f=f1,

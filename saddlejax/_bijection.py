@@ -83,9 +83,7 @@ def psi_inverse(
     The tail before t_min is closed with y itself (an exact flow path of C). Keyword arguments
     pass through to `fixed_point_iteration`.
     """
-    return fixed_point_iteration(
-        taylor_term, y, loss, next_order=next_order, speed=speed, **kwargs
-    )
+    return fixed_point_iteration(taylor_term, y, loss, next_order=next_order, speed=speed, **kwargs)
 
 
 def path_distance(a: Path, b: Path, *, relative: bool = True) -> Array:
@@ -420,8 +418,14 @@ def simulation_distances(
         t_guess = escape_time(optimal_speed, k, radius) - escape_time(optimal_speed, k, start)
         theta0 = tuple(alpha * w for w in init)
         sol = gradient_flow(
-            objective, theta0, 100.0 * t_guess, event=EscapeRadius(radius), rtol=rtol,
-            solver=solver, max_steps=max_steps, n_save=4,
+            objective,
+            theta0,
+            100.0 * t_guess,
+            event=EscapeRadius(radius),
+            rtol=rtol,
+            solver=solver,
+            max_steps=max_steps,
+            n_save=4,
         )
         t_alpha = float(sol.event_time)
         if not np.isfinite(t_alpha):
@@ -429,8 +433,13 @@ def simulation_distances(
         valid = t_alpha + taus_all > 0
         taus = taus_all[valid]
         sol2 = gradient_flow(
-            objective, theta0, float(t_alpha + taus[-1]), saveat=t_alpha + taus, rtol=rtol,
-            solver=solver, max_steps=max_steps,
+            objective,
+            theta0,
+            float(t_alpha + taus[-1]),
+            saveat=t_alpha + taus,
+            rtol=rtol,
+            solver=solver,
+            max_steps=max_steps,
         )
         tgt = jax.tree_util.tree_map(lambda x: x[np.nonzero(valid)[0]], target)
         if align:
@@ -455,5 +464,3 @@ def dln_image_init(widths: Sequence[int], key, std: float | None = None) -> tupl
     from .nn import DeepLinear
 
     return tuple(DeepLinear(widths, key=key, std=std).weights)
-
-

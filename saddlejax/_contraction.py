@@ -321,8 +321,9 @@ class FixedPointSolution(eqx.Module):
 
 
 @eqx.filter_jit
-def _iterate(loss, reference, reference_loss, tail, next_order, speed, exponent, rtol, atol,
-             max_steps):
+def _iterate(
+    loss, reference, reference_loss, tail, next_order, speed, exponent, rtol, atol, max_steps
+):
     quad = _interval_weights(reference.ts)
     ref_grad = path_gradients(reference_loss, reference)
     nan = jnp.full((max_steps,), jnp.nan, reference.ts.dtype)

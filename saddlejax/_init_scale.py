@@ -24,9 +24,7 @@ def scale(params, alpha):
     """
     if isinstance(alpha, int | float) and not alpha > 0:
         raise ValueError(f"`alpha` must be positive, got {alpha}.")
-    return jax.tree_util.tree_map(
-        lambda x: alpha * x if eqx.is_inexact_array(x) else x, params
-    )
+    return jax.tree_util.tree_map(lambda x: alpha * x if eqx.is_inexact_array(x) else x, params)
 
 
 def _positive(name, value):

@@ -129,9 +129,7 @@ def escape_scale(
     return ((order - 2) * speed * (horizon - ts)) ** (-1.0 / (order - 2))
 
 
-def escape_time(
-    speed: float, order: int, radius: float, *, horizon: float = 0.0
-) -> float:
+def escape_time(speed: float, order: int, radius: float, *, horizon: float = 0.0) -> float:
     """The time t at which the escape path of speed s has norm `radius` (`escape_scale` inverse)."""
     order = _check_order(order)
     if not speed > 0 or not radius > 0:

@@ -20,6 +20,11 @@ class RESULTS(eqx.Enumeration):
         "`learning_rate` below 2/λ_max(∇²L); for the flow, check the objective is finite at "
         "`params0`."
     )
+    origin_not_left = (
+        "The flow of the leading Taylor term at the origin did not reach the handoff defect "
+        "before `max_time` (`origin_handoff`): θ₀ may lie in the stable set of the origin. "
+        "Integrate L directly (no `origin_defect`) or raise `max_time`."
+    )
     solver_failed = (
         "The ODE solver failed: an implicit (Newton/Krylov) solve did not converge or the step "
         "size collapsed. Loosen `rtol`/`atol`, or try `solver='tsit5'`."
@@ -80,5 +85,8 @@ class FlowSolution(eqx.Module):
         For a root-found time use `event=LossBelow(level)` in `gradient_flow`.
         """
         hit = self.loss <= level
-        return jnp.where(hit.any(-1), jnp.take_along_axis(
-            self.ts, jnp.argmax(hit, axis=-1)[..., None], axis=-1)[..., 0], jnp.inf)
+        return jnp.where(
+            hit.any(-1),
+            jnp.take_along_axis(self.ts, jnp.argmax(hit, axis=-1)[..., None], axis=-1)[..., 0],
+            jnp.inf,
+        )

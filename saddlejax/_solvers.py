@@ -51,10 +51,12 @@ class KrylovSettings(eqx.Module):
         error the controller accepts. For the Rosenbrock solvers ("rodas3", "rodas4", "auto")
         it is the conjugate-gradient residual tolerance in units of atol + rtol·|θ|; keep it
         ≤ 0.1 (at 0.5 the stage errors spoil the error estimate and the steps collapse).
-    - `deflate`: Rosenbrock/auto only: number of Lanczos Ritz vectors of ∇²L used as a
-        deflation preconditioner for CG (0: none). It cuts Hessian-vector products about 3×
-        on long stiff plateaus, but each CG iteration then also streams k vectors of size P;
-        on a 2-core CPU at P ≈ 22,000 that cancels the gain (benchmarks/README.md).
+    - `deflate`: Rosenbrock/auto only: dimension of the tracked top eigenspace of ∇²L used to
+        deflate CG (0: none). Default 16: on the default problem ∇²L has 12 eigenvalues in
+        200–8,000 on the plateaus and a gap below; deflating them cuts Hessian-vector products
+        3.8× at α = 1e−3 (benchmarks/README.md). Costs 16 vectors of size P of memory.
+    - `recycle`: Rosenbrock/auto only: CG directions of each step's first stage reused to start
+        the later stages (0: none; default 16; 2·16 vectors of size P).
     """
 
     krylov_rtol: float = 1e-4
@@ -62,7 +64,8 @@ class KrylovSettings(eqx.Module):
     restart: int = eqx.field(static=True, default=20)
     max_krylov_steps: int | None = eqx.field(static=True, default=200)
     newton_rtol_factor: float = 0.1
-    deflate: int = eqx.field(static=True, default=0)
+    deflate: int = eqx.field(static=True, default=16)
+    recycle: int = eqx.field(static=True, default=16)
 
 
 def check_solver(solver) -> None:
@@ -106,6 +109,7 @@ def make_solver(solver, rtol, atol, krylov: KrylovSettings | None = None):
             rtol=rtol,
             atol=atol,
             deflate=krylov.deflate,
+            recycle=krylov.recycle,
             linear_factor=krylov.newton_rtol_factor,
             max_cg_steps=200 if krylov.max_krylov_steps is None else krylov.max_krylov_steps,
         )
@@ -117,6 +121,7 @@ def make_solver(solver, rtol, atol, krylov: KrylovSettings | None = None):
             atol=atol,
             tableau=tableau,
             deflate=krylov.deflate,
+            recycle=krylov.recycle,
             linear_factor=krylov.newton_rtol_factor,
             max_cg_steps=200 if krylov.max_krylov_steps is None else krylov.max_krylov_steps,
         )

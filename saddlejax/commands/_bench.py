@@ -121,18 +121,22 @@ def main(args) -> int:
         st = {k: float(jnp.asarray(v)) for k, v in sol.stats.items()}
         tg = _grad_seconds(problem, net)
         loss0 = float(sol.loss[0])
-        return net, sol, dict(
-            method=f"flow {solver}",
-            alpha=alpha,
-            t1=t1,
-            steps=int(st["num_steps"]),
-            grad_evals=int(st["grad_evals"]),
-            hvp_evals=int(st.get("hvp_evals", 0)),
-            wall_s=wall,
-            compile_s=compile_s,
-            overhead=wall / (st["grad_evals"] * tg),
-            t_half=float(sol.time_below(0.5 * loss0)),
-            final_loss=float(sol.loss[-1]),
+        return (
+            net,
+            sol,
+            dict(
+                method=f"flow {solver}",
+                alpha=alpha,
+                t1=t1,
+                steps=int(st["num_steps"]),
+                grad_evals=int(st["grad_evals"]),
+                hvp_evals=int(st.get("hvp_evals", 0)),
+                wall_s=wall,
+                compile_s=compile_s,
+                overhead=wall / (st["grad_evals"] * tg),
+                t_half=float(sol.time_below(0.5 * loss0)),
+                final_loss=float(sol.loss[-1]),
+            ),
         )
 
     for alpha in args.alphas:
@@ -175,6 +179,7 @@ def main(args) -> int:
                     final_loss=float(gd.loss[-1]),
                 )
             )
+
     # Sweep throughput: 16 seeds vmapped against one trajectory (α = 0.1, t1 = 100).
     def init(key):
         return saddlejax.nn.DeepLinear((10, 100, 100, 100, 10), key=key)
@@ -201,7 +206,5 @@ def main(args) -> int:
     print(f"total {time.perf_counter() - start_all:.0f} s; machine: {_machine()}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(
-                dict(machine=_machine(), rows=rows, sweep_per_trajectory_s=per), fh, indent=2
-            )
+            json.dump(dict(machine=_machine(), rows=rows, sweep_per_trajectory_s=per), fh, indent=2)
     return 0

@@ -23,7 +23,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="dln2")
     p.add_argument("--seed", type=int, default=0, help="key of the problem (θ̃ uses seed + 1)")
     p.add_argument(
-        "--index", type=int, default=0,
+        "--index",
+        type=int,
+        default=0,
         help="singular triplet of G giving the escape direction x₀ (0: optimal; a larger index "
         "gives a slower direction, possibly below the theorem's speed threshold)",
     )
@@ -78,8 +80,15 @@ def run(args) -> int:
     ts = escape_times(s, k, radii=(r_min, args.r_max), n=args.n)
     x0 = escape_path(rho.weights, s, k, ts)
     check = check_bijection(
-        problem, x0, h, next_order=m, speed=s, optimal_speed=s_star, tail=args.tail,
-        max_steps=args.max_steps, throw=False,
+        problem,
+        x0,
+        h,
+        next_order=m,
+        speed=s,
+        optimal_speed=s_star,
+        tail=args.tail,
+        max_steps=args.max_steps,
+        throw=False,
     )
     sim = None
     if alphas and bool(check.image.successful):
@@ -120,25 +129,42 @@ def run(args) -> int:
         _plot(args.png, x0, check, sim, out)
         out["png"] = args.png
     if args.json:  # JSON has no NaN: non-finite numbers (a failed iteration) become null
-        print(json.dumps({key: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                          for key, v in out.items()}))
+        print(
+            json.dumps(
+                {
+                    key: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                    for key, v in out.items()
+                }
+            )
+        )
         return 0 if out["converged"] else 1
-    print(f"preset {args.preset}: DLN widths {widths}, (k, m) = ({k}, {m})"
-          + (f", taylor_term finds {taylor_orders}" if taylor_orders is not None else ""))
-    print(f"speed s = {s:.6g} (s* = {s_star:.6g}); theorem threshold {check.threshold:.4g}"
-          + ("" if s > check.threshold else " — below it: the theorem does not apply"))
-    print(f"Ψ: {out['num_steps']} iterations, converged: {out['converged']}"
-          + ("" if out["converged"] else f" ({_message(check.image.result)})"))
-    print("contraction ratios (weighted norm): "
-          + " ".join(f"{r:.3f}" for r in ratios[:8]) + (" …" if ratios.size > 8 else ""))
+    print(
+        f"preset {args.preset}: DLN widths {widths}, (k, m) = ({k}, {m})"
+        + (f", taylor_term finds {taylor_orders}" if taylor_orders is not None else "")
+    )
+    print(
+        f"speed s = {s:.6g} (s* = {s_star:.6g}); theorem threshold {check.threshold:.4g}"
+        + ("" if s > check.threshold else " — below it: the theorem does not apply")
+    )
+    print(
+        f"Ψ: {out['num_steps']} iterations, converged: {out['converged']}"
+        + ("" if out["converged"] else f" ({_message(check.image.result)})")
+    )
+    print(
+        "contraction ratios (weighted norm): "
+        + " ".join(f"{r:.3f}" for r in ratios[:8])
+        + (" …" if ratios.size > 8 else "")
+    )
     if not out["converged"]:
         print("Ψ(x₀) was not found: no round trip, closeness rate or simulation to report.")
         print(f"wall time {wall:.1f} s")
         return 1
     print(f"ODE residual of Ψ(x₀): {out['ode_residual']:.2e}")
-    print(f"round trip ‖Ψ⁻¹(Ψ(x₀)) − x₀‖/‖x₀‖: {out['round_trip_error']:.2e} "
-          f"(Ψ⁻¹ of the engine's forward flow instead of Ψ(x₀): "
-          f"{out['round_trip_error_forward']:.2e})")
+    print(
+        f"round trip ‖Ψ⁻¹(Ψ(x₀)) − x₀‖/‖x₀‖: {out['round_trip_error']:.2e} "
+        f"(Ψ⁻¹ of the engine's forward flow instead of Ψ(x₀): "
+        f"{out['round_trip_error_forward']:.2e})"
+    )
     print(f"closeness rate: fitted {out['fitted_rate']:.5f}, theory {out['theory_rate']:.5f}")
     print(f"escape speed of Ψ(x₀): {out['fitted_speed']:.6g} (x₀: {s:.6g})")
     print(f"forward integration from x₀(t_min): distance {out['forward_integration_distance']:.2e}")

@@ -69,4 +69,3 @@ def matrix_chain(weights: Sequence[Array]) -> Array:
 
 def leaky_relu(x: Array, negative_slope: float) -> Array:
     return jnp.where(x >= 0, x, negative_slope * x)
-

@@ -61,9 +61,7 @@ class TwoLayer(eqx.Module):
     ):
         in_size, width, out_size = check_widths((in_size, width, out_size), name="sizes")
         std = check_std(width**-0.5 if std is None else std, 2)
-        self.w, self.a = gaussian_matrices(
-            key, [(width, in_size), (out_size, width)], std, dtype
-        )
+        self.w, self.a = gaussian_matrices(key, [(width, in_size), (out_size, width)], std, dtype)
         self.activation = resolve_activation(activation)
 
     @property
