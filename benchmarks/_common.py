@@ -121,8 +121,9 @@ def timed_flow(objective, params0, t1, *, repeat=1, **kwargs):
     start = time.perf_counter()
     jax.block_until_ready(saddlejax.gradient_flow(objective, params0, t1 * 1e-9, **warm))
     compile_s = time.perf_counter() - start
-    sol, wall = timeit(lambda: saddlejax.gradient_flow(objective, params0, t1, **kwargs),
-                       repeat=repeat)
+    sol, wall = timeit(
+        lambda: saddlejax.gradient_flow(objective, params0, t1, **kwargs), repeat=repeat
+    )
     return sol, wall, compile_s
 
 

@@ -67,8 +67,9 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False):
     rows = []
 
     # Reference: Tsit5 at rtol 1e-10 on the same grid.
-    ref, ref_wall, _ = timed_flow(problem, params0, t1, solver="tsit5", rtol=1e-10,
-                                  saveat=ts, max_steps=2_000_000)
+    ref, ref_wall, _ = timed_flow(
+        problem, params0, t1, solver="tsit5", rtol=1e-10, saveat=ts, max_steps=2_000_000
+    )
     assert bool(ref.successful), "reference failed"
     ref_loss = np.asarray(ref.loss)
     loss0 = float(ref_loss[0])
@@ -79,9 +80,15 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False):
     ref_half = float(ts[hit[0]])
 
     def add(method, wall, evals, compile_s, loss, final_flat, **extra):
-        row = dict(method=method, grad_evals=int(evals), wall_s=wall, compile_s=compile_s,
-                   **scores(ts, loss, final_flat, ref_loss, ref_final, ref_half, loss0),
-                   overhead=wall / (evals * tg) if evals > 0 else float("nan"), **extra)
+        row = dict(
+            method=method,
+            grad_evals=int(evals),
+            wall_s=wall,
+            compile_s=compile_s,
+            **scores(ts, loss, final_flat, ref_loss, ref_final, ref_half, loss0),
+            overhead=wall / (evals * tg) if evals > 0 else float("nan"),
+            **extra,
+        )
         rows.append(row)
         print(row, flush=True)
 
@@ -93,8 +100,16 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False):
         sol, wall, compile_s = timed_flow(problem, params0, t1, solver=solver, saveat=ts)
         assert bool(sol.successful), solver
         st = {k: to_float(v) for k, v in sol.stats.items()}
-        add(f"saddlejax {solver}", wall, st["grad_evals"], compile_s, sol.loss,
-            flat(sol.final_params), steps=int(st["num_steps"]), hvp=int(st.get("hvp_evals", 0)))
+        add(
+            f"saddlejax {solver}",
+            wall,
+            st["grad_evals"],
+            compile_s,
+            sol.loss,
+            flat(sol.final_params),
+            steps=int(st["num_steps"]),
+            hvp=int(st.get("hvp_evals", 0)),
+        )
 
     # Gradient descent at η = 1e-3 (the papers') and at 1.9/λ_max (largest stable).
     lam = max(lambda_max(problem, ref.params_at(i)) for i in range(0, N_GRID + 1, 32))
@@ -107,16 +122,28 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False):
             continue
 
         def gd():
-            return saddlejax.gradient_descent(problem, params0, learning_rate=eta,
-                                              steps=N_GRID * k, save_every=k, throw=False)
+            return saddlejax.gradient_descent(
+                problem, params0, learning_rate=eta, steps=N_GRID * k, save_every=k, throw=False
+            )
 
         start = time.perf_counter()
-        jax.block_until_ready(saddlejax.gradient_descent(
-            problem, params0, learning_rate=eta, steps=k, save_every=k, throw=False))
+        jax.block_until_ready(
+            saddlejax.gradient_descent(
+                problem, params0, learning_rate=eta, steps=k, save_every=k, throw=False
+            )
+        )
         compile_s = time.perf_counter() - start
         sol, wall = timeit(gd)
-        add(name, wall, N_GRID * k, compile_s, sol.loss, flat(sol.final_params),
-            steps=N_GRID * k, eta=eta)
+        add(
+            name,
+            wall,
+            N_GRID * k,
+            compile_s,
+            sol.loss,
+            flat(sol.final_params),
+            steps=N_GRID * k,
+            eta=eta,
+        )
 
     # scipy solve_ivp on the same jitted gradient (flat numpy vectors).
     import scipy.integrate
@@ -126,9 +153,15 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False):
     n_dense = x0.size
     for method in ["RK45", "LSODA", "BDF"]:
         if method != "RK45" and n_dense > 5000:
-            rows.append(dict(method=f"scipy {method}", note=(
-                f"skipped: a dense {n_dense}×{n_dense} Jacobian by finite differences "
-                f"({n_dense} gradients each)")))
+            rows.append(
+                dict(
+                    method=f"scipy {method}",
+                    note=(
+                        f"skipped: a dense {n_dense}×{n_dense} Jacobian by finite differences "
+                        f"({n_dense} gradients each)"
+                    ),
+                )
+            )
             print(rows[-1], flush=True)
             continue
         if method == "RK45" and quick and n_dense > 5000:
@@ -140,9 +173,15 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False):
             return -np.asarray(gradf(jnp.asarray(y)))
 
         start = time.perf_counter()
-        out = scipy.integrate.solve_ivp(fun, (0.0, t1), np.asarray(x0), method=method,
-                                        t_eval=ts, rtol=1e-6,
-                                        atol=1e-6 * float(jnp.sqrt(jnp.mean(x0**2))))
+        out = scipy.integrate.solve_ivp(
+            fun,
+            (0.0, t1),
+            np.asarray(x0),
+            method=method,
+            t_eval=ts,
+            rtol=1e-6,
+            atol=1e-6 * float(jnp.sqrt(jnp.mean(x0**2))),
+        )
         wall = time.perf_counter() - start
         if not out.success:
             rows.append(dict(method=f"scipy {method}", note=f"failed: {out.message}"))
@@ -160,13 +199,33 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False):
     for r in rows:
         if "wall_s" in r:
             r["wall_vs_auto"] = r["wall_s"] / next(
-                x["wall_s"] for x in rows if x.get("method") == "saddlejax auto")
-    return dict(width=width, alpha=alpha, t1=t1, lambda_max=lam, grad_us=tg * 1e6,
-                reference_wall_s=ref_wall, rows=rows)
+                x["wall_s"] for x in rows if x.get("method") == "saddlejax auto"
+            )
+    return dict(
+        width=width,
+        alpha=alpha,
+        t1=t1,
+        lambda_max=lam,
+        grad_us=tg * 1e6,
+        reference_wall_s=ref_wall,
+        rows=rows,
+    )
 
 
-COLUMNS = ["method", "steps", "grad_evals", "hvp", "wall_s", "wall_vs_auto", "compile_s",
-           "overhead", "err_loss", "err_t_half", "err_final", "note"]
+COLUMNS = [
+    "method",
+    "steps",
+    "grad_evals",
+    "hvp",
+    "wall_s",
+    "wall_vs_auto",
+    "compile_s",
+    "overhead",
+    "err_loss",
+    "err_t_half",
+    "err_final",
+    "note",
+]
 
 
 def main(argv=None):
@@ -179,8 +238,11 @@ def main(argv=None):
     out = []
     for w in widths:
         res = run(w, args.alpha, args.t1, quick=args.quick)
-        print_table(res["rows"], COLUMNS,
-                    f"width {w}, α = {args.alpha}, t1 = {args.t1}, λ_max ≈ {res['lambda_max']:.3g}")
+        print_table(
+            res["rows"],
+            COLUMNS,
+            f"width {w}, α = {args.alpha}, t1 = {args.t1}, λ_max ≈ {res['lambda_max']:.3g}",
+        )
         out.append(res)
     write_json("compare", {"results": out}, args.out)
 

@@ -45,11 +45,17 @@ print(json.dumps(dict(devices=len(jax.devices()), batch=batch, wall_s=wall,
 
 def child(width, batch, t1, devices, solver="tsit5"):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        f" --xla_force_host_platform_device_count={devices}").strip()
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    ).strip()
     env["JAX_PLATFORMS"] = "cpu"
-    code = CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), width=width,
-                        batch=batch, t1=t1, solver=solver)
+    code = CHILD.format(
+        bench_dir=os.path.dirname(os.path.abspath(__file__)),
+        width=width,
+        batch=batch,
+        t1=t1,
+        solver=solver,
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
@@ -70,7 +76,7 @@ def main(argv=None):
         r = child(width, b, t1, 1)
         rows.append(dict(kind="vmap batch", width=width, **r))
         print(rows[-1], flush=True)
-    for d in ([2] if args.quick else [2, 4]):
+    for d in [2] if args.quick else [2, 4]:
         b = batches[-1]
         r = child(width, b, t1, d)
         rows.append(dict(kind="devices", width=width, **r))
@@ -78,9 +84,21 @@ def main(argv=None):
     one = rows[0]["per_trajectory_s"]
     for r in rows:
         r["throughput_vs_one"] = one / r["per_trajectory_s"]
-    print_table(rows, ["kind", "width", "devices", "batch", "wall_s", "compile_and_run_s",
-                       "per_trajectory_s", "throughput_vs_one", "check_err"],
-                f"sweep throughput (total {time.perf_counter() - start:.0f} s)")
+    print_table(
+        rows,
+        [
+            "kind",
+            "width",
+            "devices",
+            "batch",
+            "wall_s",
+            "compile_and_run_s",
+            "per_trajectory_s",
+            "throughput_vs_one",
+            "check_err",
+        ],
+        f"sweep throughput (total {time.perf_counter() - start:.0f} s)",
+    )
     write_json("sweep", {"rows": rows}, args.out)
 
 

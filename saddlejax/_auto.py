@@ -31,15 +31,11 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from ._stiff import RODAS4, RosenbrockKrylov, RosenbrockTableau
+from ._tree import tree_dot, tree_norm, tree_scale
 
 _DEFLATION_KEYS = ("basis", "ritz", "age", "last_cg")
-
-
-def _flat(tree):
-    return ravel_pytree(tree)[0]
 
 
 class AutoStiff(diffrax.AbstractAdaptiveSolver):
@@ -62,8 +58,8 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
     tableau: RosenbrockTableau = RODAS4
     linear_factor: float | jax.Array = 0.1
     max_cg_steps: int = eqx.field(static=True, default=200)
-    deflate: int = eqx.field(static=True, default=0)
-    recycle: int = eqx.field(static=True, default=0)
+    deflate: int = eqx.field(static=True, default=16)
+    recycle: int = eqx.field(static=True, default=16)
     refresh_every: int = eqx.field(static=True, default=1)
     refresh_cg: int = eqx.field(static=True, default=6)
     to_implicit: float = 2.5
@@ -94,22 +90,28 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
 
     def init(self, terms, t0, t1, y0, args):
         f0 = terms.vf(t0, y0, args)
-        flat = _flat(y0)
+        dtype = jax.tree_util.tree_leaves(y0)[0].dtype
         zero = jnp.zeros((), jnp.int32)
-        # Power-iteration start: a fixed pseudo-random unit vector (cos of a golden-ratio ramp).
-        v = jnp.cos(jnp.arange(flat.size, dtype=flat.dtype) * 2.399963229728653)
+        # Power-iteration start: a fixed pseudo-random unit vector (cos of a golden-ratio ramp),
+        # a pytree like θ (flat vectors in the loop carry are slow on XLA:CPU, see _stiff.py).
+        v = jax.tree_util.tree_map(
+            lambda x: jnp.cos(jnp.arange(x.size, dtype=x.dtype) * 2.399963229728653).reshape(
+                x.shape
+            ),
+            y0,
+        )
         return dict(
             f=f0,
             implicit=jnp.asarray(False),
             dwell=zero,
-            v=v / jnp.linalg.norm(v),
-            lam=jnp.zeros((), flat.dtype),
+            v=tree_scale(1.0 / tree_norm(v), v),
+            lam=jnp.zeros((), dtype),
             hvp=zero,
             max_cg=zero,
             n_implicit=zero,
             n_explicit=zero,
             backoff=zero,
-            h=jnp.zeros((), flat.dtype),
+            h=jnp.zeros((), dtype),
             stiff={
                 k: v
                 for k, v in self._stiff().init(terms, t0, t1, y0, args).items()
@@ -126,12 +128,11 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
 
         def power_step(v):
             """One power-iteration step for λ_max(∇²L) at θₙ (the vector persists)."""
-            flat0, unravel = ravel_pytree(y0)
-            _, hv = jax.jvp(lambda x: _flat(terms.vf(t0, unravel(x), args)), (flat0,), (v,))
-            hv = -hv
-            lam = jnp.abs(jnp.dot(v, hv)).astype(st["lam"].dtype)
-            nrm = jnp.linalg.norm(hv)
-            v = jnp.where(nrm > 0, hv / jnp.where(nrm > 0, nrm, 1.0), v)
+            _, hv = jax.jvp(lambda y: terms.vf(t0, y, args), (y0,), (v,))  # −∇²L v
+            lam = jnp.abs(tree_dot(v, hv)).astype(st["lam"].dtype)
+            nrm = tree_norm(hv)
+            inv = jnp.where(nrm > 0, 1.0 / jnp.where(nrm > 0, nrm, 1.0), 0.0)
+            v = jax.tree_util.tree_map(lambda a, b: jnp.where(nrm > 0, inv * a, b), hv, v)
             return v, lam, jnp.ones((), jnp.int32)
 
         def explicit(_):

@@ -314,10 +314,10 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
     tableau: RosenbrockTableau = RODAS3
     linear_factor: float | jax.Array = 0.1
     max_cg_steps: int = eqx.field(static=True, default=200)
-    deflate: int = eqx.field(static=True, default=0)
+    deflate: int = eqx.field(static=True, default=16)
     refresh_every: int = eqx.field(static=True, default=1)
     refresh_cg: int = eqx.field(static=True, default=6)
-    recycle: int = eqx.field(static=True, default=0)
+    recycle: int = eqx.field(static=True, default=16)
 
     def order(self, terms):
         return self.tableau.order
@@ -331,11 +331,15 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
         return dict(
             hvp=zero,
             max_cg=zero,
-            basis=_initial_basis(y0, self.deflate),
-            ritz=jnp.zeros((self.deflate,), dtype),
+            basis=_initial_basis(y0, self._k(y0)),
+            ritz=jnp.zeros((self._k(y0),), dtype),
             age=jnp.asarray(self.refresh_every, jnp.int32),
             last_cg=zero,
         )
+
+    def _k(self, y0) -> int:
+        """Deflation dimension: `deflate`, at most the number of parameters."""
+        return min(self.deflate, tree_size(y0))
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -366,7 +370,7 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
 
         n_hvp = jnp.zeros((), jnp.int32)
         basis, ritz, age = solver_state["basis"], solver_state["ritz"], solver_state["age"]
-        if self.deflate > 0:
+        if self._k(y0) > 0:
             # Deflation preconditioner M⁻¹ = I − Ṽᵀ diag(hγθ/(1 + hγθ)) Ṽ from Ritz pairs
             # (Ṽ, θ) of ∇²L on a tracked k-dimensional subspace: the exact inverse of I + hγ∇²L
             # on span Ṽ when it is invariant. On plateaus ∇²L has a few large eigenvalues and a
