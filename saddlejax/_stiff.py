@@ -218,21 +218,23 @@ def conjugate_gradient(
     applies a symmetric positive-definite M⁻¹.
 
     Recycling (several right-hand sides with one matrix, as in the stages of a Rosenbrock
-    step): `record=m` also returns the first m search directions pⱼ, the products Apⱼ and
-    pⱼᵀApⱼ; passing them back as `recycle` to a later solve with the same A first projects
-    its initial error onto their span, x₀ += Σⱼ pⱼ(pⱼᵀr₀)/(pⱼᵀApⱼ) (a Galerkin step: the
-    directions are A-conjugate), which removes the stiff components the earlier solve already
-    resolved (Saad, *Iterative Methods for Sparse Linear Systems*, §6.7 and the "deflated
-    initial guess" of Erhel & Guyomarc'h 2000). No matrix products are spent on it.
+    step): `record=m` also returns the first m search directions P = (pⱼ), their products AP
+    and the pseudo-inverse of the Galerkin matrix G = P A Pᵀ (built from AP: no extra
+    products); passing them back as `recycle` to a later solve with the same A starts it from
+    the Galerkin projection x₀ += Pᵀ G⁺ P r₀, the A-norm-optimal correction over span P (Saad,
+    *Iterative Methods for Sparse Linear Systems*, §5.2; the "deflated initial guess" of
+    Erhel & Guyomarc'h 2000). G is used in full rather than its diagonal: with outlying
+    eigenvalues the recorded directions lose A-conjugacy fast (measured 0.66 relative after 16
+    steps at κ = 10⁵).
 
     **Returns:** (x, number of matrix-vector products, converged), plus the recorded
-    (P, AP, pᵀAp) when `record > 0`.
+    (P, AP, G⁺) when `record > 0`.
     """
     prec = (lambda r: r) if precondition is None else precondition
     r = tree_sub(b, matvec(x0))
     if recycle is not None:
-        rp, rap, rpap = recycle
-        c = jnp.where(rpap > 0, _stack_dot(rp, r) / jnp.where(rpap > 0, rpap, 1.0), 0.0)
+        rp, rap, g_pinv = recycle
+        c = g_pinv @ _stack_dot(rp, r)
         x0 = tree_axpy(1.0, _stack_combine(c, rp), x0)
         r = tree_sub(r, _stack_combine(c, rap))
     z = prec(r)
@@ -276,7 +278,11 @@ def conjugate_gradient(
     x, r, _, _, k, _, bad, rec = jax.lax.while_loop(cond, body, init)
     converged = (_weighted_rms(r, scale) <= tol) & ~bad
     if record > 0:
-        return x, k + 1, converged, rec
+        rp, rap, _ = rec
+        gram = _stack_gram(rp, rap)
+        # Unused slots are zero rows: the pseudo-inverse ignores them (eigenvalue cut-off).
+        g_pinv = jnp.linalg.pinv(0.5 * (gram + gram.T), rtol=1e-12, hermitian=True)
+        return x, k + 1, converged, (rp, rap, g_pinv)
     return x, k + 1, converged
 
 

@@ -71,21 +71,46 @@ def test_track_subspace_converges_to_the_dominant_eigenspace(getkey):
     np.testing.assert_allclose(jnp.sum(proj**2, axis=1), jnp.ones(5), atol=1e-10)
 
 
-def test_conjugate_gradient_recycling_saves_iterations_and_keeps_accuracy(getkey):
-    """Two right-hand sides with one gapped SPD matrix I + 50·A: recording the first solve's
-    directions and projecting the second's initial error on them needs fewer iterations and
-    meets the same tolerance (checked against a dense solve)."""
+def test_conjugate_gradient_recycling_is_a_galerkin_start(getkey):
+    """Recycled CG directions (`record=` / `recycle=`): the projected start is the A-norm-optimal
+    correction over the recorded span — its A-norm error is not larger than that of the plain
+    start, nor than that of the diagonal (conjugacy-assuming) projection, which is poor because
+    the recorded directions are far from A-conjugate here — and the recycled solve meets the
+    tolerance (checked against a dense solve). Matrix shaped like a plateau stage matrix: 12
+    outliers in [10², 10⁵] over a cluster at 1."""
     n = 200
-    a, _, _ = _gapped(getkey(), n)
-    m = jnp.eye(n) + 50.0 * a
+    q, _ = jnp.linalg.qr(jr.normal(getkey(), (n, n)))
+    eig = jnp.concatenate([jnp.geomspace(1e2, 1e5, 12), 1.0 + jnp.linspace(0.0, 0.1, n - 12)])
+    m = (q * eig[None, :]) @ q.T
     b1, b2 = jr.normal(getkey(), (n,)), jr.normal(getkey(), (n,))
     scale = jnp.ones(n)
-    _, k1, ok1, rec = conjugate_gradient(lambda v: m @ v, b1, b1, scale, 1e-10, 500, record=16)
-    _, k_plain, _ = conjugate_gradient(lambda v: m @ v, b2, b2, scale, 1e-10, 500)
-    x2, k2, ok2 = conjugate_gradient(lambda v: m @ v, b2, b2, scale, 1e-10, 500, recycle=rec)
+    _, _, ok1, rec = conjugate_gradient(lambda v: m @ v, b1, b1, scale, 1e-8, 500, record=16)
+    p, ap, _ = rec
+    gram = p @ ap.T
+    off = gram - jnp.diag(jnp.diag(gram))
+    lost = jnp.max(jnp.abs(off) / jnp.sqrt(jnp.outer(jnp.diag(gram), jnp.diag(gram))))
+    exact = jnp.linalg.solve(m, b2)
+    start, _, _ = conjugate_gradient(lambda v: m @ v, b2, b2, scale, 1e-8, 0, recycle=rec)
+    r0 = b2 - m @ b2
+    diagonal = b2 + p.T @ ((p @ r0) / jnp.diag(gram))
+
+    def energy(x):
+        e = exact - x
+        return float(e @ m @ e)
+
+    assert float(lost) > 1e-3  # the premise: conjugacy is lost
+    assert energy(start) <= energy(b2) * (1 + 1e-10)
+    assert energy(start) <= energy(diagonal) * (1 + 1e-10)
+    x2, _, ok2 = conjugate_gradient(lambda v: m @ v, b2, b2, scale, 1e-8, 500, recycle=rec)
     assert bool(ok1) and bool(ok2)
-    assert int(k2) < int(k_plain)
-    np.testing.assert_allclose(x2, jnp.linalg.solve(m, b2), atol=1e-8)
+    np.testing.assert_allclose(x2, exact, atol=1e-7)
+    # Correlated right-hand sides (as the stages of one step are): fewer iterations
+    # (measured 20–21 against 28–30 over 8 seeds at tolerance 1e−6).
+    b3 = b1 + 0.1 * jr.normal(getkey(), (n,))
+    _, _, _, rec = conjugate_gradient(lambda v: m @ v, b1, b1, scale, 1e-6, 500, record=16)
+    _, k_plain, _ = conjugate_gradient(lambda v: m @ v, b3, b3, scale, 1e-6, 500)
+    _, k_rec, ok3 = conjugate_gradient(lambda v: m @ v, b3, b3, scale, 1e-6, 500, recycle=rec)
+    assert bool(ok3) and int(k_rec) <= 0.8 * int(k_plain)
 
 
 @pytest.mark.parametrize("tableau, order", [(RODAS3, 3), (RODAS4, 4)])
