@@ -21,8 +21,9 @@ accuracy-limited step size (stiffness detection, Hairer & Wanner II, §IV.2). Th
 - back-off against flip-flopping in fast drops: k counts the implicit stretches in a row that
     ended without ever reaching h·λ ≥ `to_explicit` (at most 3); a stretch that did resets it.
 
-Both modes produce cubic-Hermite dense output, and each step's error estimate is that of the
-method which made it.
+Explicit steps produce cubic-Hermite dense output, implicit steps the straight line between
+their endpoints (a Hermite with stiff slopes overshoots, see `_stiff.py`); each step's error
+estimate is that of the method which made it.
 """
 
 from typing import ClassVar
@@ -163,7 +164,7 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
             zero = jnp.zeros((), jnp.int32)
             inner0 = dict(st["stiff"], hvp=zero, max_cg=zero)
             y1, err, dense, inner, _ = stiff.step(terms, t0, t1, y0, args, inner0, made_jump)
-            f1 = jax.tree_util.tree_map(lambda k: k / h, dense["k1"])
+            f1 = terms.vf(t1, y1, args)  # for the next explicit step (FSAL); one gradient
             v, lam, n = power_step(st["v"])
             n_hvp = inner["hvp"] + n
             max_cg = inner["max_cg"]

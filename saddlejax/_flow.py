@@ -203,7 +203,8 @@ def _solve(
     if "explicit_steps_accepted" in stats:
         # solver="auto": 6 gradients per Tsit5 step, the Rosenbrock count per implicit step;
         # rejected steps are apportioned like the accepted ones.
-        per_implicit = RosenbrockKrylov.grad_evals_per_step(diffrax_solver.tableau)
+        # (+1: the auto solver evaluates f(θₙ₊₁) after an implicit step for the next one.)
+        per_implicit = RosenbrockKrylov.grad_evals_per_step(diffrax_solver.tableau) + 1
         accepted_evals = (
             6.0 * stats["explicit_steps_accepted"] + per_implicit * stats["implicit_steps_accepted"]
         )

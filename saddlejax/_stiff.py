@@ -292,8 +292,8 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
 
     **Arguments:**
 
-    - `tableau`: `RODAS3` (default; 4 gradients + 4 CG solves per step, order 3) or `RODAS4`
-        (7 gradients + 6 CG solves, order 4); gradient counts include f(θₙ₊₁) for dense output.
+    - `tableau`: `RODAS3` (default; 3 gradients + 4 CG solves per step, order 3) or `RODAS4`
+        (6 gradients + 6 CG solves, order 4).
     - `rtol`, `atol`: the step-size controller's tolerances (may be traced); the CG residual
         tolerance is `linear_factor`·(atol + rtol·|θₙ|) in RMS.
     - `linear_factor`: see above (inexact solves: 0.1 keeps the solve error well inside the
@@ -446,8 +446,13 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
         y1 = combine(tab.m, ks, y0)
         finite = tree_all_finite(y1) & ok
         err = jax.tree_util.tree_map(lambda e: jnp.where(finite, e, jnp.inf), combine(tab.e, ks))
-        f1 = f(y1)
-        dense_info = dict(y0=y0, y1=y1, k0=tree_scale(h, f0), k1=tree_scale(h, f1))
+        # Dense output: the straight line from θₙ to θₙ₊₁ (a cubic Hermite with both slopes equal
+        # to the secant). The Hermite with slopes h·f(θₙ), h·f(θₙ₊₁) overshoots when h·λ_max ≫ 1
+        # (f's stiff components are multiplied by a huge h): on a plateau of the default problem
+        # at α = 1e−3 it raised the saved loss by 0.04 between step endpoints whose loss decreased
+        # monotonically. The line is exact at the endpoints and monotone in between.
+        secant = tree_sub(y1, y0)
+        dense_info = dict(y0=y0, y1=y1, k0=secant, k1=secant)
         state = dict(
             hvp=solver_state["hvp"] + n_hvp,
             max_cg=jnp.maximum(solver_state["max_cg"], max_cg),
@@ -460,14 +465,14 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
 
     @staticmethod
     def grad_evals_per_step(tableau: RosenbrockTableau) -> int:
-        """Gradient evaluations per step: f(θₙ) (with the linearisation), the new stage values,
-        and f(θₙ₊₁) for dense output."""
+        """Gradient evaluations per step: f(θₙ) (with the linearisation) and the new stage
+        values (the dense output is linear: no f(θₙ₊₁))."""
         n, prev = 1, ()
         for i, row in enumerate(tableau.a):
             if i > 0 and row != prev + (0.0,) * (len(row) - len(prev)):
                 n += 1
             prev = row
-        return n + 1
+        return n
 
 
 TABLEAUS = {"rodas3": RODAS3, "rodas4": RODAS4}

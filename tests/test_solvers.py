@@ -165,9 +165,10 @@ def test_stiff_solvers_match_tight_tsit5(small_problem, solver):
     sol = saddlejax.gradient_flow(problem, params0, 400.0, solver=solver, rtol=1e-8, saveat=ts)
     loss0 = float(ref.loss[0])
     assert float(ref.loss[-1]) < 0.5 * loss0  # the reference does go through a drop
-    # rtol 1e-8 per step, amplified along the unstable escape direction: 1e-5 relative is a
-    # loose bound on the global error (observed ≈ 1e-7).
-    np.testing.assert_allclose(sol.loss, ref.loss, atol=1e-5 * loss0)
+    # rtol 1e-8 per step, amplified along the unstable escape direction (observed ≈ 1e-7 at
+    # step endpoints); save times inside an implicit step are read off its linear dense output,
+    # whose error is O(h²θ'') (observed 1.5e-5·loss0 for rodas4): 5e-5·loss0.
+    np.testing.assert_allclose(sol.loss, ref.loss, atol=5e-5 * loss0)
     for w, w_ref in zip(sol.final_params.weights, ref.final_params.weights):
         np.testing.assert_allclose(w, w_ref, atol=1e-4 * float(jnp.max(jnp.abs(w_ref))))
     stats = sol.stats
@@ -178,6 +179,25 @@ def test_stiff_solvers_match_tight_tsit5(small_problem, solver):
         assert int(stats["explicit_steps_accepted"]) > 0  # and was explicit near the origin
 
 
+def test_saved_loss_is_monotone_on_long_implicit_steps():
+    """Gradient flow never increases the loss, so neither may the saved curve. Regression: the
+    cubic Hermite dense output with slopes h·f(θ) overshot inside implicit steps with
+    h·λ_max ≈ 10⁶ (default problem, α = 1e−3, second plateau): saved losses rose by up to 0.15
+    between step endpoints whose losses decreased. Implicit steps now interpolate linearly."""
+    problem = saddlejax.matrix_completion_problem(jr.key(0))
+    net = saddlejax.nn.DeepLinear((10, 100, 100, 100, 10), key=jr.key(1))
+    alpha = 1e-3
+    ts = jnp.linspace(1.5, 2.1, 25) / alpha**2
+    sol = saddlejax.gradient_flow(
+        problem, saddlejax.init.scale(net, alpha), 2.1 / alpha**2, solver="auto", saveat=ts
+    )
+    assert int(sol.stats["implicit_steps_accepted"]) > 100
+    loss = np.asarray(sol.loss)
+    assert loss[0] > 1.0 > 0.2 > loss[-1]  # the window holds the second plateau and drop
+    # Rounding only: the loss is ≈ 1, its increments are ≤ 0 up to float64 noise.
+    assert np.all(np.diff(loss) <= 1e-12), np.diff(loss).max()
+
+
 def test_solver_names_and_grad_evals():
     """The new names are accepted, count as implicit, and report exact gradients per step."""
     for name in ("rodas3", "rodas4", "auto"):
@@ -185,8 +205,9 @@ def test_solver_names_and_grad_evals():
         assert is_implicit(name)
     solver, per_step = make_solver("rodas3", jnp.array(1e-6), jnp.array(1e-9))
     assert isinstance(solver, RosenbrockKrylov)
-    # RODAS3: f(θₙ) with the linearisation, stages 3 and 4 (stage 2 reuses f(θₙ)), f(θₙ₊₁).
-    assert per_step == 4
-    assert make_solver("rodas4", jnp.array(1e-6), jnp.array(1e-9))[1] == 7
+    # RODAS3: f(θₙ) with the linearisation, stages 3 and 4 (stage 2 reuses f(θₙ)); the dense
+    # output is linear, so no f(θₙ₊₁).
+    assert per_step == 3
+    assert make_solver("rodas4", jnp.array(1e-6), jnp.array(1e-9))[1] == 6
     assert not is_implicit("tsit5")
 
