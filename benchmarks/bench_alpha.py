@@ -1,11 +1,21 @@
 """α scaling of the engine on the default problem (issue 5): steps, wall time, compile time,
-gradient / Hessian-vector-product evaluations and the solver-overhead ratio per solver and α.
+gradient / Hessian-vector-product evaluations and the solver-overhead ratio per solver, α and
+initialisation seed.
 
     python benchmarks/bench_alpha.py [--quick] [--solvers tsit5 rodas3] [--alphas 1e-1 1e-2]
+                                     [--keys 1 2 3 4] [--t1-factor 4]
+
+Each row also reports `max_sv1`, the largest top singular value of the end-to-end matrix along
+the saved path: on the default problem the rank-1 plateau is the critical point with
+σ₁ = 22.16 (loss 1.0781) for most seeds and α, but the default seed (key 1) at α = 1e−2 and
+1e−3 leaves the first escape on another branch, along which the rank-1 loss decreases towards
+1.134 while σ₁ grows without bound (to 2.8·10⁴ at α = 1e−3; λ_max(∇²L) ≈ 2·10⁵), a far stiffer
+trajectory (benchmarks/README.md, session 3).
 """
 
 import math
 
+import jax.numpy as jnp
 from _common import (
     default_problem,
     drop_time,
@@ -28,10 +38,25 @@ def t1_of(alpha: float, depth: int = 4) -> float:
     return 500.0 if alpha >= 0.1 else T1_FACTOR * alpha ** (-(depth - 2))
 
 
-def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False, deflate=16, recycle=16):
+def top_singular_values(model):
+    """The four largest singular values of the end-to-end matrix (saved along the path)."""
+    return jnp.linalg.svd(model.matrix(), compute_uv=False)[:4]
+
+
+def run(
+    solvers,
+    alphas,
+    *,
+    keys=(1,),
+    rtol=1e-6,
+    max_steps=200_000,
+    quiet=False,
+    deflate=16,
+    recycle=16,
+):
     rows = []
-    for alpha in alphas:
-        problem, params0 = default_problem(alpha)
+    for key, alpha in [(k, a) for k in keys for a in alphas]:
+        problem, params0 = default_problem(alpha, key=key)
         tg = grad_time(problem, params0)
         th = hvp_time(problem, params0)
         for solver in solvers:
@@ -43,12 +68,14 @@ def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False, deflate=1
                 rtol=rtol,
                 max_steps=max_steps,
                 krylov=saddlejax.KrylovSettings(deflate=deflate, recycle=recycle),
+                observe=top_singular_values,
             )
             st = {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}
             grads = st.get("grad_evals", -1)
             hvps = st.get("hvp_evals", 0.0)
             equiv = grads + hvps * th / tg if grads > 0 else float("nan")
             row = dict(
+                key=key,
                 solver=solver,
                 deflate=deflate,
                 recycle=recycle,
@@ -67,6 +94,7 @@ def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False, deflate=1
                 overhead=wall / (equiv * tg) if equiv == equiv else float("nan"),
                 t_half=drop_time(sol),
                 final_loss=to_float(sol.loss[-1]),
+                max_sv1=float(jnp.max(sol.params[:, 0])),
             )
             rows.append(row)
             if not quiet:
@@ -75,6 +103,7 @@ def run(solvers, alphas, *, rtol=1e-6, max_steps=200_000, quiet=False, deflate=1
 
 
 COLUMNS = [
+    "key",
     "solver",
     "deflate",
     "recycle",
@@ -91,6 +120,7 @@ COLUMNS = [
     "overhead",
     "t_half",
     "final_loss",
+    "max_sv1",
 ]
 
 
@@ -102,22 +132,30 @@ def main(argv=None):
     p.add_argument("--t1-factor", type=float, default=2.0, help="t1 = factor·α^-(L-2), α < 0.1")
     p.add_argument("--deflate", type=int, default=16, help="tracked eigenvectors deflated in CG")
     p.add_argument("--recycle", type=int, default=16, help="CG directions recycled across stages")
+    p.add_argument("--keys", nargs="+", type=int, default=[1], help="network initialisation seeds")
     args = p.parse_args(argv)
     global T1_FACTOR
     T1_FACTOR = args.t1_factor
     alphas = args.alphas or ([1e-1, 1e-2] if args.quick else [1e-1, 1e-2, 1e-3, 1e-4])
     solvers = args.solvers or ["auto"]
-    rows = run(solvers, alphas, rtol=args.rtol, deflate=args.deflate, recycle=args.recycle)
-    # log(1/α) growth: wall-time ratio per decade of α, per solver.
-    for s in solvers:
-        rs = [r for r in rows if r["solver"] == s]
+    rows = run(
+        solvers,
+        alphas,
+        keys=args.keys,
+        rtol=args.rtol,
+        deflate=args.deflate,
+        recycle=args.recycle,
+    )
+    # log(1/α) growth: wall-time ratio against the first α, per solver and seed.
+    for s, key in [(s, k) for s in solvers for k in args.keys]:
+        rs = [r for r in rows if r["solver"] == s and r["key"] == key]
         if len(rs) > 1:
             base = rs[0]
             for r in rs:
                 r["wall_ratio"] = r["wall_s"] / base["wall_s"]
                 r["log_ratio"] = math.log(1 / r["alpha"]) / math.log(1 / base["alpha"])
     print_table(rows, COLUMNS + ["wall_ratio", "log_ratio"], "α scaling, default problem")
-    write_json("alpha", {"rtol": args.rtol, "rows": rows}, args.out)
+    write_json("alpha", {"rtol": args.rtol, "t1_factor": T1_FACTOR, "rows": rows}, args.out)
 
 
 if __name__ == "__main__":

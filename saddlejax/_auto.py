@@ -191,7 +191,7 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
         backoff = jnp.where(skipped, 0, jnp.where(go_explicit, backoff + 1, backoff))
         if self.verbose:
             jax.debug.print(
-                "t={t:.6g} h={h:.3g} implicit={m} hλ={hl:.3g} hvp={n} next={nx}",
+                "t={t:.12g} h={h:.6g} implicit={m} hλ={hl:.3g} hvp={n} next={nx}",
                 t=t0,
                 h=h,
                 m=was_implicit,
