@@ -20,6 +20,13 @@ accuracy-limited step size (stiffness detection, Hairer & Wanner II, §IV.2). Th
     at least `min_implicit_steps` implicit steps.
 - back-off against flip-flopping in fast drops: k counts the implicit stretches in a row that
     ended without ever reaching h·λ ≥ `to_explicit` (at most 3); a stretch that did resets it.
+- stability cap on explicit steps: an explicit step's error estimate is raised to at least
+    (h·λ/`stability_cap`)^q in the controller's norm (`_stability_floor`), so the controller
+    keeps h·λ near 0.9·`stability_cap` = 3.33, inside Tsit5's real stability interval
+    (h·λ < 3.51), instead of oscillating about its edge. Over 14 runs of the default problem
+    (seeds 2–4 at α = 1e−1 … 1e−4, seed 1 at 1e−1 and 1e−4) it cut rejected steps from 6,815
+    to 2,025 (wall 58.9 → 55.6 s); total step counts also depend on where the switches fall
+    (15.7k–26.8k for caps 3.5–4.0, against 25.4k without).
 
 Explicit steps produce cubic-Hermite dense output, implicit steps the straight line between
 their endpoints (a Hermite with stiff slopes overshoots, see `_stiff.py`); each step's error
@@ -34,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from ._stiff import RODAS4, RosenbrockKrylov, RosenbrockTableau
-from ._tree import tree_dot, tree_norm, tree_scale
+from ._tree import tree_dot, tree_norm, tree_scale, tree_size
 
 _DEFLATION_KEYS = ("basis", "ritz", "age", "last_cg")
 
@@ -43,7 +50,7 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
     """Tsit5 where the flow is not stiff, Rosenbrock–Krylov (RODAS4 + CG) where it is.
 
     **Arguments:** `rtol`, `atol`, `tableau`, `linear_factor`, `max_cg_steps`, `deflate` as for
-    `RosenbrockKrylov`; `to_implicit`, `to_explicit`, `min_implicit_steps`,
+    `RosenbrockKrylov`; `to_implicit`, `to_explicit`, `stability_cap`, `min_implicit_steps`,
     `min_explicit_steps`, `power_every` as in the module docstring; `verbose` prints one line
     per attempted step (debugging).
 
@@ -65,6 +72,7 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
     refresh_cg: int = eqx.field(static=True, default=6)
     to_implicit: float = 2.5
     to_explicit: float = 40.0
+    stability_cap: float = 3.7
     min_implicit_steps: int = eqx.field(static=True, default=3)
     min_explicit_steps: int = eqx.field(static=True, default=16)
     power_every: int = eqx.field(static=True, default=8)
@@ -123,6 +131,29 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
+    def _stability_floor(self, terms, hl, y0, y1, err):
+        """Raise an explicit step's error estimate to at least (h·λ/`stability_cap`)^q in the
+        step-size controller's weighted RMS norm (q = `error_order`), so that the controller
+        proposes h ≤ safety·cap/λ next and rejects steps with h·λ > cap.
+
+        Without it an explicit step limited by stability, not accuracy, oscillates about the
+        stability boundary (h·λ ≈ 3.4 for Tsit5): the unstable component grows until the error
+        test fails, then the step shrinks and grows back, and 25–50 % of the steps are rejected
+        (Hairer & Wanner II, §IV.2, "stiffness detection"; measured on the default problem).
+        λ is the power-iteration estimate, a lower bound of λ_max: the floor never asks for a
+        step shorter than 0.9·cap/λ_max. Default cap 3.7: the controller then settles at
+        h·λ ≈ 3.33, inside Tsit5's real stability interval (h·λ < 3.51).
+        """
+        scale = jax.tree_util.tree_map(
+            lambda a, b: self.atol + self.rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)), y0, y1
+        )
+        q = jax.tree_util.tree_map(lambda e, s: e / s, err, scale)
+        norm = jnp.sqrt(tree_dot(q, q) / tree_size(q))
+        floor = (hl / self.stability_cap) ** self.error_order(terms)
+        return jax.tree_util.tree_map(
+            lambda e, s: jnp.where(norm < floor, floor * s, e), err, scale
+        )
+
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         h = t1 - t0
         st = solver_state
@@ -157,6 +188,7 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
             err = jax.tree_util.tree_map(
                 lambda e: jnp.where(result == diffrax.RESULTS.successful, e, jnp.inf), err
             )
+            err = self._stability_floor(terms, h * jnp.maximum(lam, st["lam"]), y0, y1, err)
             return y1, err, dense, f1, v, lam, n, jnp.zeros((), jnp.int32), st["stiff"]
 
         def implicit(_):

@@ -211,3 +211,39 @@ def test_solver_names_and_grad_evals():
     assert make_solver("rodas4", jnp.array(1e-6), jnp.array(1e-9))[1] == 6
     assert not is_implicit("tsit5")
 
+
+
+def test_auto_explicit_steps_stay_inside_the_stability_interval():
+    """On a stability-limited stretch the explicit steps of `auto` keep h·λ near
+    0.9·stability_cap = 3.33 < 3.51 (Tsit5's real stability boundary) instead of oscillating
+    about the boundary with a quarter of them rejected. L = ½(100θ₁² + 0.01θ₂²) to t = 300 with
+    the implicit branch disabled: 300·100/3.33 ≈ 9,000 steps are needed; the slow component
+    must still follow exp(−0.01 t)."""
+    from saddlejax._auto import AutoStiff
+
+    lam = jnp.array([100.0, 0.01])
+
+    def objective(theta):
+        return 0.5 * jnp.sum(lam * theta**2)
+
+    def run(cap):
+        solver = AutoStiff(
+            rtol=jnp.asarray(1e-6), atol=jnp.asarray(1e-9), to_implicit=1e9, stability_cap=cap
+        )
+        sol = saddlejax.gradient_flow(
+            objective, jnp.ones(2), 300.0, solver=solver, rtol=1e-6, atol=1e-9,
+            saveat=jnp.array([300.0]), max_steps=100_000,
+        )
+        return sol, int(sol.stats["num_steps"]), int(sol.stats["num_rejected_steps"])
+
+    sol, steps, rejected = run(3.7)
+    assert int(sol.stats["implicit_steps_accepted"]) == 0
+    assert rejected <= 0.01 * steps, (rejected, steps)
+    # h·λ ≈ 0.9·3.7 on every step (λ from power iteration, exact here): within 3 %.
+    assert abs(steps - 300 * 100 / (0.9 * 3.7)) <= 0.03 * steps, steps
+    # rtol 1e−6 per step over ≈ 9,000 steps: 1e−5 relative is a 10× margin on the measured 1e−6.
+    np.testing.assert_allclose(float(sol.params[-1, 1]), np.exp(-0.01 * 300), rtol=1e-5)
+    # Without the cap (a cap far outside the stability interval) the steps oscillate about the
+    # boundary: measured 2,838 of 11,391 rejected.
+    _, steps_free, rejected_free = run(1e9)
+    assert rejected_free > 0.15 * steps_free, (rejected_free, steps_free)
