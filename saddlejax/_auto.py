@@ -68,7 +68,7 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
     max_cg_steps: int = eqx.field(static=True, default=200)
     deflate: int = eqx.field(static=True, default=16)
     recycle: int = eqx.field(static=True, default=16)
-    refresh_every: int = eqx.field(static=True, default=1)
+    refresh_every: int = eqx.field(static=True, default=4)
     refresh_cg: int = eqx.field(static=True, default=6)
     to_implicit: float = 2.5
     to_explicit: float = 40.0

@@ -302,12 +302,14 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
     - `deflate`: dimension k of the tracked dominant invariant subspace of ∇²L used as the
         deflation preconditioner M⁻¹ = I − Ṽᵀ diag(hγθ/(1 + hγθ)) Ṽ (0: plain CG); see
         `track_subspace`. The basis lives in the solver state and is refreshed (k
-        Hessian-vector products in one batch) every `refresh_every` accepted steps, or after a
-        step whose stages needed more than `refresh_cg` CG iterations.
+        Hessian-vector products in one batch) every `refresh_every` accepted steps (default
+        4), or after a step whose stages needed more than `refresh_cg` CG iterations.
+        (Refreshing every step: 18 % more Hessian-vector products and 9 % more wall time over
+        14 default-problem runs; benchmarks/README.md, session 3.)
     - `recycle`: the first `recycle` CG directions of stage 1 (and their products) project the
         initial error of the later stages, which share the matrix (see `conjugate_gradient`).
 
-    Dense output: cubic Hermite on θₙ, θₙ₊₁, f(θₙ), f(θₙ₊₁) (one more gradient per step).
+    Dense output: the straight line between θₙ and θₙ₊₁ (monotone; see the end of `step`).
     The solver state counts Hessian-vector products (CG, subspace tracking) over the accepted
     steps and the largest per-stage CG count.
     """
@@ -321,7 +323,7 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
     linear_factor: float | jax.Array = 0.1
     max_cg_steps: int = eqx.field(static=True, default=200)
     deflate: int = eqx.field(static=True, default=16)
-    refresh_every: int = eqx.field(static=True, default=1)
+    refresh_every: int = eqx.field(static=True, default=4)
     refresh_cg: int = eqx.field(static=True, default=6)
     recycle: int = eqx.field(static=True, default=16)
 
