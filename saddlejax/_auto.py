@@ -13,11 +13,16 @@ accuracy-limited step size (stiffness detection, Hairer & Wanner II, §IV.2). Th
 - explicit mode: switch to implicit when h·λ ≥ `to_implicit` (default 2.5: the step is near
     Tsit5's stability boundary ≈ 3.4 on the negative real axis, so it is stability-limited),
     after at least `min_explicit_steps`·2^k explicit steps (see the back-off below).
-- implicit mode: switch back to explicit when h·λ < `to_explicit` (default 40: an implicit
-    step costs as much as 10–15 explicit ones, so it must be that many times longer than the
-    largest stable explicit step ≈ 3.4/λ) and the step stopped growing (by 20 % a step: after
-    a drop the implicit step grows for a while before it reaches the plateau's scale), after
-    at least `min_implicit_steps` implicit steps.
+- implicit mode: switch back to explicit when h·λ < `to_explicit` and the step stopped
+    growing (by 20 % a step: after a drop the implicit step grows for a while before it
+    reaches the plateau's scale), after at least `min_implicit_steps` implicit steps. Default
+    15, i.e. an implicit step must be ≳ 4.5× the explicit one (h·λ ≈ 3.33, see the cap
+    below): an implicit step on the default problem costs 5–15 explicit ones, but staying
+    implicit lets h keep growing at the slow end of an escape, where explicit stretches at
+    the stability limit and 4–5-step implicit tries otherwise alternate for thousands of steps.
+    Over 14 default-problem runs (benchmarks/README.md, session 3) the totals were 48.6 s /
+    46.7 / 39.4 / 42.7 s for `to_explicit` = 40 / 25 / 15 / 10 (depth 5: 4.5 → 2.7 s, depth 6:
+    13.7 → 11.6 s; Chen–Luo–Wang m = 5,000, where an implicit step is dearer: 14.5 → 17.5 s).
 - back-off against flip-flopping in fast drops: k counts the implicit stretches in a row that
     ended without ever reaching h·λ ≥ `to_explicit` (at most 3); a stretch that did resets it.
 - stability cap on explicit steps: an explicit step's error estimate is raised to at least
@@ -71,7 +76,7 @@ class AutoStiff(diffrax.AbstractAdaptiveSolver):
     refresh_every: int = eqx.field(static=True, default=4)
     refresh_cg: int = eqx.field(static=True, default=6)
     to_implicit: float = 2.5
-    to_explicit: float = 40.0
+    to_explicit: float = 15.0
     stability_cap: float = 3.7
     min_implicit_steps: int = eqx.field(static=True, default=3)
     min_explicit_steps: int = eqx.field(static=True, default=16)
