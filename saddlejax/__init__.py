@@ -7,6 +7,7 @@ Chen, Luo & Wang). See SPEC.md for the mathematics.
 """
 
 from . import init as init, nn as nn
+from ._auto import AutoStiff as AutoStiff
 
 # --- escape paths, Φ and Ψ (issue 4) ---
 from ._bijection import (
@@ -111,6 +112,7 @@ from ._relu_escape import (
 )
 from ._solution import RESULTS as RESULTS, FlowSolution as FlowSolution
 from ._solvers import SOLVER_NAMES as SOLVER_NAMES, KrylovSettings as KrylovSettings
+from ._stiff import RODAS3 as RODAS3, RODAS4 as RODAS4, RosenbrockKrylov as RosenbrockKrylov
 from ._sweep import SweepResult as SweepResult, sweep as sweep
 from ._taylor import (
     TaylorTerm as TaylorTerm,

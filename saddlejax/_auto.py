@@ -54,20 +54,25 @@ _DEFLATION_KEYS = ("basis", "ritz", "age", "last_cg")
 class AutoStiff(diffrax.AbstractAdaptiveSolver):
     """Tsit5 where the flow is not stiff, Rosenbrock–Krylov (RODAS4 + CG) where it is.
 
-    **Arguments:** `rtol`, `atol`, `tableau`, `linear_factor`, `max_cg_steps`, `deflate` as for
+    **Arguments:** `rtol`, `atol` (default `None`: `gradient_flow` fills in its own), `tableau`,
+    `linear_factor`, `max_cg_steps`, `deflate`, `recycle`, `refresh_every`, `refresh_cg` as for
     `RosenbrockKrylov`; `to_implicit`, `to_explicit`, `stability_cap`, `min_implicit_steps`,
     `min_explicit_steps`, `power_every` as in the module docstring; `verbose` prints one line
     per attempted step (debugging).
 
     The solver state counts Hessian-vector products, explicit and implicit accepted steps.
     Under `jax.vmap` both branches run for every trajectory (a batched `lax.cond`).
+
+    `solver="auto"` uses the defaults; to tune the switch pass an instance, e.g.
+    `gradient_flow(..., solver=saddlejax.AutoStiff(to_explicit=25.0))` where implicit steps are
+    dear (Chen–Luo–Wang: 17.5 s at the default 15, 14.5 s at 40; benchmarks/README.md).
     """
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.ThirdOrderHermitePolynomialInterpolation
 
-    rtol: jax.Array
-    atol: jax.Array
+    rtol: jax.Array | None = None
+    atol: jax.Array | None = None
     tableau: RosenbrockTableau = RODAS4
     linear_factor: float | jax.Array = 0.1
     max_cg_steps: int = eqx.field(static=True, default=200)

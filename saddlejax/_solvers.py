@@ -94,6 +94,21 @@ def make_solver(solver, rtol, atol, krylov: KrylovSettings | None = None):
     **Returns:** (solver, gradient evaluations per step or −1 where not known a priori).
     """
     check_solver(solver)
+    if isinstance(solver, AutoStiff | RosenbrockKrylov):
+        # An instance passed to tune it: the flow's tolerances unless it sets its own.
+        if solver.rtol is None or solver.atol is None:
+            solver = eqx.tree_at(
+                lambda s: (s.rtol, s.atol),
+                solver,
+                (
+                    rtol if solver.rtol is None else solver.rtol,
+                    atol if solver.atol is None else solver.atol,
+                ),
+                is_leaf=lambda x: x is None,
+            )
+        if isinstance(solver, RosenbrockKrylov):
+            return solver, RosenbrockKrylov.grad_evals_per_step(solver.tableau)
+        return solver, -1
     if isinstance(solver, diffrax.AbstractSolver):
         for cls, per_step in _EXPLICIT.values():
             if type(solver) is cls:

@@ -294,8 +294,9 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
 
     - `tableau`: `RODAS3` (default; 3 gradients + 4 CG solves per step, order 3) or `RODAS4`
         (6 gradients + 6 CG solves, order 4).
-    - `rtol`, `atol`: the step-size controller's tolerances (may be traced); the CG residual
-        tolerance is `linear_factor`·(atol + rtol·|θₙ|) in RMS.
+    - `rtol`, `atol`: the step-size controller's tolerances (may be traced; default `None`:
+        `gradient_flow` fills in its own); the CG residual tolerance is
+        `linear_factor`·(atol + rtol·|θₙ|) in RMS.
     - `linear_factor`: see above (inexact solves: 0.1 keeps the solve error well inside the
         local error the controller accepts).
     - `max_cg_steps`: cap on CG iterations per stage; reaching it rejects the step.
@@ -317,8 +318,8 @@ class RosenbrockKrylov(diffrax.AbstractAdaptiveSolver):
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.ThirdOrderHermitePolynomialInterpolation
 
-    rtol: jax.Array
-    atol: jax.Array
+    rtol: jax.Array | None = None
+    atol: jax.Array | None = None
     tableau: RosenbrockTableau = RODAS3
     linear_factor: float | jax.Array = 0.1
     max_cg_steps: int = eqx.field(static=True, default=200)

@@ -156,7 +156,17 @@ def small_problem():
     return problem, params0, ts, ref
 
 
-@pytest.mark.parametrize("solver", ["rodas4", "auto"])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        "rodas4",
+        "auto",
+        # Instances, to tune them: they take the flow's rtol/atol when they set none.
+        saddlejax.AutoStiff(to_explicit=25.0),
+        saddlejax.RosenbrockKrylov(tableau=saddlejax.RODAS4),
+    ],
+    ids=["rodas4", "auto", "AutoStiff-instance", "RosenbrockKrylov-instance"],
+)
 def test_stiff_solvers_match_tight_tsit5(small_problem, solver):
     """RODAS4-Krylov and "auto" reproduce a tight Tsit5 (rtol 1e-11) loss curve and final
     parameters on a small deep linear completion problem through a drop, and report their
@@ -174,7 +184,7 @@ def test_stiff_solvers_match_tight_tsit5(small_problem, solver):
     stats = sol.stats
     assert int(stats["grad_evals"]) > 0
     assert int(stats["hvp_evals"]) >= int(stats["hvp_evals_accepted"]) > 0
-    if solver == "auto":
+    if solver == "auto" or isinstance(solver, saddlejax.AutoStiff):
         assert int(stats["implicit_steps_accepted"]) > 0  # it did switch on the stiff part
         assert int(stats["explicit_steps_accepted"]) > 0  # and was explicit near the origin
 
