@@ -1,11 +1,20 @@
-"""Sweep throughput (issue 5): trajectories per second of a vmapped batch of seeds against one
-trajectory, and against the number of (simulated) host devices, each device count in a fresh
-subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N.
+"""Sweep throughput (issue 5): trajectories per second of a batch of seeds in one
+`saddlejax.sweep` against one trajectory, against batch size and against the number of devices.
 
-Problem: the default problem at α = 0.1, t1 = 500, Tsit5 (`saddlejax.sweep`); --quick uses
+Problem: the default problem (widths 10-w-w-w-10) at α = 0.1, t1 = 500, Tsit5; --quick uses
 width 30 and fewer seeds.
 
-    python benchmarks/bench_sweep.py [--quick]
+- `--platform cpu` (default): each device count runs in a fresh subprocess with
+  XLA_FLAGS=--xla_force_host_platform_device_count=N (simulated host devices sharing this
+  machine's cores; a sweep over several devices vmaps within each device and `shard_map`s
+  across them).
+- `--platform gpu`: the accelerators JAX sees (all of them), batch sizes up to 1,024.
+
+Every configuration checks seed 0 of the batch against a lone `gradient_flow` (relative loss
+error < 1e−5) before it is timed, and times a second, warm call.
+
+    python benchmarks/bench_sweep.py [--quick] [--platform gpu] [--batches 1 64 1024]
+        [--devices 1 2 4 8] [--width 100] [--batching vmap]
 """
 
 import json
@@ -21,66 +30,84 @@ import _common  # enables float64
 import jax, jax.numpy as jnp, jax.random as jr, numpy as np
 import saddlejax
 
-width, batch, t1, solver = {width}, {batch}, {t1}, {solver!r}
+width, batches, t1, solver, batching = {width}, {batches}, {t1}, {solver!r}, {batching!r}
 problem = saddlejax.matrix_completion_problem(jr.key(0))
 def init(key):
     return saddlejax.nn.DeepLinear((10, width, width, width, 10), key=key)
 def go(seeds):
     return saddlejax.sweep(problem, init, t1, alphas=[0.1], seeds=seeds, progress=None,
-                           n_save=32, solver=solver)
-seeds = list(range(batch))
-t = time.perf_counter(); res = go(seeds); first = time.perf_counter() - t   # compile + run
-assert not res.failures(), res.failures()
-# correctness: every seed's loss decreased and seed 0 matches a single gradient_flow
+                           n_save=32, solver=solver, batching=batching)
 net = saddlejax.init.scale(init(jr.key(0)), 0.1)
 single = saddlejax.gradient_flow(problem, net, t1, n_save=32, solver=solver)
-err = float(jnp.max(jnp.abs(res.solution.loss[0, 0] - single.loss)) / single.loss[0])
-assert err < 1e-5, err
-t = time.perf_counter(); res = go(seeds); wall = time.perf_counter() - t
-print(json.dumps(dict(devices=len(jax.devices()), batch=batch, wall_s=wall,
-                      compile_and_run_s=first, per_trajectory_s=wall / batch,
-                      check_err=err)))
+for batch in batches:
+    seeds = list(range(batch))
+    t = time.perf_counter(); res = go(seeds); first = time.perf_counter() - t  # compile + run
+    assert not res.failures(), res.failures()
+    err = float(jnp.max(jnp.abs(res.solution.loss[0, 0] - single.loss)) / single.loss[0])
+    assert err < 1e-5, err
+    steps = np.asarray(res.solution.stats["num_steps"]).reshape(-1)
+    t = time.perf_counter(); res = go(seeds); wall = time.perf_counter() - t
+    print(json.dumps(dict(devices=len(jax.devices()), platform=jax.devices()[0].platform,
+                          device_kind=jax.devices()[0].device_kind, batch=batch, wall_s=wall,
+                          compile_and_run_s=first, per_trajectory_s=wall / batch,
+                          steps_mean=float(steps.mean()), steps_max=int(steps.max()),
+                          check_err=err)), flush=True)
 """
 
 
-def child(width, batch, t1, devices, solver="tsit5"):
+def child(width, batches, t1, devices, *, platform="cpu", solver="tsit5", batching="auto"):
+    """Run CHILD in a fresh process; one result dict per batch size."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
+    if platform == "cpu":
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+        ).strip()
+        env["JAX_PLATFORMS"] = "cpu"
     code = CHILD.format(
         bench_dir=os.path.dirname(os.path.abspath(__file__)),
         width=width,
-        batch=batch,
+        batches=list(batches),
         t1=t1,
         solver=solver,
+        batching=batching,
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        print(out.stderr[-3000:], file=sys.stderr)
+        if not rows:
+            raise RuntimeError(f"bench_sweep child failed: {out.stderr[-500:]}")
+    return rows
 
 
 def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _common import parser, print_table, write_json
 
-    args = parser(__doc__).parse_args(argv)
-    width = 30 if args.quick else 100
+    p = parser(__doc__)
+    p.add_argument("--platform", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=None)
+    p.add_argument("--devices", type=int, nargs="+", default=None, help="host device counts")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--batching", choices=["auto", "vmap", "loop"], default="auto")
+    args = p.parse_args(argv)
+    width = args.width or (30 if args.quick else 100)
     t1 = 500.0
-    batches = [1, 16] if args.quick else [1, 8, 64]
+    if args.platform == "gpu":
+        batches = args.batches or [1, 16, 64, 256, 1024]
+        device_counts = [None]
+    else:
+        batches = args.batches or ([1, 16] if args.quick else [1, 8, 64])
+        device_counts = args.devices or ([1, 2] if args.quick else [1, 2, 4])
     rows = []
     start = time.perf_counter()
-    for b in batches:
-        r = child(width, b, t1, 1)
-        rows.append(dict(kind="vmap batch", width=width, **r))
-        print(rows[-1], flush=True)
-    for d in [2] if args.quick else [2, 4]:
-        b = batches[-1]
-        r = child(width, b, t1, d)
-        rows.append(dict(kind="devices", width=width, **r))
-        print(rows[-1], flush=True)
+    for d in device_counts:
+        # Several host devices: only the largest batch (one per device at least).
+        bs = batches if d in (None, 1) else [max(batches[-1], d)]
+        for r in child(width, bs, t1, d, platform=args.platform, batching=args.batching):
+            kind = "batch" if r["devices"] == 1 else "shard_map"
+            rows.append(dict(kind=kind, width=width, batching=args.batching, **r))
+            print(rows[-1], flush=True)
     one = rows[0]["per_trajectory_s"]
     for r in rows:
         r["throughput_vs_one"] = one / r["per_trajectory_s"]
@@ -88,9 +115,12 @@ def main(argv=None):
         rows,
         [
             "kind",
+            "platform",
             "width",
             "devices",
             "batch",
+            "batching",
+            "steps_max",
             "wall_s",
             "compile_and_run_s",
             "per_trajectory_s",
@@ -99,7 +129,7 @@ def main(argv=None):
         ],
         f"sweep throughput (total {time.perf_counter() - start:.0f} s)",
     )
-    write_json("sweep", {"rows": rows}, args.out)
+    write_json(f"sweep_{args.platform}", {"rows": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -43,48 +43,76 @@ class SweepResult(eqx.Module):
         return out
 
 
-def _chunk_runner(objective, init, *, n_save, trainable, flow_options, devices, batching):
-    """A jitted function (keys, alpha, t1, rtol, atol) → FlowSolution batched over keys."""
+def _one(objective, init, key, alpha, t1, rtol, atol, *, n_save, trainable, flow_options):
+    """One trajectory from θ₀ = α·init(key); α, t1, rtol, atol are traced (no retrace)."""
+    params0 = scale(init(key), alpha)
+    state0, static = eqx.partition(params0, trainable)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(state0))
+    t1 = t1.astype(dtype)
+    # The default save grid of `gradient_flow`, scaled to this α's t1 (traced: no retrace).
+    ts = t1 * jnp.asarray(_as_save_times(None, 0.0, 1.0, n_save), dtype)
+    return _solve(
+        _Problem(objective, static),
+        state0,
+        jnp.zeros((), dtype),
+        t1,
+        ts,
+        rtol.astype(dtype),
+        atol.astype(dtype),
+        None,
+        **flow_options,
+    )
 
-    def one(key, alpha, t1, rtol, atol):
-        params0 = scale(init(key), alpha)
-        state0, static = eqx.partition(params0, trainable)
-        dtype = jnp.result_type(*jax.tree_util.tree_leaves(state0))
-        t1 = t1.astype(dtype)
-        # The default save grid of `gradient_flow`, scaled to this α's t1 (traced: no retrace).
-        ts = t1 * jnp.asarray(_as_save_times(None, 0.0, 1.0, n_save), dtype)
-        return _solve(
-            _Problem(objective, static),
-            state0,
-            jnp.zeros((), dtype),
-            t1,
-            ts,
-            rtol.astype(dtype),
-            atol.astype(dtype),
-            None,
-            **flow_options,
-        )
 
-    if batching == "loop":
-        single = eqx.filter_jit(one)
+# Module-level jitted entry points, so that a second `sweep` with the same objective *structure*,
+# `init` function, options and devices reuses the compiled code (the objective's arrays are
+# arguments, not constants). A fresh closure per call recompiled every sweep (session 4).
+@eqx.filter_jit
+def _run_one(objective, init, key, alpha, t1, rtol, atol, config):
+    return _one(objective, init, key, alpha, t1, rtol, atol, **config)
 
-        def looped(keys, *args):
-            sols = [single(keys[i], *args) for i in range(keys.shape[0])]
-            return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *sols)
 
-        return looped
-    batched = eqx.filter_vmap(one, in_axes=(0, None, None, None, None))
+@eqx.filter_jit
+def _run_batch(objective, init, keys, alpha, t1, rtol, atol, config, devices):
+    dynamic, static = eqx.partition(objective, eqx.is_array)
+
+    def batched(dynamic, keys, alpha, t1, rtol, atol):
+        obj = eqx.combine(dynamic, static)
+        return jax.vmap(
+            lambda k: _one(obj, init, k, alpha, t1, rtol, atol, **config)
+        )(keys)
+
     if len(devices) > 1:
         mesh = jax.sharding.Mesh(np.asarray(devices), ("seeds",))
-        replicated = PartitionSpec()
+        rep = PartitionSpec()
         batched = jax.shard_map(
             batched,
             mesh=mesh,
-            in_specs=(PartitionSpec("seeds"), replicated, replicated, replicated, replicated),
+            in_specs=(rep, PartitionSpec("seeds"), rep, rep, rep, rep),
             out_specs=PartitionSpec("seeds"),
             check_vma=False,
         )
-    return eqx.filter_jit(batched)
+    return batched(dynamic, keys, alpha, t1, rtol, atol)
+
+
+def _chunk_runner(objective, init, *, n_save, trainable, flow_options, devices, batching):
+    """A function (keys, alpha, t1, rtol, atol) → FlowSolution batched over keys."""
+    config = dict(n_save=n_save, trainable=trainable, flow_options=flow_options)
+
+    if batching == "loop":
+
+        def looped(keys, *args):
+            sols = [
+                _run_one(objective, init, keys[i], *args, config) for i in range(keys.shape[0])
+            ]
+            return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *sols)
+
+        return looped
+
+    def vmapped(keys, *args):
+        return _run_batch(objective, init, keys, *args, config, tuple(devices))
+
+    return vmapped
 
 
 def _resolve_batching(batching: str, devices) -> str:
