@@ -5,16 +5,16 @@ Problem: the default problem (widths 10-w-w-w-10) at α = 0.1, t1 = 500, Tsit5; 
 width 30 and fewer seeds.
 
 - `--platform cpu` (default): each device count runs in a fresh subprocess with
-  XLA_FLAGS=--xla_force_host_platform_device_count=N (simulated host devices sharing this
-  machine's cores; a sweep over several devices vmaps within each device and `shard_map`s
-  across them).
+  XLA_FLAGS=--xla_force_host_platform_device_count=N (host devices sharing this machine's
+  cores). `--batching loop` spreads the seeds over the devices by threads (what "auto" does on
+  a CPU); `--batching vmap` vmaps within each device and `shard_map`s across them.
 - `--platform gpu`: the accelerators JAX sees (all of them), batch sizes up to 1,024.
 
 Every configuration checks seed 0 of the batch against a lone `gradient_flow` (relative loss
 error < 1e−5) before it is timed, and times a second, warm call.
 
     python benchmarks/bench_sweep.py [--quick] [--platform gpu] [--batches 1 64 1024]
-        [--devices 1 2 4 8] [--width 100] [--batching vmap]
+        [--devices 1 2 4 8] [--width 100] [--batching loop vmap]
 """
 
 import json
@@ -89,7 +89,10 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--devices", type=int, nargs="+", default=None, help="host device counts")
     p.add_argument("--width", type=int, default=None)
-    p.add_argument("--batching", choices=["auto", "vmap", "loop"], default="auto")
+    p.add_argument(
+        "--batching", choices=["auto", "vmap", "loop"], nargs="+", default=["auto"],
+        help="one or more; each runs every configuration",
+    )
     args = p.parse_args(argv)
     width = args.width or (30 if args.quick else 100)
     t1 = 500.0
@@ -101,20 +104,19 @@ def main(argv=None):
         device_counts = args.devices or ([1, 2] if args.quick else [1, 2, 4])
     rows = []
     start = time.perf_counter()
-    for d in device_counts:
-        # Several host devices: only the largest batch (one per device at least).
-        bs = batches if d in (None, 1) else [max(batches[-1], d)]
-        for r in child(width, bs, t1, d, platform=args.platform, batching=args.batching):
-            kind = "batch" if r["devices"] == 1 else "shard_map"
-            rows.append(dict(kind=kind, width=width, batching=args.batching, **r))
-            print(rows[-1], flush=True)
+    for batching in args.batching:
+        for d in device_counts:
+            # Several host devices: only the largest batch (one per device at least).
+            bs = batches if d in (None, 1) else [max(batches[-1], d)]
+            for r in child(width, bs, t1, d, platform=args.platform, batching=batching):
+                rows.append(dict(width=width, batching=batching, **r))
+                print(rows[-1], flush=True)
     one = rows[0]["per_trajectory_s"]
     for r in rows:
         r["throughput_vs_one"] = one / r["per_trajectory_s"]
     print_table(
         rows,
         [
-            "kind",
             "platform",
             "width",
             "devices",

@@ -17,7 +17,7 @@ if [ "${DRY:-0}" = 1 ]; then
     W=10; GPU_BATCHES="1 4"; CPU_DEV="1 2"; CMP="--width 10 --quick"; TDEV=cpu
     ALPHAS="0.1"; T=(120 120 200 120)
 else
-    W=100; GPU_BATCHES="1 16 64 256 1024"; CPU_DEV="1 2 4 8"; CMP="--width 100"; TDEV=cuda
+    W=100; GPU_BATCHES="1 16 64 256 1024"; CPU_DEV="1 2 4 8 16"; CMP="--width 100"; TDEV=cuda
     ALPHAS="0.1 0.01 0.001"; T=(170 110 130 90)
 fi
 part() {  # part NAME LIMIT_S COMMAND...: run with a limit, log to $OUT/NAME.log
@@ -45,7 +45,7 @@ EOF
 part sweep_gpu "${T[0]}" $PY benchmarks/bench_sweep.py --platform gpu --width $W \
     --batches $GPU_BATCHES --out "$OUT/sweep_gpu.json"
 part sweep_cpu_devices "${T[1]}" $PY benchmarks/bench_sweep.py --platform cpu --width 30 \
-    --batches 1 16 --devices $CPU_DEV --batching vmap --out "$OUT/sweep_cpu_devices.json"
+    --batches 1 16 --devices $CPU_DEV --batching loop --out "$OUT/sweep_cpu_devices.json"
 part compare_gpu "${T[2]}" $PY benchmarks/bench_compare.py $CMP --torch-device $TDEV \
     --out "$OUT/compare_gpu.json"
 part alpha_gpu "${T[3]}" $PY benchmarks/bench_alpha.py --solvers auto --keys 2 \

@@ -24,11 +24,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_host_devices(n: int | None = None) -> None:
+    """Expose `n` XLA host (CPU) devices, default one per core, unless XLA_FLAGS or
+    `jax_num_cpu_devices` already set a number. `sweep` spreads the seeds of a CPU run over them
+    by threads (×1.9 for 2 devices on 2 cores, benchmarks/README.md, session 4); a single
+    trajectory runs on device 0 as before. Must run before JAX creates its CPU backend."""
+    import os
+
+    import jax
+
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    if jax.config.jax_num_cpu_devices > 0:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", n or os.cpu_count() or 1)
+    except RuntimeError:  # JAX already started (main() called from a running program): keep it
+        pass
+
+
 def main(argv=None) -> int:
     import jax
 
     # The CLI, not the library, chooses float64 (small-initialisation flows need it).
     jax.config.update("jax_enable_x64", True)
+    use_host_devices()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

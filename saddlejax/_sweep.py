@@ -3,8 +3,10 @@ devices, and checkpoints each finished chunk so an interrupted sweep loses no fi
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import equinox as eqx
@@ -95,16 +97,57 @@ def _run_batch(objective, init, keys, alpha, t1, rtol, atol, config, devices):
     return batched(dynamic, keys, alpha, t1, rtol, atol)
 
 
+def _on(tree, device):
+    """`tree` with its arrays committed to `device` (other leaves unchanged)."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(x, device) if eqx.is_array(x) else x, tree
+    )
+
+
+def _map_over_devices(fn: Callable, n: int, devices: Sequence) -> list:
+    """[fn(i, device) for i in range(n)], run with one thread per device, each device taking
+    the next index as soon as it is free (a shared queue, so one slow trajectory does not hold
+    the others up). XLA releases the GIL while it computes, so the devices run concurrently;
+    an exception in any worker is raised here."""
+    lock = threading.Lock()
+    counter = iter(range(n))
+    out = [None] * n
+
+    def worker(device):
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            out[i] = jax.block_until_ready(fn(i, device))
+
+    with ThreadPoolExecutor(len(devices)) as pool:
+        for f in [pool.submit(worker, d) for d in devices]:
+            f.result()
+    return out
+
+
 def _chunk_runner(objective, init, *, n_save, trainable, flow_options, devices, batching):
     """A function (keys, alpha, t1, rtol, atol) → FlowSolution batched over keys."""
     config = dict(n_save=n_save, trainable=trainable, flow_options=flow_options)
 
     if batching == "loop":
+        home = devices[0]
+        local = {d: _on(objective, d) for d in devices} if len(devices) > 1 else None
 
         def looped(keys, *args):
-            sols = [
-                _run_one(objective, init, keys[i], *args, config) for i in range(keys.shape[0])
-            ]
+            if local is None:
+                sols = [
+                    _run_one(objective, init, keys[i], *args, config)
+                    for i in range(keys.shape[0])
+                ]
+            else:
+
+                def one(i, device):
+                    key, rest = _on((keys[i], args), device)
+                    return _run_one(local[device], init, key, *rest, config)
+
+                sols = [_on(s, home) for s in _map_over_devices(one, keys.shape[0], devices)]
             return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *sols)
 
         return looped
@@ -120,10 +163,14 @@ def _resolve_batching(batching: str, devices) -> str:
         raise ValueError(f"`batching` must be 'auto', 'vmap' or 'loop', got {batching!r}.")
     if batching != "auto":
         return batching
-    # Measured on a 2-core CPU (Jacot Fig. 1 problem, 4 seeds): a vmapped adaptive solve runs
-    # every member for the slowest member's step count, and each batched step cost ~2.8× a
-    # single one, so looping over seeds was ~7× faster. Accelerators and several devices vmap.
-    return "loop" if len(devices) == 1 and devices[0].platform == "cpu" else "vmap"
+    # CPU: loop. A vmapped adaptive solve runs every member for the slowest member's step count
+    # and a batched gradient costs more per member than a single one: on 2 cores a vmapped batch
+    # of 8 had 0.49× the throughput of one trajectory, and even sharded over 8 host devices of
+    # a 16-core CPU 0.27× (benchmarks/README.md, session 4). A loop over seeds, spread over
+    # several host devices by threads, runs each trajectory for its own steps (×1.9 on 2
+    # devices of 2 cores). Accelerators vmap (×14 at 64 seeds on an H200), sharded across
+    # several devices.
+    return "loop" if all(d.platform == "cpu" for d in devices) else "vmap"
 
 
 def _checkpoint_path(directory: Path, i_alpha: int, alpha: float, seeds: np.ndarray) -> Path:
@@ -156,12 +203,17 @@ def sweep(
 ) -> SweepResult:
     """Gradient flows from θ₀ = α·θ̃(seed) for every α × seed (SPEC §1, §8).
 
-    Within one α the seeds are batched with `vmap` (an adaptive solve under vmap runs until its
-    slowest member finishes, so different α — whose plateaus differ by orders of magnitude — are
-    never batched together; α is a traced argument, so changing it does not recompile). Seeds run
-    in chunks of `chunk_size` (a memory bound), each chunk sharded across `devices` with
-    `jax.shard_map` when there are several. Failed trajectories keep their `RESULTS` code and do
-    not affect the others.
+    On accelerators the seeds of one α are batched with `vmap` (an adaptive solve under vmap runs
+    until its slowest member finishes, so different α — whose plateaus differ by orders of
+    magnitude — are never batched together), in chunks of `chunk_size` (a memory bound), each
+    chunk sharded across `devices` with `jax.shard_map` when there are several. On CPUs each
+    seed is its own solve, and with several host devices the seeds are spread over them by one
+    thread per device, each taking the next seed when free (set the number of host devices
+    before JAX starts: `jax.config.update("jax_num_cpu_devices", n)` or
+    `XLA_FLAGS=--xla_force_host_platform_device_count=n`; the CLI uses one per core). α, t1 and
+    the tolerances are traced arguments: a new α does not recompile, and neither does a second
+    sweep with the same objective structure, `init` function and options. Failed trajectories
+    keep their `RESULTS` code and do not affect the others.
 
     Other conventions: for Jacot's σ² = w^{−γ} use `alphas=[init.alpha_from_gamma(w, γ, σ̃) ...]`,
     for Chen–Luo–Wang's m^{−α_CL} use `init.alpha_from_clw` (SPEC §1).
@@ -172,12 +224,13 @@ def sweep(
     - `init`: `key -> θ̃`, the unit-scale draw, e.g. `lambda k: DeepLinear(widths, key=k)`.
     - `t1`: final time, or a function of α (plateaus last ~α^{−(L−2)}, or log(1/α) for L = 2).
     - `alphas`, `seeds`: the grid. Seed s uses `jax.random.key(s)`.
-    - `chunk_size`: seeds per compiled batch (default: all); the last chunk is padded.
+    - `chunk_size`: seeds per chunk, the unit of checkpointing and, for "vmap", of one batched
+        solve (default: all); under "vmap" the last chunk is padded.
     - `batching`: "vmap" (one batched solve per chunk), "loop" (one compiled single-trajectory
-        solve per seed) or "auto": loop on a single CPU device, where it measured faster, vmap on
-        accelerators and across several devices.
-    - `devices`: devices to shard a chunk over (default: all of `jax.devices()`); the chunk size
-        is rounded up to a multiple of their number.
+        solve per seed, spread over the devices) or "auto": loop on CPUs, where it measured
+        faster (benchmarks/README.md, session 4), vmap on accelerators.
+    - `devices`: the devices to use (default: all of `jax.devices()`); under "vmap" the chunk
+        size is rounded up to a multiple of their number.
     - `checkpoint`: a directory; each finished (α, chunk) is written there and skipped when the
         sweep is run again, so an interrupted sweep resumes where it stopped. Use one directory
         per sweep configuration.
@@ -200,7 +253,9 @@ def sweep(
     chunk = seeds.size if chunk_size is None else int(chunk_size)
     if chunk <= 0:
         raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
-    chunk = math.ceil(chunk / len(devices)) * len(devices)
+    batching = _resolve_batching(batching, devices)
+    if batching == "vmap":  # one batch per chunk, split evenly over the devices
+        chunk = math.ceil(chunk / len(devices)) * len(devices)
     directory = None if checkpoint is None else Path(checkpoint)
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -224,7 +279,7 @@ def sweep(
         trainable=trainable,
         flow_options=flow_options,
         devices=devices,
-        batching=_resolve_batching(batching, devices),
+        batching=batching,
     )
     nan = float("nan")
     per_alpha, wall = [], []
@@ -233,7 +288,8 @@ def sweep(
         parts = []
         for lo in range(0, seeds.size, chunk):
             chunk_seeds = seeds[lo : lo + chunk]
-            pad = np.full(chunk - chunk_seeds.size, chunk_seeds[-1])
+            n_pad = chunk - chunk_seeds.size if batching == "vmap" else 0
+            pad = np.full(n_pad, chunk_seeds[-1])
             padded = np.concatenate([chunk_seeds, pad])
             args = (
                 jax.vmap(jr.key)(jnp.asarray(padded)),

@@ -4,7 +4,9 @@ Run as a script (by tests/test_sweep.py, in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=4), it runs the sweep sharded across the 4
 host devices, checks that every chunk's outputs live on all 4 devices, and writes the solution's
 leaves to the .npz file named on the command line; the test compares them with the
-single-device sweep. Prints "SHARDED SWEEP OK" and exits 0 on success.
+single-device sweep. Then it runs the sweep with batching="loop" (seeds spread over the devices
+by threads), checks that more than one device did work and that the result equals the loop on
+one device. Prints "SHARDED SWEEP OK" and "LOOP OVER DEVICES OK" and exits 0 on success.
 """
 
 import sys
@@ -68,8 +70,35 @@ def main(out_path):
         batching="vmap", **SWEEP_KW,
     )
     assert placements == [4] * len(ALPHAS), f"chunk outputs on {placements} devices, not 4"
+    sweep_module._chunk_runner = real_factory
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(result.solution)]
     np.savez(out_path, *leaves)
+
+    # batching="loop": one solve per seed, spread over the 4 devices by threads. Record on which
+    # device each seed ran; the result must equal the same loop on one device.
+    used = []
+    real_run_one = sweep_module._run_one
+
+    def recording_run_one(objective, init_, key, *rest):
+        used.append(next(iter(key.devices())))
+        return real_run_one(objective, init_, key, *rest)
+
+    sweep_module._run_one = recording_run_one
+    looped = sj.sweep(
+        make_problem(), draw, t1_of, alphas=ALPHAS, seeds=SEEDS, batching="loop", **SWEEP_KW
+    )
+    sweep_module._run_one = real_run_one
+    assert len(used) == len(ALPHAS) * len(SEEDS), f"{len(used)} solves, no padding expected"
+    assert len(set(used)) > 1, f"every seed ran on {set(used)}"
+    alone = sj.sweep(
+        make_problem(), draw, t1_of, alphas=ALPHAS, seeds=SEEDS, batching="loop",
+        devices=devices[:1], **SWEEP_KW,
+    )
+    for a, b in zip(jax.tree_util.tree_leaves(looped.solution),
+                    jax.tree_util.tree_leaves(alone.solution)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert looped.failures() == alone.failures()
+    print(f"LOOP OVER DEVICES OK (seeds ran on {len(set(used))} devices)")
     print(f"SHARDED SWEEP OK ({len(leaves)} arrays, failures: {result.failures()})")
 
 

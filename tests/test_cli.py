@@ -2,6 +2,7 @@
 against the theory (SPEC §5, §7)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -59,3 +60,22 @@ def test_escape_path_json_checks(preset):
     assert out["forward_integration_distance"] < 1e-6
     dist = out["simulation_distance"]
     assert all(b < a for a, b in zip(dist, dist[1:]))
+
+
+@pytest.mark.parametrize(
+    "xla_flags, expected",
+    [("", 3), ("--xla_force_host_platform_device_count=2", 2)],
+)
+def test_cli_exposes_host_devices(xla_flags, expected):
+    """The CLI gives JAX one host device per core (here 3, as asked) so that `sweep` spreads a
+    CPU run's seeds over them, unless XLA_FLAGS already set the number; called after JAX has
+    started it changes nothing instead of failing."""
+    code = (
+        "from saddlejax._cli import use_host_devices; use_host_devices(3); import jax; "
+        "n = len(jax.devices('cpu')); use_host_devices(5); assert len(jax.devices('cpu')) == n; "
+        "print(n)"
+    )
+    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.strip()) == expected

@@ -158,7 +158,8 @@ def test_checkpoint_resume(tmp_path):
 
 def test_sharded_sweep_matches_single_device(swept, tmp_path):
     """With 4 simulated CPU devices every chunk is sharded across them (jax.shard_map, padded to
-    a multiple of 4) and the sweep equals the single-device vmapped sweep (run in a subprocess:
+    a multiple of 4) and the sweep equals the single-device vmapped sweep; the looped sweep
+    spreads its seeds over the devices and equals the loop on one device (run in a subprocess:
     the device count is fixed at start-up)."""
     _, result, _ = swept
     script = Path(__file__).with_name("_sharded_sweep_check.py")
@@ -170,6 +171,7 @@ def test_sharded_sweep_matches_single_device(swept, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SHARDED SWEEP OK" in proc.stdout, proc.stdout
+    assert "LOOP OVER DEVICES OK" in proc.stdout, proc.stdout
     data = np.load(out)
     sharded = [data[f"arr_{i}"] for i in range(len(data.files))]
     single = [np.asarray(x) for x in jax.tree_util.tree_leaves(result.solution)]
