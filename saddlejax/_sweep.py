@@ -132,23 +132,27 @@ def _chunk_runner(objective, init, *, n_save, trainable, flow_options, devices, 
     config = dict(n_save=n_save, trainable=trainable, flow_options=flow_options)
 
     if batching == "loop":
-        home = devices[0]
         local = {d: _on(objective, d) for d in devices} if len(devices) > 1 else None
 
         def looped(keys, *args):
+            n = keys.shape[0]
+            if isinstance(keys, jax.core.Tracer):  # under filter_eval_shape: shapes only
+                sol = _run_one(objective, init, keys[0], *args, config)
+                return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), sol)
             if local is None:
-                sols = [
-                    _run_one(objective, init, keys[i], *args, config)
-                    for i in range(keys.shape[0])
-                ]
+                sols = [_run_one(objective, init, keys[i], *args, config) for i in range(n)]
             else:
 
                 def one(i, device):
                     key, rest = _on((keys[i], args), device)
                     return _run_one(local[device], init, key, *rest, config)
 
-                sols = [_on(s, home) for s in _map_over_devices(one, keys.shape[0], devices)]
-            return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *sols)
+                sols = _map_over_devices(one, n, devices)
+            # Stacked on the host: one copy per leaf from any device, instead of a dispatched
+            # `jnp.stack` per leaf (≈ 0.5 ms each, 40 % of a 16-seed sweep of short solves).
+            return jax.tree_util.tree_map(
+                lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])), *sols
+            )
 
         return looped
 

@@ -3,7 +3,7 @@
 The full suite lives in `benchmarks/` of the repository; this is its short version (about a
 minute or two on a 2-core CPU): the default problem (10×10 rank-3 completion, L = 4, w = 100)
 at α = 0.1 and 0.01 with the automatic and the explicit solver, gradient descent at its largest
-stable step, and a vmapped batch of seeds against one trajectory.
+stable step, and a 16-seed `sweep` and `jax.vmap` against one trajectory.
 """
 
 
@@ -14,8 +14,8 @@ def add_parser(subparsers) -> None:
         description="Times gradient flow on the default problem (L = 4, w = 100, 10×10 rank-3 "
         "completion) at α = 0.1 and 0.01: solver steps, gradient and Hessian-vector-product "
         "evaluations, wall and compile time, solver overhead (wall ÷ gradient evaluations × one "
-        "gradient), against gradient descent at 1.9/λ_max and a vmapped batch of seeds. Prints a "
-        "table naming the machine; the full suite is in benchmarks/.",
+        "gradient), against gradient descent at 1.9/λ_max, and 16 seeds by `sweep` and by "
+        "vmap. Prints a table naming the machine; the full suite is in benchmarks/.",
     )
     p.add_argument("--json", default=None, help="also write the rows as JSON to this path")
     p.add_argument(
@@ -187,25 +187,43 @@ def main(args) -> int:
                 )
             )
 
-    # Batch throughput: 16 seeds under jax.vmap against one trajectory (α = 0.1, t1 = 100),
-    # both jitted and warm (compile excluded), so the ratio is throughput, not compile
-    # amortisation. On a CPU it is usually < 1 (benchmarks/README.md: stragglers set the batch's
-    # step count; batched dots cost more per member), which is why `sweep` loops there.
-    import jax
-    import jax.random as jr
+    # Batch throughput (α = 0.1, t1 = 200: the first drop; seeds 0-15; all warm: compile
+    # excluded, so the ratios are throughput, not compile amortisation): the seeds one after
+    # the other, `sweep` as it runs here (CPU: a loop over seeds spread over the host devices;
+    # accelerators: vmap), and a plain `jax.vmap`. On a CPU vmap is usually < 1
+    # (benchmarks/README.md: stragglers set the batch's step count; batched dots cost more per
+    # member), which is why `sweep` loops there.
+    def draw(key):
+        return saddlejax.nn.DeepLinear((10, 100, 100, 100, 10), key=key)
 
     def one(key):
-        net = saddlejax.init.scale(saddlejax.nn.DeepLinear((10, 100, 100, 100, 10), key=key), 0.1)
-        return saddlejax.gradient_flow(problem, net, 100.0, n_save=16, throw=False).loss
+        net = saddlejax.init.scale(draw(key), 0.1)
+        return saddlejax.gradient_flow(problem, net, 200.0, n_save=16, throw=False).loss
 
-    per = {}
-    for n in (1, 16):
-        keys_n = jr.split(jr.key(0), n)
-        fn = jax.jit(jax.vmap(one))
-        jax.block_until_ready(fn(keys_n))  # compile
+    def timed(fn, *a):
+        jax.block_until_ready(fn(*a))  # compile
         start = time.perf_counter()
-        jax.block_until_ready(fn(keys_n))
-        per[n] = (time.perf_counter() - start) / n
+        jax.block_until_ready(fn(*a))
+        return time.perf_counter() - start
+
+    def sweep16():
+        return saddlejax.sweep(
+            problem, draw, 200.0, alphas=[0.1], seeds=range(16), n_save=16, progress=None
+        ).solution.loss
+
+    single = jax.jit(one)
+    keys16 = [jr.key(i) for i in range(16)]
+
+    def one_by_one():  # the obvious alternative: a Python loop of jitted single solves
+        return [single(k) for k in keys16]
+
+    per = {
+        "alone": timed(one_by_one) / 16,
+        "sweep": timed(sweep16) / 16,
+        "vmap": timed(jax.jit(jax.vmap(one)), jnp.stack(keys16)) / 16,
+    }
+    devices = jax.devices()
+    how = "loop" if all(d.platform == "cpu" for d in devices) else "vmap"
     keys = list(rows[0])
     print()
     print("| " + " | ".join(keys) + " |")
@@ -213,9 +231,10 @@ def main(args) -> int:
     for r in rows:
         print("| " + " | ".join(_fmt(r[k]) for k in keys) + " |")
     print(
-        f"\nvmap over seeds (tsit5, α = 0.1, t1 = 100, warm): {per[1]:.3f} s per trajectory "
-        f"alone, {per[16]:.3f} s per trajectory in a vmapped batch of 16 "
-        f"(throughput × {per[1] / per[16]:.2f})"
+        f"\n16 seeds (tsit5, α = 0.1, t1 = 200, warm), per trajectory: {per['alone']:.4f} s "
+        f"one after the other; `sweep` ({how} over {len(devices)} {devices[0].platform} device(s)) "
+        f"{per['sweep']:.4f} s (throughput × {per['alone'] / per['sweep']:.2f}); jax.vmap "
+        f"{per['vmap']:.4f} s (× {per['alone'] / per['vmap']:.2f})"
     )
     print(f"total {time.perf_counter() - start_all:.0f} s; machine: {_machine()}")
     if args.json:
