@@ -49,7 +49,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def default_problem(alpha: float, widths=(10, 100, 100, 100, 10), key=1, problem_key=0):
-    """The issue's default problem: 10×10 rank-3 completion, 50 % observed, DeepLinear α·θ̃."""
+    """The default problem: 10×10 rank-3 completion, 50 % observed, DeepLinear α·θ̃."""
     problem = saddlejax.matrix_completion_problem(jr.key(problem_key))
     net = saddlejax.nn.DeepLinear(widths, key=jr.key(key))
     return problem, saddlejax.init.scale(net, alpha)

@@ -1,4 +1,4 @@
-"""α scaling of the engine on the default problem (issue 5): steps, wall time, compile time,
+"""α scaling of the engine on the default problem: steps, wall time, compile time,
 gradient / Hessian-vector-product evaluations and the solver-overhead ratio per solver, α and
 initialisation seed.
 
@@ -10,7 +10,7 @@ the saved path: on the default problem the rank-1 plateau is the critical point 
 σ₁ = 22.16 (loss 1.0781) for most seeds and α, but the default seed (key 1) at α = 1e−2 and
 1e−3 leaves the first escape on another branch, along which the rank-1 loss decreases towards
 1.134 while σ₁ grows without bound (to 2.8·10⁴ at α = 1e−3; λ_max(∇²L) ≈ 2·10⁵), a far stiffer
-trajectory (benchmarks/README.md, session 3).
+trajectory (benchmarks/README.md, "Known limits").
 """
 
 import math
@@ -34,7 +34,7 @@ T1_FACTOR = 2.0
 
 
 def t1_of(alpha: float, depth: int = 4) -> float:
-    """The issue's horizons: 500 at α = 0.1, else 2·α^{−(L−2)} (20,000 at α = 1e−2)."""
+    """The default horizons: 500 at α = 0.1, else 2·α^{−(L−2)} (20,000 at α = 1e−2)."""
     return 500.0 if alpha >= 0.1 else T1_FACTOR * alpha ** (-(depth - 2))
 
 

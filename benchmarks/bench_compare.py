@@ -1,5 +1,5 @@
-"""Accuracy-matched comparison of saddlejax against the alternatives on one trajectory
-(issue 5): gradient descent in `lax.scan` at the papers' step η = 1e−3 and at its largest stable
+"""Accuracy-matched comparison of saddlejax against the alternatives on one trajectory:
+gradient descent in `lax.scan` at the papers' step η = 1e−3 and at its largest stable
 step ≈ 2/λ_max, scipy `solve_ivp` (RK45, LSODA, BDF) on the same jitted gradient, and
 torchdiffeq (dopri5, on the same loss written in torch) when torch is installed. Each is scored
 against a tight reference (Tsit5, rtol 1e−10): the largest loss-curve error on a uniform grid,
@@ -158,7 +158,7 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False, torch_device="cpu"):
         return np.asarray(ravel_pytree(eqx.partition(model, eqx.is_inexact_array)[0])[0])
 
     # saddlejax solvers at rtol 1e-6 (the default). Best of 3: the first run after compiling
-    # was up to 2× slower on XLA:CPU (auto, width 100: 2.26 s once, 1.07–1.16 s after).
+    # can be up to 2× slower on XLA:CPU (auto-switching, width 100: 2.26 s against 1.07–1.16 s).
     for solver in ["tsit5", "auto", "rodas4"]:
         sol, wall, compile_s = timed_flow(
             problem, params0, t1, solver=solver, saveat=ts, repeat=3

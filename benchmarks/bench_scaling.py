@@ -1,4 +1,4 @@
-"""Width, depth and Chen–Luo–Wang scaling of the engine (issue 5), solvers "tsit5" and "auto".
+"""Width, depth and Chen–Luo–Wang scaling of the engine, Tsit5 and the auto-switching solver.
 
 - width w ∈ {100, 1000} of the default problem (L = 4, α = 0.1, t1 = 500);
 - depth L ∈ {2, …, 6} at w = 100, α = 0.1, t1 = 5·α^{−(L−2)} (log-length plateaus at L = 2);

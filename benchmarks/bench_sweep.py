@@ -1,4 +1,4 @@
-"""Sweep throughput (issue 5): trajectories per second of a batch of seeds in one
+"""Sweep throughput: trajectories per second of a batch of seeds in one
 `saddlejax.sweep` against one trajectory, against batch size and against the number of devices.
 
 Problem: the default problem (widths 10-w-w-w-10) at α = 0.1, t1 = 500, Tsit5; --quick uses

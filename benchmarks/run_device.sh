@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The accelerator measurements of issue 5 as one script (a lent GPU machine has ~15 minutes):
-# sweep throughput against batch size on the GPU, sharded sweeps against host-device count on
+# The accelerator measurements of benchmarks/README.md as one script (fits in ~10 minutes of a GPU machine):
+# sweep throughput against batch size on the GPU, sweeps spread over 1 … 16 host devices of
 # that machine's CPU cores, the accuracy-matched comparison with torchdiffeq on the GPU, and
 # single trajectories on the GPU. Each part has its own time limit, so one that fails or runs
 # long does not cost the others. Results (JSON and logs) go to $OUT (default results/device).
