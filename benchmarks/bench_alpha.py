@@ -19,16 +19,15 @@ import jax.numpy as jnp
 from _common import (
     default_problem,
     drop_time,
-    grad_time,
-    hvp_time,
     parser,
     print_table,
+    solver_named,
     timed_flow,
     to_float,
     write_json,
 )
 
-import saddlejax
+from saddlejax.experiments import gradient_seconds, hvp_seconds
 
 T1_FACTOR = 2.0
 
@@ -57,22 +56,21 @@ def run(
     rows = []
     for key, alpha in [(k, a) for k in keys for a in alphas]:
         problem, params0 = default_problem(alpha, key=key)
-        tg = grad_time(problem, params0)
-        th = hvp_time(problem, params0)
+        tg = gradient_seconds(problem, params0, n=500)
+        th = hvp_seconds(problem, params0)
         for solver in solvers:
             sol, wall, compile_s = timed_flow(
                 problem,
                 params0,
                 t1_of(alpha),
-                solver=solver,
+                solver=solver_named(solver, deflate=deflate, recycle=recycle),
                 rtol=rtol,
                 max_steps=max_steps,
-                krylov=saddlejax.KrylovSettings(deflate=deflate, recycle=recycle),
                 observe=top_singular_values,
             )
             st = {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}
-            grads = st.get("grad_evals", -1)
-            hvps = st.get("hvp_evals", 0.0)
+            grads = st["grad_evals"]
+            hvps = st["hvp_evals"]
             equiv = grads + hvps * th / tg if grads > 0 else float("nan")
             row = dict(
                 key=key,
@@ -126,7 +124,7 @@ COLUMNS = [
 
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--solvers", nargs="+", default=None)
+    p.add_argument("--solvers", nargs="+", default=None, help="solver names (default: auto)")
     p.add_argument("--alphas", nargs="+", type=float, default=None)
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--t1-factor", type=float, default=2.0, help="t1 = factor·α^-(L-2), α < 0.1")

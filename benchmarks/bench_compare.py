@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from _common import (
     default_problem,
-    grad_time,
     parser,
     print_table,
+    solver_named,
     timed_flow,
     timeit,
     to_float,
@@ -27,24 +27,9 @@ from _common import (
 from jax.flatten_util import ravel_pytree
 
 import saddlejax
+from saddlejax.experiments import gradient_seconds, lambda_max
 
 N_GRID = 256
-
-
-def lambda_max(objective, params, iters=100):
-    """λ_max(∇²L) at `params` by power iteration on Hessian-vector products."""
-    state, static = eqx.partition(params, eqx.is_inexact_array)
-    x, unravel = ravel_pytree(state)
-    grad = jax.grad(lambda x: objective(eqx.combine(unravel(x), static)))
-    hvp = jax.jit(lambda v: jax.jvp(grad, (x,), (v,))[1])
-    v = jnp.cos(jnp.arange(x.size) * 2.399963229728653)
-    v = v / jnp.linalg.norm(v)
-    lam = 0.0
-    for _ in range(iters):
-        w = hvp(v)
-        lam = float(v @ w)
-        v = w / jnp.linalg.norm(w)
-    return lam
 
 
 def scores(ts, loss, final_flat, ref_loss, ref_final, ref_half, loss0):
@@ -119,27 +104,30 @@ def torchdiffeq_row(torch, torchdiffeq, problem, params0, x0, gradf, ts, device,
     )
 
 
-def run(width=100, alpha=0.1, t1=512.0, quick=False, torch_device="cpu"):
-    widths = (10, width, width, width, 10)
-    problem, params0 = default_problem(alpha, widths)
-    state0, static = eqx.partition(params0, eqx.is_inexact_array)
-    x0, unravel = ravel_pytree(state0)
-    ts = np.linspace(0.0, t1, N_GRID + 1)
-    tg = grad_time(problem, params0)
-    rows = []
+def flat(model):
+    """The trainable parameters of `model` as one numpy vector (the order of `ravel_pytree`)."""
+    return np.asarray(ravel_pytree(eqx.partition(model, eqx.is_inexact_array)[0])[0])
 
-    # Reference: Tsit5 at rtol 1e-10 on the same grid.
+
+def reference(problem, params0, ts, t1):
+    """The tight reference (Tsit5 at rtol 1e−10 on the grid `ts`) and `add(method, wall,
+    evals, compile_s, loss, final_flat, **extra)`, which scores a method against it."""
     ref, ref_wall, _ = timed_flow(
-        problem, params0, t1, solver="tsit5", rtol=1e-10, saveat=ts, max_steps=2_000_000
+        problem,
+        params0,
+        t1,
+        solver=solver_named("tsit5"),
+        rtol=1e-10,
+        saveat=ts,
+        max_steps=2_000_000,
     )
     assert bool(ref.successful), "reference failed"
     ref_loss = np.asarray(ref.loss)
     loss0 = float(ref_loss[0])
-    ref_final = np.asarray(
-        ravel_pytree(eqx.partition(ref.final_params, eqx.is_inexact_array)[0])[0]
-    )
-    hit = np.nonzero(ref_loss <= 0.5 * loss0)[0]
-    ref_half = float(ts[hit[0]])
+    ref_final = flat(ref.final_params)
+    ref_half = float(ts[np.nonzero(ref_loss <= 0.5 * loss0)[0][0]])
+    tg = gradient_seconds(problem, params0, n=500)
+    rows = []
 
     def add(method, wall, evals, compile_s, loss, final_flat, **extra):
         row = dict(
@@ -154,79 +142,67 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False, torch_device="cpu"):
         rows.append(row)
         print(row, flush=True)
 
-    def flat(model):
-        return np.asarray(ravel_pytree(eqx.partition(model, eqx.is_inexact_array)[0])[0])
+    return ref, dict(wall=ref_wall, grad_s=tg, rows=rows), add
 
-    # saddlejax solvers at rtol 1e-6 (the default). Best of 3: the first run after compiling
-    # can be up to 2× slower on XLA:CPU (auto-switching, width 100: 2.26 s against 1.07–1.16 s).
-    for solver in ["tsit5", "auto", "rodas4"]:
+
+def saddlejax_rows(problem, params0, ts, t1, add):
+    """saddlejax's solvers at rtol 1e−6 (the default). Best of 3: the first run after compiling
+    can be up to 2× slower on XLA:CPU (auto-switching, width 100: 2.26 s against 1.07–1.16 s)."""
+    for name in ["tsit5", "auto", "rodas4"]:
         sol, wall, compile_s = timed_flow(
-            problem, params0, t1, solver=solver, saveat=ts, repeat=3
+            problem, params0, t1, solver=solver_named(name), saveat=ts, repeat=3
         )
-        assert bool(sol.successful), solver
+        assert bool(sol.successful), name
         st = {k: to_float(v) for k, v in sol.stats.items()}
         add(
-            f"saddlejax {solver}",
+            f"saddlejax {name}",
             wall,
             st["grad_evals"],
             compile_s,
             sol.loss,
             flat(sol.final_params),
             steps=int(st["num_steps"]),
-            hvp=int(st.get("hvp_evals", 0)),
+            hvp=int(st["hvp_evals"]),
         )
 
-    # Gradient descent at η = 1e-3 (the papers') and at 1.9/λ_max (largest stable).
+
+def descent_rows(problem, params0, t1, ref, quick, add) -> float:
+    """Gradient descent at η = 1e−3 (the papers') and at 1.9/λ_max (largest stable), λ_max the
+    largest along the reference path; returns λ_max."""
     lam = max(lambda_max(problem, ref.params_at(i)) for i in range(0, N_GRID + 1, 32))
     lam = max(lam, lambda_max(problem, ref.final_params))
-    etas = [("GD η=1e-3", 1e-3), ("GD η=1.9/λmax", 1.9 / lam)]
-    for name, eta in etas:
+    for name, eta in [("GD η=1e-3", 1e-3), ("GD η=1.9/λmax", 1.9 / lam)]:
         k = max(1, int(np.ceil(t1 / (N_GRID * eta))))  # steps per save, η = t1 / (N_GRID k)
         eta = t1 / (N_GRID * k)
         if quick and N_GRID * k > 600_000:
             continue
 
-        def gd():
+        def gd(steps):
             return saddlejax.gradient_descent(
-                problem, params0, learning_rate=eta, steps=N_GRID * k, save_every=k, throw=False
+                problem, params0, learning_rate=eta, steps=steps, save_every=k, throw=False
             )
 
         start = time.perf_counter()
-        jax.block_until_ready(
-            saddlejax.gradient_descent(
-                problem, params0, learning_rate=eta, steps=k, save_every=k, throw=False
-            )
-        )
+        jax.block_until_ready(gd(k))
         compile_s = time.perf_counter() - start
-        sol, wall = timeit(gd, repeat=3 if N_GRID * k <= 20_000 else 1)
-        add(
-            name,
-            wall,
-            N_GRID * k,
-            compile_s,
-            sol.loss,
-            flat(sol.final_params),
-            steps=N_GRID * k,
-            eta=eta,
-        )
+        sol, wall = timeit(gd, N_GRID * k, repeat=3 if N_GRID * k <= 20_000 else 1)
+        final = flat(sol.final_params)
+        add(name, wall, N_GRID * k, compile_s, sol.loss, final, steps=N_GRID * k, eta=eta)
+    return lam
 
-    # scipy solve_ivp on the same jitted gradient (flat numpy vectors).
+
+def scipy_rows(x0, gradf, loss_of, ts, t1, quick, add, rows):
+    """scipy `solve_ivp` on the same jitted gradient (flat numpy vectors)."""
     import scipy.integrate
 
-    gradf = jax.jit(jax.grad(lambda x: problem(eqx.combine(unravel(x), static))))
-    jax.block_until_ready(gradf(x0))
     n_dense = x0.size
     for method in ["RK45", "LSODA", "BDF"]:
         if method != "RK45" and n_dense > 5000:
-            rows.append(
-                dict(
-                    method=f"scipy {method}",
-                    note=(
-                        f"skipped: a dense {n_dense}×{n_dense} Jacobian by finite differences "
-                        f"({n_dense} gradients each)"
-                    ),
-                )
+            note = (
+                f"skipped: a dense {n_dense}×{n_dense} Jacobian by finite differences "
+                f"({n_dense} gradients each)"
             )
+            rows.append(dict(method=f"scipy {method}", note=note))
             print(rows[-1], flush=True)
             continue
         if method == "RK45" and quick and n_dense > 5000:
@@ -251,9 +227,27 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False, torch_device="cpu"):
         if not out.success:
             rows.append(dict(method=f"scipy {method}", note=f"failed: {out.message}"))
             continue
-        loss = [float(problem(eqx.combine(unravel(jnp.asarray(y)), static))) for y in out.y.T]
+        loss = [loss_of(y) for y in out.y.T]
         add(f"scipy {method}", wall, count[0], 0.0, loss, out.y[:, -1])
 
+
+def run(width=100, alpha=0.1, t1=512.0, quick=False, torch_device="cpu"):
+    widths = (10, width, width, width, 10)
+    problem, params0 = default_problem(alpha, widths)
+    state0, static = eqx.partition(params0, eqx.is_inexact_array)
+    x0, unravel = ravel_pytree(state0)
+    ts = np.linspace(0.0, t1, N_GRID + 1)
+    ref, info, add = reference(problem, params0, ts, t1)
+    rows = info["rows"]
+    saddlejax_rows(problem, params0, ts, t1, add)
+    lam = descent_rows(problem, params0, t1, ref, quick, add)
+    gradf = jax.jit(jax.grad(lambda x: problem(eqx.combine(unravel(x), static))))
+    jax.block_until_ready(gradf(x0))
+
+    def loss_of(y):
+        return float(problem(eqx.combine(unravel(jnp.asarray(y)), static)))
+
+    scipy_rows(x0, gradf, loss_of, ts, t1, quick, add, rows)
     try:
         import torch
         import torchdiffeq
@@ -261,18 +255,17 @@ def run(width=100, alpha=0.1, t1=512.0, quick=False, torch_device="cpu"):
         rows.append(dict(method="torchdiffeq dopri5", note="skipped: torch not installed"))
     else:
         torchdiffeq_row(torch, torchdiffeq, problem, params0, x0, gradf, ts, torch_device, add)
+    auto_wall = next(x["wall_s"] for x in rows if x.get("method") == "saddlejax auto")
     for r in rows:
         if "wall_s" in r:
-            r["wall_vs_auto"] = r["wall_s"] / next(
-                x["wall_s"] for x in rows if x.get("method") == "saddlejax auto"
-            )
+            r["wall_vs_auto"] = r["wall_s"] / auto_wall
     return dict(
         width=width,
         alpha=alpha,
         t1=t1,
         lambda_max=lam,
-        grad_us=tg * 1e6,
-        reference_wall_s=ref_wall,
+        grad_us=info["grad_s"] * 1e6,
+        reference_wall_s=info["wall"],
         rows=rows,
     )
 

@@ -13,33 +13,33 @@ Each run: compile timed separately, correctness checked (successful, loss decrea
 import jax.random as jr
 from _common import (
     default_problem,
-    grad_time,
     parser,
     print_table,
+    solver_named,
     timed_flow,
-    to_float,
     write_json,
 )
 
 import saddlejax
+from saddlejax.experiments import gradient_seconds
 
 
 def measure(name, objective, params0, t1, solver, max_steps, **extra):
     sol, wall, compile_s = timed_flow(
-        objective, params0, t1, solver=solver, max_steps=max_steps, n_save=64
+        objective, params0, t1, solver=solver_named(solver), max_steps=max_steps, n_save=64
     )
-    st = {k: to_float(v) for k, v in sol.stats.items()}
-    loss0, loss1 = to_float(sol.loss[0]), to_float(sol.loss[-1])
+    st = {k: float(v) for k, v in sol.stats.items()}
+    loss0, loss1 = float(sol.loss[0]), float(sol.loss[-1])
     ok = bool(sol.successful) and loss1 < loss0
-    tg = grad_time(objective, params0, n=50)
-    evals = st.get("grad_evals", -1)
+    tg = gradient_seconds(objective, params0, n=50)
+    evals = st["grad_evals"]
     row = dict(
         problem=name,
         solver=solver,
         ok=ok,
         steps=int(st["num_steps"]),
         grad_evals=int(evals),
-        hvp=int(st.get("hvp_evals", 0)),
+        hvp=int(st["hvp_evals"]),
         wall_s=wall,
         compile_s=compile_s,
         grad_us=tg * 1e6,

@@ -30,14 +30,15 @@ import _common  # enables float64
 import jax, jax.numpy as jnp, jax.random as jr, numpy as np
 import saddlejax
 
-width, batches, t1, solver, batching = {width}, {batches}, {t1}, {solver!r}, {batching!r}
+width, batches, t1, batching = {width}, {batches}, {t1}, {batching!r}
+solver = saddlejax.solvers.solver_from_name({solver!r})
 problem = saddlejax.matrix_completion_problem(jr.key(0))
-def init(key):
+def draw(key):
     return saddlejax.nn.DeepLinear((10, width, width, width, 10), key=key)
 def go(seeds):
-    return saddlejax.sweep(problem, init, t1, alphas=[0.1], seeds=seeds, progress=None,
+    return saddlejax.sweep(problem, draw, t1, alphas=[0.1], seeds=seeds, progress=False,
                            n_save=32, solver=solver, batching=batching)
-net = saddlejax.init.scale(init(jr.key(0)), 0.1)
+net = saddlejax.init.scale(draw(jr.key(0)), 0.1)
 single = saddlejax.gradient_flow(problem, net, t1, n_save=32, solver=solver)
 for batch in batches:
     seeds = list(range(batch))

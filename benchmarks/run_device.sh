@@ -39,7 +39,7 @@ print("jax", jax.__version__, "diffrax", diffrax.__version__, "equinox", equinox
 import jax.random as jr, saddlejax
 p = saddlejax.matrix_completion_problem(jr.key(0))
 net = saddlejax.init.scale(saddlejax.nn.DeepLinear((10, 10, 10, 10), key=jr.key(1)), 0.1)
-sol = saddlejax.gradient_flow(p, net, 10.0, solver="auto")
+sol = saddlejax.gradient_flow(p, net, 10.0, solver=saddlejax.AutoStiff())
 print("smoke flow ok:", bool(sol.successful), float(sol.loss[-1]))
 EOF
 part sweep_gpu "${T[0]}" $PY benchmarks/bench_sweep.py --platform gpu --width $W \

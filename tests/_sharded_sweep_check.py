@@ -11,13 +11,15 @@ one device. Prints "SHARDED SWEEP OK" and "LOOP OVER DEVICES OK" and exits 0 on 
 
 import sys
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 import saddlejax as sj
-from saddlejax import _sweep as sweep_module, init
+from saddlejax import init
+from saddlejax.flow import _sweep as sweep_module
 from saddlejax.nn import DeepLinear
 
 WIDTHS = (3, 4, 4, 3)
@@ -25,7 +27,10 @@ ALPHAS = (0.3, 0.1)
 SEEDS = (0, 1, 2, 3, 4)
 BAD_SEED = 3
 MAX_STEPS = 4000
-SWEEP_KW = dict(n_save=8, rtol=1e-8, max_steps=MAX_STEPS, progress=None)
+# Tsit5: BAD_SEED's flow is then too stiff to finish within MAX_STEPS (a failing member).
+SWEEP_KW = dict(
+    n_save=8, rtol=1e-8, max_steps=MAX_STEPS, progress=False, solver=diffrax.Tsit5()
+)
 
 
 def draw(key):
@@ -79,9 +84,9 @@ def main(out_path):
     used = []
     real_run_one = sweep_module._run_one
 
-    def recording_run_one(objective, init_, key, *rest):
+    def recording_run_one(objective, draw_, key, *rest):
         used.append(next(iter(key.devices())))
-        return real_run_one(objective, init_, key, *rest)
+        return real_run_one(objective, draw_, key, *rest)
 
     sweep_module._run_one = recording_run_one
     looped = sj.sweep(

@@ -15,3 +15,14 @@ def getkey():
     print(f"getkey seed: {seed}")
     keys = iter(jr.split(jr.key(seed), 10_000))
     return lambda: next(keys)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop JAX's compiled executables after each test module. One process compiles several
+    hundred solves over the suite; each XLA:CPU executable holds memory mappings, and the
+    kernel's per-process limit (vm.max_map_count, 65,530 here) was reached late in the suite
+    (a segmentation fault inside XLA's compiler); cleared per module, the count stays below
+    13,500. Modules share nothing compiled."""
+    yield
+    jax.clear_caches()

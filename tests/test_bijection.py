@@ -1,26 +1,25 @@
 """The bijection Ψ of Jacot et al. Thm 5 / Thm 22 and the connection to simulations (Thm 2)
 (SPEC §7, §8), on deep linear networks with small widths."""
 
+import diffrax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
 
 import saddlejax as sj
-from saddlejax._bijection import dln_image_init
-from saddlejax._dln_closed_form import dln_escape_direction, dln_optimal_speed, dln_taylor_term
 
 PROBLEM = sj.matrix_completion_problem(jr.key(0), n=4, rank=2, observed=0.75)
 G = sj.matrix_cost_gradient_at_zero(PROBLEM)
-H = dln_taylor_term(G)  # one object for all tests: one compilation per (depth, loss pair)
+H = sj.dln_taylor_term(G)  # one object for all tests: one compilation per (depth, loss pair)
 
 
 def _x0(depth, index=0, radii=(1e-4, 0.5), n=401):
     widths = (4,) + (3,) * (depth - 1) + (4,)
-    rho = dln_escape_direction(G, widths, index=index)
+    rho = sj.dln_escape_direction(G, widths, index=index)
     s = float(rho.speed)
     ts = sj.escape_times(s, depth, radii=radii, n=n)
-    return sj.escape_path(rho.weights, s, depth, ts), s, float(dln_optimal_speed(G, depth))
+    return sj.escape_path(rho.weights, s, depth, ts), s, float(sj.dln_optimal_speed(G, depth))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,8 @@ def test_round_trip_rate_and_speed(depth, dln2_check):
         x0, s, s_star = _x0(depth)
         c = sj.check_bijection(PROBLEM, x0, H, next_order=2 * depth, speed=s,
                                optimal_speed=s_star,
-                               forward=dict(solver="tsit5", rtol=1e-10) if depth == 3 else False)
+                               forward=dict(solver=diffrax.Tsit5(), rtol=1e-10)
+                               if depth == 3 else False)
         if depth == 3:
             # The engine's flow of C from x₀(t_min) (Tsit5, rtol 1e-10) agrees with Ψ(x₀) on the
             # geometric grid (measured 1.3e-7), and so does the round trip through Ψ⁻¹ of that
@@ -113,12 +113,12 @@ def test_simulation_converges_to_the_psi_image(dln2_check):
     """Thm 2, L = 2: θ_α(t_α + t) approaches Ψ(x₀*)(t_Ψ + t) after a Procrustes rotation of the
     hidden layer, as α decreases; without the rotation it does not."""
     x0, c = dln2_check
-    init = dln_image_init((4, 3, 4), jr.key(1))
+    base = sj.dln_image_init((4, 3, 4), key=jr.key(1))
     kw = dict(radius=0.3, min_radius=0.01, optimal_speed=c.speed)
-    sim = sj.simulation_distances(PROBLEM, c.image.path, init, [1e-2, 1e-3, 1e-4], **kw)
+    sim = sj.simulation_distances(PROBLEM, c.image.path, base, [1e-2, 1e-3, 1e-4], **kw)
     d = sim.distances
     # Measured 0.66, 0.32, 0.15: ∝ α^{1−σ_2/σ_1} = α^{0.33}, the decay of the second singular
     # direction relative to the first.
     assert d[1] < 0.7 * d[0] and d[2] < 0.7 * d[1] and d[2] < 0.25
-    raw = sj.simulation_distances(PROBLEM, c.image.path, init, [1e-4], align=False, **kw)
+    raw = sj.simulation_distances(PROBLEM, c.image.path, base, [1e-4], align=False, **kw)
     assert raw.distances[0] > 2 * d[2]

@@ -9,9 +9,13 @@ import sys
 import pytest
 
 
-def _run(*args, timeout=600):
+def _run(*args, timeout=600, cwd=None):
     proc = subprocess.run(
-        [sys.executable, "-m", "saddlejax", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "saddlejax", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout
@@ -41,13 +45,43 @@ def test_escape_json_matches_closed_form():
     assert out["kkt_residual"] < 1e-10 * out["s_star"]
 
 
+def test_escape_rejects_unknown_config_key(tmp_path):
+    """A --config file with a key that is not a setting exits 2 with a message naming it (no
+    traceback, no computation)."""
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"model": "dln", "widht": 3}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "saddlejax", "escape", "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "widht" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_escape_path_writes_no_figure_by_default():
+    """`escape-path` draws a figure only when --png names a file (never into the current
+    folder by default); `--png ''` also means none."""
+    from saddlejax.cli._main import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["escape-path"]).png is None
+    assert parser.parse_args(["escape-path", "--png", ""]).png is None
+
+
 @pytest.mark.parametrize("preset", ["dln2"])
-def test_escape_path_json_checks(preset):
+def test_escape_path_json_checks(preset, tmp_path):
     """`saddlejax escape-path --json` reports a contracting iteration, a round trip at roundoff,
     a closeness rate within 1 % of (m − 1)s (= 3s for a DLN with L = 2), the speed preserved,
-    agreement with forward integration, and a distance to the simulation that falls with α."""
-    stdout = _run("escape-path", "--preset", preset, "--json", "--png", "")
+    agreement with forward integration, and a distance to the simulation that falls with α; the
+    figure goes exactly where --png says, creating its folder."""
+    pytest.importorskip("matplotlib")
+    stdout = _run(
+        "escape-path", "--preset", preset, "--json", "--png", "figs/path.png", cwd=tmp_path
+    )
     out = json.loads(stdout.strip().splitlines()[-1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"]
+    assert (tmp_path / "figs" / "path.png").stat().st_size > 0
     for key in ("order", "next_order", "speed", "contraction_ratios", "ode_residual",
                 "round_trip_error", "fitted_rate", "theory_rate", "forward_integration_distance",
                 "simulation_distance"):
@@ -71,7 +105,7 @@ def test_cli_exposes_host_devices(xla_flags, expected):
     CPU run's seeds over them, unless XLA_FLAGS already set the number; called after JAX has
     started it changes nothing instead of failing."""
     code = (
-        "from saddlejax._cli import use_host_devices; use_host_devices(3); import jax; "
+        "from saddlejax.cli import use_host_devices; use_host_devices(3); import jax; "
         "n = len(jax.devices('cpu')); use_host_devices(5); assert len(jax.devices('cpu')) == n; "
         "print(n)"
     )
@@ -79,3 +113,29 @@ def test_cli_exposes_host_devices(xla_flags, expected):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.strip()) == expected
+
+
+def test_runs_without_matplotlib(tmp_path):
+    """matplotlib is the `plot` extra: with it absent, saddlejax and its CLI import, the parser
+    builds, `escape-path --png` stops at once (exit 2) naming the extra, and drawing raises an
+    ImportError that says how to install it."""
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "import saddlejax\n"
+        "from saddlejax.cli import main\n"
+        "rc = main(['escape-path', '--png', 'fig.png'])\n"
+        "assert rc == 2, rc\n"
+        "try:\n"
+        "    saddlejax.experiments.figure()\n"
+        "except ImportError as e:\n"
+        "    assert 'saddlejax[plot]' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('figure() without matplotlib')\n"
+        "assert not any(m.startswith('matplotlib.') for m in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "saddlejax[plot]" in proc.stderr
+    assert not (tmp_path / "fig.png").exists()

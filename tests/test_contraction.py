@@ -8,18 +8,17 @@ import optimistix as optx
 import pytest
 
 import saddlejax as sj
-from saddlejax._dln_closed_form import dln_escape_direction, dln_optimal_speed, dln_taylor_term
 
 
 def _setup(depth, n=401, r_max=0.5):
     problem = sj.matrix_completion_problem(jr.key(0), n=4, rank=2, observed=0.75)
     g = sj.matrix_cost_gradient_at_zero(problem)
     widths = (4,) + (3,) * (depth - 1) + (4,)
-    rho = dln_escape_direction(g, widths)
+    rho = sj.dln_escape_direction(g, widths)
     s = float(rho.speed)
     ts = sj.escape_times(s, depth, radii=(1e-4, r_max), n=n)
     x0 = sj.escape_path(rho.weights, s, depth, ts)
-    return problem, dln_taylor_term(g), x0, s, float(dln_optimal_speed(g, depth))
+    return problem, sj.dln_taylor_term(g), x0, s, float(sj.dln_optimal_speed(g, depth))
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ def test_ncf_is_minus_H_up_to_normalisation(getkey):
         sj.nn.DeepReLU((4, 5, 5, 2), key=getkey()),
     ):
         origin = _zeros(net)
-        term = sj.taylor_term(loss, origin)
-        h = term.H(net)
+        taylor = sj.taylor_term(loss, origin)
+        h = taylor.H(net)
         # same sums in a different order: roundoff only
         assert jnp.abs(sj.ncf_from_objective(loss, origin)(net) + h) <= 1e-13 * jnp.abs(h)
         assert jnp.abs(sj.ncf(origin, loss.x, loss.y)(net) + h * n / 2) <= 1e-13 * jnp.abs(h) * n
@@ -38,9 +38,9 @@ def test_kkt_points_are_escape_directions(getkey):
     (SPEC §5, §6); at each, ∇N(w) = λw."""
     prob = sj.squared_relu_toy_problem(getkey())
     origin = _zeros(sj.nn.SquaredReLU(2, 1, key=getkey()))
-    term = sj.taylor_term(prob, origin)
-    assert (term.order, term.method) == (2, "outputs")
-    esc = sj.optimal_escape(term.H, 2, origin, key=getkey(), n_restarts=12)
+    taylor = sj.taylor_term(prob, origin)
+    assert (taylor.order, taylor.method) == (2, "outputs")
+    esc = sj.optimal_escape(taylor.H, 2, origin, key=getkey(), n_restarts=12)
     N = sj.ncf(origin, prob.x, prob.y)
     kkt = sj.ncf_kkt_points(N, 2, origin, key=getkey(), n_restarts=12)
     # both solvers converge to roundoff; directions are unique (a single neuron: no symmetry)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import saddlejax as sj
-from saddlejax._dln_closed_form import dln_escape_direction, dln_taylor_term
 
 
 def _dln(depth):
@@ -21,8 +20,8 @@ def test_closed_form_escape_path_is_a_flow_path_of_h(depth):
     """ρe^{st} (L = 2) and ρ((L−2)s(T−t))^{−1/(L−2)} (L > 2) along the closed-form DLN escape
     direction solve ẋ = −∇H(x); the same path at a 10 % wrong speed does not."""
     g, widths = _dln(depth)
-    rho = dln_escape_direction(g, widths)
-    h = dln_taylor_term(g)
+    rho = sj.dln_escape_direction(g, widths)
+    h = sj.dln_taylor_term(g)
     s = float(rho.speed)
     ts = sj.escape_times(s, depth, radii=(1e-4, 0.5), n=801)
     good = sj.escape_path(rho.weights, s, depth, ts)

@@ -31,13 +31,13 @@ def test_dln_origin_orders_and_closed_form(getkey, depth):
     g = sj.matrix_cost_gradient_at_zero(loss)
     scales = (1.0, 1e-6) if depth == 2 else (1.0,)
     for scale in scales:
-        term = sj.taylor_term(
+        taylor = sj.taylor_term(
             lambda p: scale * loss(p), origin, method="ray", key=getkey(), max_order=2 * depth
         )
-        assert (term.order, term.next_order) == (depth, 2 * depth)
+        assert (taylor.order, taylor.next_order) == (depth, 2 * depth)
         expected = scale * sj.dln_taylor_term(g)(net.weights)
         # exact AD vs a closed form: agreement to roundoff of a sum of O(1) terms
-        assert jnp.abs(term.H(net) - expected) <= 1e-12 * jnp.abs(expected)
+        assert jnp.abs(taylor.H(net) - expected) <= 1e-12 * jnp.abs(expected)
 
 
 def test_identities_homogeneity_euler_remainder(getkey):
@@ -46,13 +46,13 @@ def test_identities_homogeneity_euler_remainder(getkey):
     loss = _mse(getkey)
     net = sj.nn.DeepLinear((5, 6, 6, 3), key=getkey())
     origin = _zeros(net)
-    term = sj.taylor_term(loss, origin, key=getkey())
+    taylor = sj.taylor_term(loss, origin, key=getkey())
     # both are exact identities; errors are roundoff of O(10) flops on O(1) numbers
-    assert sj.homogeneity_error(term.H, net, term.order, (-1.5, 0.5, 3.0)) < 1e-12
-    assert sj.euler_error(term.H, net, term.order) < 1e-12
-    slope, _ = sj.remainder_slope(loss, origin, term.H, net, radii=jnp.geomspace(0.2, 1.0, 6))
+    assert sj.homogeneity_error(taylor.H, taylor.order, net, (-1.5, 0.5, 3.0)) < 1e-12
+    assert sj.euler_error(taylor.H, taylor.order, net) < 1e-12
+    slope, _ = sj.remainder_slope(loss, origin, taylor.H, net, radii=jnp.geomspace(0.2, 1.0, 6))
     # L(tδ) − L(0) − H(tδ) = t^{2L}·c exactly for a DLN: the fit is exact up to roundoff
-    assert abs(slope - 2 * term.order) < 1e-3
+    assert abs(slope - 2 * taylor.order) < 1e-3
 
 
 def test_general_critical_point_strict_saddle(getkey):
@@ -65,10 +65,10 @@ def test_general_critical_point_strict_saddle(getkey):
         return 3.0 + a**2 - 2.0 * b**2 + a * b**2 + 0.25 * a**4
 
     point = {"a": jnp.zeros(()), "b": jnp.zeros(())}
-    term = sj.taylor_term(loss, point, key=getkey())
-    assert (term.order, term.next_order) == (2, 3)
+    taylor = sj.taylor_term(loss, point, key=getkey())
+    assert (taylor.order, taylor.next_order) == (2, 3)
     delta = {"a": jnp.asarray(0.3), "b": jnp.asarray(-0.7)}
-    assert jnp.abs(term.H(delta) - (0.3**2 - 2 * 0.7**2)) < 1e-14  # exact polynomial
+    assert jnp.abs(taylor.H(delta) - (0.3**2 - 2 * 0.7**2)) < 1e-14  # exact polynomial
 
 
 def test_shifted_critical_point_with_roundoff(getkey):
@@ -79,8 +79,8 @@ def test_shifted_critical_point_with_roundoff(getkey):
     def loss(p):
         return jnp.sum((p - c) ** 2) * 1e3 + jnp.sum((p - c) ** 4)
 
-    term = sj.taylor_term(loss, jnp.full(4, c), key=getkey())
-    assert (term.order, term.next_order) == (2, 4)
+    taylor = sj.taylor_term(loss, jnp.full(4, c), key=getkey())
+    assert (taylor.order, taylor.next_order) == (2, 4)
 
 
 def test_relu_origin_uses_outputs_route(getkey):
@@ -90,15 +90,15 @@ def test_relu_origin_uses_outputs_route(getkey):
     loss = _mse(getkey)
     net = sj.nn.DeepReLU((5, 6, 6, 3), key=getkey())
     origin = _zeros(net)
-    term = sj.taylor_term(loss, origin, key=getkey())
-    assert term.method == "outputs" and (term.order, term.next_order) == (3, 6)
+    taylor = sj.taylor_term(loss, origin, key=getkey())
+    assert taylor.method == "outputs" and (taylor.order, taylor.next_order) == (3, 6)
     t = 1e-2
     one_sided = (loss(jax.tree_util.tree_map(lambda a: t * a, net)) - loss(origin)) / t**3
     # error = t^L·c_{2L} (≈ 1e-6·‖f_δ(X)‖²/N) + roundoff eps·L(0)/t^L (≈ 1e-10·L(0)): both
     # below 1e-5·(|H| + L(0))
-    tol = 1e-5 * (jnp.abs(term.H(net)) + loss(origin))
-    assert jnp.abs(one_sided - term.H(net)) < tol
-    assert sj.homogeneity_error(term.H, net, 3, (0.5, 2.0)) < 1e-12
+    tol = 1e-5 * (jnp.abs(taylor.H(net)) + loss(origin))
+    assert jnp.abs(one_sided - taylor.H(net)) < tol
+    assert sj.homogeneity_error(taylor.H, 3, net, (0.5, 2.0)) < 1e-12
 
 
 def test_ray_coefficients_match_polynomial():
@@ -119,8 +119,8 @@ def test_lemma13_time_rescaling(getkey):
     """Γ_H(t, λθ₀) = λ Γ_H(λ^{k−2} t, θ₀) for the k = 3 DLN term (Jacot et al. Lemma 13)."""
     loss = _mse(getkey)
     net = sj.nn.DeepLinear((5, 4, 4, 3), key=getkey(), std=0.3)
-    term = sj.taylor_term(loss, _zeros(net), key=getkey())
-    err = sj.lemma13_error(term.H, net, term.order, 0.5, 0.5)
+    taylor = sj.taylor_term(loss, _zeros(net), key=getkey())
+    err = sj.lemma13_error(taylor.H, taylor.order, net, 0.5, 0.5)
     # both flows are integrated at rtol 1e-11; the identity itself is exact
     assert err < 1e-8
 

@@ -182,7 +182,7 @@ def test_bad_sweep_arguments(small):
     ]
     for kwargs, name in cases:
         with pytest.raises(ValueError, match=f"`{name}`"):
-            sj.sweep(problem, draw, 1.0, progress=None, **kwargs)
+            sj.sweep(problem, draw, 1.0, progress=False, **kwargs)
 
 
 def test_bad_data_builders(getkey):
@@ -205,11 +205,14 @@ def test_failure_raises_under_vmap(small):
 
     def final_loss(alpha):
         net = init.scale(DeepLinear((2, 3, 2), key=jr.key(0)), alpha)
-        return sj.gradient_flow(problem, net, 5.0, n_save=4, max_steps=200).loss[-1]
+        return sj.gradient_flow(
+            problem, net, 5.0, n_save=4, max_steps=200, solver=diffrax.Tsit5()
+        ).loss[-1]
 
     batched = eqx.filter_jit(eqx.filter_vmap(final_loss))
-    # α = 1e3 makes ∇²L ~ 1e6·‖θ̃‖⁴: 200 explicit steps cannot reach t1 = 5.
-    with pytest.raises(RuntimeError, match="gradient flow failed"):
+    # α = 1e3 makes ∇²L ~ 1e6·‖θ̃‖⁴: the explicit steps blow up to NaN. The run-time error
+    # carries the failure's own message (as diffrax's `throw` does).
+    with pytest.raises(RuntimeError, match="NaN or infinite"):
         jax.block_until_ready(batched(jnp.array([0.5, 1e3])))
     losses = batched(jnp.array([0.5, 0.6]))
     assert losses.shape == (2,) and bool(jnp.all(jnp.isfinite(losses)))

@@ -10,15 +10,12 @@ import json
 import time
 from pathlib import Path
 
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .._analysis import find_plateaus, numerical_rank
-from .._data import matrix_completion_problem
-from .._events import EscapeRadius
-from .._sweep import sweep
-from ..nn import DeepLinear
+import saddlejax as sj
+
+from ._plot import colormap, figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +23,8 @@ class MatrixCompletionConfig:
     """Settings of the main job; the defaults finish in a few minutes on 2 CPU cores.
 
     `t1_factor`: the flow runs to t1 = t1_factor / α^{L−2} (the plateaus scale like α^{−(L−2)}).
-    `solver`: "auto" (Tsit5 near the origin, Rosenbrock–CG on the stiff plateaus, where
+    `solver`: one of `saddlejax.solvers.SOLVER_NAMES` (a name, so that the config is plain data
+    in summary.json). "auto" (Tsit5 near the origin, Rosenbrock–CG on the stiff plateaus, where
     λ_max(∇²L) reaches ~10³ on this problem): α = 0.01 in ~4,000 steps where Tsit5 needs > 2·10⁵.
     `escape_radius`: r of the escape time t_α(r) = first t with ‖θ(t)‖ = r; it must exceed
     α‖θ̃‖ ≈ 14.8α for every α (and stay below the final norm ≈ 6).
@@ -47,6 +45,9 @@ class MatrixCompletionConfig:
     rtol: float = 1e-6
     n_save: int = 512
 
+    def __post_init__(self):
+        sj.solvers.solver_from_name(self.solver)  # an unknown name fails here, before any work
+
     @property
     def widths(self) -> tuple[int, ...]:
         return (self.n,) + (self.width,) * (self.depth - 1) + (self.n,)
@@ -55,47 +56,71 @@ class MatrixCompletionConfig:
         return self.t1_factor / alpha ** max(self.depth - 2, 1)
 
 
-def _init(widths):
-    return lambda key: DeepLinear(widths, key=key)
+def _draw(widths):
+    return lambda key: sj.nn.DeepLinear(widths, key=key)
 
 
 def _matrix(model):
     return model.matrix()
 
 
-def run_matrix_completion(config: MatrixCompletionConfig, progress=print, checkpoint=None) -> dict:
+def run_matrix_completion(
+    config: MatrixCompletionConfig, *, progress: bool = True, checkpoint: str | Path | None = None
+) -> dict:
     """Run the sweep over α × seeds and summarise it per α.
+
+    **Arguments:** `config`; `progress`: print a line per finished chunk of seeds;
+    `checkpoint`: a folder from which an interrupted run resumes (see `saddlejax.sweep`).
 
     **Returns:** a dict with `config`, `rows` (per α: escape time, α^{L−2}·t_α, plateaus, final
     loss and rank, median over seeds), `trajectories` (arrays: ts, loss, grad_norm, rank,
     event_time with axes (α, seed, time)) and `failures`.
     """
-    problem = matrix_completion_problem(
+    problem = sj.matrix_completion_problem(
         jr.key(config.problem_seed), config.n, config.rank, config.observed
     )
     start = time.perf_counter()
-    result = sweep(
+    result = sj.sweep(
         problem,
-        _init(config.widths),
+        _draw(config.widths),
         config.t1,
         alphas=config.alphas,
         seeds=config.seeds,
-        solver=config.solver,
+        solver=sj.solvers.solver_from_name(config.solver),
         rtol=config.rtol,
         n_save=config.n_save,
         observe=_matrix,
-        event=EscapeRadius(config.escape_radius),
+        event=sj.EscapeRadius(config.escape_radius),
         stop_at_event=False,
         checkpoint=checkpoint,
         progress=progress,
     )
     sol = result.solution
-    ranks = np.asarray(numerical_rank(sol.params, config.rank_tol))
-    ts, loss = np.asarray(sol.ts), np.asarray(sol.loss)
-    event = np.asarray(sol.event_time)
+    ranks = np.asarray(sj.numerical_rank(sol.params, config.rank_tol))
+    return {
+        "config": dataclasses.asdict(config),
+        "rows": _rows(config, result, ranks),
+        "trajectories": {
+            "alphas": np.asarray(result.alphas),
+            "ts": np.asarray(sol.ts),
+            "loss": np.asarray(sol.loss),
+            "grad_norm": np.asarray(sol.grad_norm),
+            "rank": ranks,
+            "event_time": np.asarray(sol.event_time),
+        },
+        "failures": result.failures(),
+        "wall_time": time.perf_counter() - start,
+    }
+
+
+def _rows(config: MatrixCompletionConfig, result, ranks: np.ndarray) -> list[dict]:
+    """Per α, the medians over seeds of the escape time, α^{L−2}·t_α, the number of plateaus,
+    the final loss and rank; the most steps of a seed; the wall time."""
+    sol = result.solution
+    ts, loss, event = np.asarray(sol.ts), np.asarray(sol.loss), np.asarray(sol.event_time)
     rows = []
     for i, alpha in enumerate(result.alphas):
-        n_plateaus = [len(find_plateaus(ts[i, j], loss[i, j])) for j in range(len(result.seeds))]
+        n_plateaus = [len(sj.find_plateaus(ts[i, j], loss[i, j])) for j in range(len(result.seeds))]
         scale = alpha ** (config.depth - 2)
         rows.append(
             {
@@ -106,26 +131,14 @@ def run_matrix_completion(config: MatrixCompletionConfig, progress=print, checkp
                 "final_loss": float(np.median(loss[i, :, -1])),
                 "final_rank": int(np.median(ranks[i, :, -1])),
                 "steps": int(np.max(np.asarray(sol.stats["num_steps"])[i])),
-                "wall_time": float(result.wall_time[i]),
+                "wall_time": float(result.stats["wall_time"][i]),
             }
         )
-    return {
-        "config": dataclasses.asdict(config),
-        "rows": rows,
-        "trajectories": {
-            "alphas": np.asarray(result.alphas),
-            "ts": ts,
-            "loss": loss,
-            "grad_norm": np.asarray(sol.grad_norm),
-            "rank": ranks,
-            "event_time": event,
-        },
-        "failures": result.failures(),
-        "wall_time": time.perf_counter() - start,
-    }
+    return rows
 
 
-def format_table(summary: dict) -> str:
+def matrix_completion_table(summary: dict) -> str:
+    """The per-α rows of `run_matrix_completion` as a text table."""
     depth = summary["config"]["depth"]
     r = summary["config"]["escape_radius"]
     head = (
@@ -142,26 +155,25 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def save_results(summary: dict, out: Path) -> list[Path]:
-    """Write `summary.json`, `trajectories.npz` and `run.png` into `out`."""
+def save_matrix_completion(summary: dict, out: str | Path) -> list[Path]:
+    """Write `summary.json` (config, rows, failures) and `trajectories.npz` into the folder
+    `out`; return their paths."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    traj = summary["trajectories"]
-    np.savez_compressed(out / "trajectories.npz", **traj)
+    np.savez_compressed(out / "trajectories.npz", **summary["trajectories"])
     meta = {k: v for k, v in summary.items() if k != "trajectories"}
     (out / "summary.json").write_text(json.dumps(meta, indent=2, default=str))
-    paths = [out / "summary.json", out / "trajectories.npz"]
-    paths.append(plot_trajectories(traj, out / "run.png", depth=summary["config"]["depth"]))
-    return paths
+    return [out / "summary.json", out / "trajectories.npz"]
 
 
-def plot_trajectories(traj: dict, path: Path, depth: int) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
-    colors = plt.cm.viridis(np.linspace(0, 0.85, len(traj["alphas"])))
+def plot_matrix_completion(summary: dict, path: str | Path) -> Path:
+    """Loss, rank and ‖∇L‖ against α^{L−2}·t for every α and seed (Jacot et al. Fig. 1); needs
+    matplotlib (the `plot` extra)."""
+    traj, config = summary["trajectories"], summary["config"]
+    depth = config["depth"]
+    fig = figure(figsize=(15, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    colors = colormap("viridis")(np.linspace(0, 0.85, len(traj["alphas"])))
     for i, alpha in enumerate(traj["alphas"]):
         scale = alpha ** (depth - 2)
         for j in range(traj["ts"].shape[1]):
@@ -170,13 +182,16 @@ def plot_trajectories(traj: dict, path: Path, depth: int) -> Path:
             kw = dict(color=colors[i], lw=1.2, alpha=0.8, label=label)
             axes[0].semilogy(t, traj["loss"][i, j], **kw)
             axes[1].plot(t, traj["rank"][i, j], **kw)
-            axes[2].semilogy(t, jnp.maximum(traj["grad_norm"][i, j], 1e-16), **kw)
-    for ax, name in zip(axes, ("loss", "rank (tol 0.1)", "‖∇L‖")):
+            axes[2].semilogy(t, np.maximum(traj["grad_norm"][i, j], 1e-16), **kw)
+    for ax, name in zip(axes, ("loss", f"rank (tol {config['rank_tol']:g})", "‖∇L‖")):
         ax.set_xlabel(f"α^{depth - 2} · t")
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle("Saddle-to-saddle: deep linear net (L = 4, w = 100), 10×10 rank-3 completion")
+    fig.suptitle(
+        f"Saddle-to-saddle: deep linear net (L = {depth}, w = {config['width']}), "
+        f"{config['n']}×{config['n']} rank-{config['rank']} completion"
+    )
+    path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

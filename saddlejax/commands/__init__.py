@@ -1,1 +1,0 @@
-"""Sub-commands of the `saddlejax` CLI (see `saddlejax._cli`)."""

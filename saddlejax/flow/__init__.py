@@ -1,0 +1,15 @@
+"""Gradient flow and its discretisations: the flow (diffrax), gradient descent, events, the
+Lemma 13 origin handoff, sweeps over α × seeds with checkpoints."""
+
+from ._descent import gradient_descent as gradient_descent
+from ._events import (
+    AbstractFlowEvent as AbstractFlowEvent,
+    EscapeRadius as EscapeRadius,
+    LossBelow as LossBelow,
+)
+from ._flow import gradient_flow as gradient_flow
+from ._options import FlowOptions as FlowOptions, default_save_times as default_save_times
+from ._origin import OriginHandoff as OriginHandoff, origin_handoff as origin_handoff
+from ._solution import FlowSolution as FlowSolution
+from ._sweep import SweepResult as SweepResult, sweep as sweep
+from ._trainable import freeze as freeze

@@ -1,0 +1,159 @@
+"""The options of a gradient-flow solve: one set, shared by `gradient_flow` and `sweep`."""
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import numpy as np
+from jaxtyping import ArrayLike
+
+from ..solvers import AutoStiff
+from ._events import check_event
+
+
+def _positive_or_traced(name: str, value, *, allow_none: bool = False) -> None:
+    if value is None:
+        if allow_none:
+            return
+        raise ValueError(f"`{name}` must be given, got None.")
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.ndarray):
+        if hasattr(value, "dtype"):  # a (possibly traced) JAX array: checked inside the solve
+            return
+        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+    if not np.all(np.asarray(value, dtype=float) > 0):
+        raise ValueError(f"`{name}` must be positive, got {value}.")
+
+
+class FlowOptions(eqx.Module):
+    """How to integrate dθ/dt = −∇L(θ): solver, tolerances, what to save, events, frozen
+    parameters. `gradient_flow(objective, params0, t1, **options)` and
+    `sweep(objective, draw, t1, ..., **options)` take exactly these keywords.
+
+    **Fields:**
+
+    - `solver`: a diffrax solver instance. Default `AutoStiff()`: Tsit5 where the flow is not
+        stiff, RODAS4 with deflated conjugate gradients on Hessian-vector products on stiff
+        plateaus — the choice that works from α = 0.1 down to small α. `diffrax.Tsit5()` is
+        cheaper where the flow never gets stiff; `RosenbrockKrylov()` stays implicit;
+        `diffrax.Kvaerno5(root_finder=saddlejax.solvers.newton_krylov())` is diffrax's
+        implicit method made matrix-free. saddlejax's solvers report `hvp_evals`,
+        `grad_evals` and their own counters in `sol.stats`.
+    - `rtol`: relative tolerance of the PID step-size controller.
+    - `atol`: absolute tolerance. Default `None`: rtol·RMS(θ₀), so the initial scale sets the
+        absolute accuracy and α = 1e−6 is resolved as well as α = 1e−1.
+    - `t0`: initial time.
+    - `saveat`: save times (an array, or `diffrax.SaveAt(ts=...)`). Default: `n_save` times,
+        half geometric in t − t0 over six decades and half uniform, so that plateaus of length
+        α^{−(L−2)} and the drops between them are both visible.
+    - `n_save`: the number of default save times.
+    - `observe`: a function of the full model saved at the save times in place of the
+        parameters, e.g. `lambda m: m.matrix()` (keeps memory small for large nets).
+    - `event`: `EscapeRadius(r)`, `LossBelow(level)`, a tuple of them (the first to fire
+        counts) or a `diffrax.Event`, root-found on the dense output.
+    - `stop_at_event`: stop there (default), or record the time and continue to `t1`.
+    - `trainable`: a filter (callable on leaves, or a pytree of bools from `saddlejax.freeze`)
+        selecting the parameters that move; the rest stay frozen.
+    - `dt0`: initial step (default: chosen by the controller).
+    - `max_steps`: cap on solver steps; reaching it is a failure, never a success.
+    - `record_steps`: also save t, L, ‖∇L‖, ‖θ‖ at every solver step (a buffer of
+        `max_steps`).
+    - `origin_defect`: skip the neighbourhood of the origin by Lemma 13 (`origin_handoff`): the
+        flow of the leading Taylor term H at 0 is integrated at unit scale and rescaled, and L
+        takes over where ‖∇L − ∇H‖/‖∇H‖ reaches this value (e.g. 1e−4; the state error at the
+        handoff is ≈ 0.5× it). Save times before the handoff come from the rescaled H-flow;
+        `sol.stats` gains `origin_time`, `origin_defect`, `origin_h_steps`. Only for flows
+        started near a critical origin (deep nets from small initialisation).
+    - `progress`: show progress (a per-step meter for one flow, a line per finished chunk in a
+        sweep).
+    """
+
+    solver: diffrax.AbstractSolver = AutoStiff()
+    rtol: float | ArrayLike = 1e-6
+    atol: float | ArrayLike | None = None
+    t0: float = 0.0
+    saveat: diffrax.SaveAt | ArrayLike | None = None
+    n_save: int = 256
+    observe: Callable | None = None
+    event: Any = None
+    stop_at_event: bool = True
+    trainable: Any = eqx.is_inexact_array
+    dt0: float | None = None
+    max_steps: int = 1_000_000
+    record_steps: bool = False
+    origin_defect: float | None = None
+    progress: bool = False
+
+    def __check_init__(self):
+        if isinstance(self.solver, str):
+            raise ValueError(
+                f"`solver` takes a solver object, got the string {self.solver!r}: use e.g. "
+                "`saddlejax.AutoStiff()`, `diffrax.Tsit5()`, or "
+                f"`saddlejax.solvers.solver_from_name({self.solver!r})`."
+            )
+        if not isinstance(self.solver, diffrax.AbstractSolver):
+            raise ValueError(
+                "`solver` must be a `diffrax.AbstractSolver` instance such as "
+                f"`saddlejax.AutoStiff()` or `diffrax.Tsit5()`, got {type(self.solver).__name__}."
+            )
+        _positive_or_traced("rtol", self.rtol)
+        _positive_or_traced("atol", self.atol, allow_none=True)
+        _positive_or_traced("dt0", self.dt0, allow_none=True)
+        _positive_or_traced("origin_defect", self.origin_defect, allow_none=True)
+        if not np.isfinite(self.t0):
+            raise ValueError(f"`t0` must be finite, got {self.t0}.")
+        if (
+            not isinstance(self.max_steps, int)
+            or isinstance(self.max_steps, bool)
+            or (self.max_steps <= 0)
+        ):
+            raise ValueError(f"`max_steps` must be a positive int, got {self.max_steps!r}.")
+        if not isinstance(self.n_save, int) or self.n_save < 4:
+            raise ValueError(f"`n_save` must be an int ≥ 4, got {self.n_save!r}.")
+        check_event(self.event)
+
+    def save_times(self, t1: float) -> np.ndarray:
+        """The save times on [t0, t1] (concrete t1), checked."""
+        t0 = float(self.t0)
+        if self.saveat is None:
+            return default_save_times(t0, t1, self.n_save)
+        saveat = self.saveat
+        if isinstance(saveat, diffrax.SaveAt):
+            subs = saveat.subs
+            if not isinstance(subs, diffrax.SubSaveAt) or subs.ts is None:
+                raise ValueError(
+                    "a `diffrax.SaveAt` passed as `saveat` must be `SaveAt(ts=...)`; for custom "
+                    "saved quantities use `observe=`, for per-step scalars `record_steps=True`."
+                )
+            saveat = subs.ts
+        ts = np.asarray(saveat, dtype=float)
+        if ts.ndim != 1 or ts.size == 0:
+            raise ValueError(f"`saveat` must be a 1-D array of times, got shape {ts.shape}.")
+        if np.any(np.diff(ts) < 0) or ts[0] < t0 or ts[-1] > t1:
+            raise ValueError(
+                f"`saveat` times must be non-decreasing and lie in [t0, t1] = [{t0}, {t1}]."
+            )
+        return ts
+
+
+def default_save_times(t0: float, t1: float, n_save: int) -> np.ndarray:
+    """Save times resolving both plateaus and drops: half geometric in t − t0 over six decades
+    (early dynamics, escape times of order log(1/α) or α^{−(L−2)}), half uniform on [t0, t1]
+    (late drops), merged and sorted, always including t0 and t1."""
+    if n_save < 4:
+        raise ValueError(f"`n_save` must be at least 4, got {n_save}.")
+    span = t1 - t0
+    geo = t0 + np.geomspace(span * 1e-6, span, n_save // 2)
+    uni = np.linspace(t0, t1, n_save - n_save // 2)
+    return np.sort(np.concatenate([geo, uni]))
+
+
+def check_t1(t0: float, t1) -> float:
+    """`t1` as a float greater than `t0`, or a ValueError."""
+    try:
+        t1 = float(t1)
+    except (TypeError, ValueError):
+        raise ValueError(f"`t1` must be a number, got {t1!r}.") from None
+    if not np.isfinite(t1) or not t1 > t0:
+        raise ValueError(f"`t1` must be finite and greater than `t0` = {t0}, got {t1}.")
+    return t1

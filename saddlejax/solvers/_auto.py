@@ -1,0 +1,287 @@
+"""An explicit solver where the gradient flow is not stiff, an implicit one where it is.
+
+Near the origin of a deep net ∇²L vanishes and an explicit Runge–Kutta step (Tsit5: 6
+gradients) is far cheaper than a Rosenbrock–Krylov step (6 gradients plus tens of
+Hessian-vector products). After an escape ∇²L has a few large eigenvalues (≈ 10³ on the default
+problem) while the dynamics is slow: an explicit step is capped at its stability limit h·λ_max
+≈ 3.4 and only an implicit step follows the accuracy-limited step size (stiffness detection,
+Hairer & Wanner II, §IV.2). `AutoStiff` wraps one solver of each kind, as diffrax's
+`HalfSolver` wraps one, and keeps each one's state as that solver made it:
+
+- λ_max(∇²L) is tracked by power iteration, one Hessian-vector product every `power_every`-th
+    explicit step and every implicit step, the vector kept across steps (a secant estimate
+    ‖Δf‖/‖Δθ‖ sees only the soft curvature along the motion).
+- explicit → implicit when h·λ ≥ `to_implicit` (the step is near the stability boundary, so
+    it is stability-limited), after at least `min_explicit_steps`·2^b explicit steps, where b
+    counts the implicit stretches in a row that ended without reaching h·λ ≥ `to_explicit`
+    (at most 3: a back-off against flip-flopping in fast drops).
+- implicit → explicit when h·λ < `to_explicit` and the step stopped growing (by 20 % a step),
+    after at least `min_implicit_steps` implicit steps: an implicit try shorter than that often
+    gave up just before its step took off, and whether it did hung on rounding.
+- a stability cap on explicit steps (`_stability_floor`) keeps h·λ ≈ 0.9·`stability_cap`
+    inside the explicit method's real stability interval instead of oscillating about its edge.
+
+The measured effect of each default is in benchmarks/README.md.
+"""
+
+import functools
+from typing import ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from optax.tree_utils import tree_size, tree_vdot
+
+from ._base import AbstractMatrixFreeSolver, evals_per_step, set_missing
+from ._krylov import power_iteration_step, power_start
+from ._rosenbrock import RODAS4, RosenbrockKrylov
+
+
+class _SwitchedInterpolation(diffrax.AbstractLocalInterpolation):
+    """The dense output of whichever solver made the step."""
+
+    t0: jax.Array
+    t1: jax.Array
+    explicit: diffrax.AbstractLocalInterpolation
+    implicit: diffrax.AbstractLocalInterpolation
+    use_implicit: jax.Array
+
+    def evaluate(self, t0, t1=None, left=True):
+        a = self.explicit.evaluate(t0, t1, left)
+        b = self.implicit.evaluate(t0, t1, left)
+        return jax.tree_util.tree_map(lambda x, y: jnp.where(self.use_implicit, y, x), a, b)
+
+
+def _switched_interpolation(
+    explicit_cls, implicit_cls, *, t0, t1, explicit, implicit, use_implicit
+):
+    return _SwitchedInterpolation(
+        t0=t0,
+        t1=t1,
+        explicit=explicit_cls(t0=t0, t1=t1, **explicit),
+        implicit=implicit_cls(t0=t0, t1=t1, **implicit),
+        use_implicit=use_implicit,
+    )
+
+
+def _reuses_last_stage(solver) -> bool:
+    """First-same-as-last: the solver's next step reuses f(θₙ₊₁) unless its state is fresh."""
+    return isinstance(solver, diffrax.AbstractRungeKutta) and bool(solver.tableau.fsal)
+
+
+class AutoStiff(AbstractMatrixFreeSolver):
+    """`explicit` where the flow is not stiff, `implicit` where it is (module docstring).
+
+    **Arguments:**
+
+    - `explicit`: an explicit adaptive diffrax solver (default `diffrax.Tsit5()`).
+    - `implicit`: a matrix-free implicit solver (default `RosenbrockKrylov(tableau=RODAS4)`;
+        its Krylov options — deflation, recycling, CG tolerance — are set there).
+    - `rtol`, `atol`: default `None`, the step-size controller's; passed on to `implicit`
+        unless it sets its own, and used by the stability cap.
+    - `to_implicit`, `to_explicit`, `stability_cap`, `min_implicit_steps`,
+        `min_explicit_steps`, `power_every`: the switch (module docstring).
+    - `verbose`: print one line per attempted step (debugging).
+
+    The step-size controller uses `implicit`'s error order for both kinds of steps (4 for
+    RODAS4; Tsit5's embedded estimate is also of order 4). `work` reports gradients and
+    Hessian-vector products (power iteration and the implicit solver's) and the accepted
+    explicit and implicit steps. Under `jax.vmap` both branches run for every trajectory (a
+    batched `lax.cond`).
+
+    **Example:** where implicit steps are dear (wide two-layer nets) stay explicit longer:
+    `gradient_flow(..., solver=AutoStiff(to_explicit=40.0))`.
+    """
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+
+    explicit: diffrax.AbstractAdaptiveSolver = diffrax.Tsit5()
+    implicit: AbstractMatrixFreeSolver = RosenbrockKrylov(tableau=RODAS4)
+    rtol: jax.Array | float | None = None
+    atol: jax.Array | float | None = None
+    to_implicit: float = 2.5
+    to_explicit: float = 15.0
+    stability_cap: float = 3.7
+    min_implicit_steps: int = eqx.field(static=True, default=6)
+    min_explicit_steps: int = eqx.field(static=True, default=16)
+    power_every: int = eqx.field(static=True, default=8)
+    verbose: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        if isinstance(self.explicit, diffrax.AbstractImplicitSolver):
+            raise ValueError(
+                f"`explicit` must be an explicit solver, got {type(self.explicit).__name__}."
+            )
+        if not isinstance(self.implicit, AbstractMatrixFreeSolver):
+            raise ValueError(
+                "`implicit` must be a saddlejax matrix-free solver such as "
+                f"`RosenbrockKrylov(...)`, got {type(self.implicit).__name__}."
+            )
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return functools.partial(
+            _switched_interpolation,
+            self.explicit.interpolation_cls,
+            self.implicit.interpolation_cls,
+        )
+
+    def order(self, terms):
+        return self.implicit.order(terms)
+
+    def error_order(self, terms):
+        return self.implicit.error_order(terms)
+
+    def with_tolerances(self, rtol, atol) -> "AutoStiff":
+        auto = set_missing(self, rtol, atol)
+        return eqx.tree_at(
+            lambda s: s.implicit, auto, auto.implicit.with_tolerances(auto.rtol, auto.atol)
+        )
+
+    def work(self, solver_state) -> dict:
+        inner = self.implicit.work(solver_state["implicit"])
+        return dict(
+            inner,
+            grad_evals=solver_state["grads"] + inner["grad_evals"],
+            hvp_evals=solver_state["hvp"] + inner["hvp_evals"],
+            explicit_steps_accepted=solver_state["n_explicit"],
+            implicit_steps_accepted=solver_state["n_implicit"],
+        )
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+    def init(self, terms, t0, t1, y0, args):
+        dtype = jax.tree_util.tree_leaves(y0)[0].dtype
+        zero = jnp.zeros((), jnp.int32)
+        return dict(
+            explicit=self.explicit.init(terms, t0, t1, y0, args),
+            implicit=self.implicit.init(terms, t0, t1, y0, args),
+            fresh=jnp.asarray(True),  # the explicit state was (re)initialised
+            implicit_mode=jnp.asarray(False),
+            dwell=zero,
+            v=power_start(y0),
+            lam=jnp.zeros((), dtype),
+            grads=zero,
+            hvp=zero,
+            n_implicit=zero,
+            n_explicit=zero,
+            backoff=zero,
+            h=jnp.zeros((), dtype),
+        )
+
+    def _stability_floor(self, terms, hl, y0, y1, err):
+        """Raise an explicit step's error estimate to at least (h·λ/`stability_cap`)^q in the
+        step-size controller's weighted RMS norm (q = `error_order`), so that the controller
+        proposes h ≤ safety·cap/λ next and rejects steps with h·λ > cap.
+
+        Without it a stability-limited explicit step oscillates about the stability boundary
+        (h·λ ≈ 3.4 for Tsit5): the unstable component grows until the error test fails, the
+        step shrinks and grows back, and 25–50 % of the steps are rejected. λ is the
+        power-iteration estimate, a lower bound of λ_max. Default cap 3.7: the controller
+        settles at h·λ ≈ 3.33, inside Tsit5's real stability interval (h·λ < 3.51).
+        """
+        scale = jax.tree_util.tree_map(
+            lambda a, b: self.atol + self.rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)), y0, y1
+        )
+        q = jax.tree_util.tree_map(lambda e, s: e / s, err, scale)
+        norm = jnp.sqrt(tree_vdot(q, q) / tree_size(q))
+        floor = (hl / self.stability_cap) ** self.error_order(terms)
+        return jax.tree_util.tree_map(
+            lambda e, s: jnp.where(norm < floor, floor * s, e), err, scale
+        )
+
+    def _branches(self, terms, t0, t1, y0, args, st, made_jump):
+        """The explicit and the implicit step as `lax.cond` branches with equal outputs: each
+        fills the other solver's dense output with zeros of its shape."""
+        h = t1 - t0
+
+        def power(v):
+            hvp = lambda u: jax.jvp(lambda y: terms.vf(t0, y, args), (y0,), (u,))[1]  # noqa: E731
+            lam, v = power_iteration_step(hvp, v)
+            return v, lam.astype(st["lam"].dtype), jnp.ones((), jnp.int32)
+
+        def explicit_step():
+            y1, err, dense, state, result = self.explicit.step(
+                terms, t0, t1, y0, args, st["explicit"], made_jump
+            )
+            v, lam, n = jax.lax.cond(
+                st["n_explicit"] % self.power_every == 0,
+                lambda: power(st["v"]),
+                lambda: (st["v"], st["lam"], jnp.zeros((), jnp.int32)),
+            )
+            err = jax.tree_util.tree_map(
+                lambda e: jnp.where(result == diffrax.RESULTS.successful, e, jnp.inf), err
+            )
+            err = self._stability_floor(terms, h * jnp.maximum(lam, st["lam"]), y0, y1, err)
+            grads = jnp.asarray(evals_per_step(self.explicit), jnp.int32)
+            if _reuses_last_stage(self.explicit):
+                grads = grads + st["fresh"].astype(jnp.int32)
+            return y1, err, dense, state, st["implicit"], v, lam, n, grads
+
+        def implicit_step():
+            y1, err, dense, state, _ = self.implicit.step(
+                terms, t0, t1, y0, args, st["implicit"], made_jump
+            )
+            v, lam, n = power(st["v"])
+            # The explicit solver starts afresh after an implicit step (its FSAL value is stale).
+            fresh = self.explicit.init(terms, t1, t1, y1, args)
+            return y1, err, dense, fresh, state, v, lam, n, jnp.zeros((), jnp.int32)
+
+        shape_e = eqx.filter_eval_shape(explicit_step)
+        shape_i = eqx.filter_eval_shape(implicit_step)
+        zeros = lambda tree: jax.tree_util.tree_map(  # noqa: E731
+            lambda s: jnp.zeros(s.shape, s.dtype), tree
+        )
+
+        def explicit_branch():
+            y1, err, dense, *rest = explicit_step()
+            return (y1, err, dense, zeros(shape_i[2]), *rest)
+
+        def implicit_branch():
+            y1, err, dense, *rest = implicit_step()
+            return (y1, err, zeros(shape_e[2]), dense, *rest)
+
+        return explicit_branch, implicit_branch
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        h = t1 - t0
+        st = solver_state
+        explicit_branch, implicit_branch = self._branches(terms, t0, t1, y0, args, st, made_jump)
+        was_implicit = st["implicit_mode"]
+        y1, err, dense_e, dense_i, state_e, state_i, v, lam, n_hvp, grads = jax.lax.cond(
+            was_implicit, implicit_branch, explicit_branch
+        )
+        hl = jnp.abs(h) * lam
+        dwell = st["dwell"] + 1
+        backoff = st["backoff"]
+        explicit_wait = self.min_explicit_steps * 2 ** jnp.minimum(backoff, 3)
+        go_implicit = (~was_implicit) & (hl >= self.to_implicit) & (dwell >= explicit_wait)
+        growing = jnp.abs(h) > 1.2 * st["h"]
+        go_explicit = (
+            was_implicit & (dwell >= self.min_implicit_steps) & (hl < self.to_explicit) & ~growing
+        )
+        implicit_next = jnp.where(was_implicit, ~go_explicit, go_implicit)
+        skipped = was_implicit & (hl >= self.to_explicit)
+        backoff = jnp.where(skipped, 0, jnp.where(go_explicit, backoff + 1, backoff))
+        if self.verbose:
+            msg = "t={:.12g} h={:.6g} implicit={} hλ={:.3g} hvp={} next={}"
+            jax.debug.print(msg, t0, h, was_implicit, hl, n_hvp, implicit_next)
+        state = dict(
+            explicit=state_e,
+            implicit=state_i,
+            fresh=was_implicit,
+            implicit_mode=implicit_next,
+            dwell=jnp.where(implicit_next == was_implicit, dwell, 0),
+            v=v,
+            lam=lam,
+            grads=st["grads"] + grads,
+            hvp=st["hvp"] + n_hvp,
+            n_implicit=st["n_implicit"] + was_implicit.astype(jnp.int32),
+            n_explicit=st["n_explicit"] + (~was_implicit).astype(jnp.int32),
+            backoff=backoff,
+            h=jnp.abs(h).astype(st["h"].dtype),
+        )
+        dense = dict(explicit=dense_e, implicit=dense_i, use_implicit=was_implicit)
+        return y1, err, dense, state, diffrax.RESULTS.successful

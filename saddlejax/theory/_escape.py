@@ -1,0 +1,294 @@
+"""Escape directions and speeds of a homogeneous Taylor term H (Jacot et al. §4.2; SPEC §5).
+
+An escape direction is ρ ∈ S^{P−1} with ∇H(ρ) = −sρ (a critical point of H on the sphere), s its
+speed; then H(ρ) = −s/k by Euler's identity. The optimal one minimises H on the sphere,
+s* = −k·H(ρ*). Random restarts of Riemannian descent, polished by Riemannian Newton steps
+(`saddlejax.theory._sphere`), are batched with `jax.vmap` and deduplicated modulo the network's
+symmetries. (A Euclidean L-BFGS on H(x/‖x‖) stalls on deep DLNs, hence a solver on the sphere.)
+"""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
+
+from .._results import RESULTS
+from ._sphere import (
+    DEFAULT_LINEAR_SOLVER,
+    flatten,
+    kkt,
+    riemannian_descent,
+    riemannian_newton,
+)
+from ._taylor import _params
+
+
+class EscapeDirections(eqx.Module):
+    """Escape directions of H found from random restarts (SPEC §5).
+
+    **Fields:**
+
+    - `direction`: the best direction found, ρ* (a pytree shaped like `like`, unit norm).
+    - `speed`: s* = −k·H(ρ*).
+    - `kkt_residual`: ‖∇H(ρ*) − (ρ*ᵀ∇H(ρ*))ρ*‖.
+    - `directions`, `speeds`, `kkt_residuals`, `multiplicities`: all distinct converged directions
+        (leading axis), sorted by decreasing speed, and how many restarts reached each.
+    - `restart_speeds`, `restart_kkt_residuals`: per restart, before deduplication.
+    - `order`: k.
+    - `result`: a `RESULTS` code.
+    - `stats`: per restart `descent_steps`, `newton_steps_accepted` and `relative_kkt`
+        (‖grad_R H‖/‖∇H‖), and `n_converged`.
+    """
+
+    direction: PyTree
+    speed: Scalar
+    kkt_residual: Scalar
+    directions: PyTree
+    speeds: Float[Array, " n_distinct"]
+    kkt_residuals: Float[Array, " n_distinct"]
+    multiplicities: Int[Array, " n_distinct"]
+    restart_speeds: Float[Array, " n_restarts"]
+    restart_kkt_residuals: Float[Array, " n_restarts"]
+    order: int = eqx.field(static=True)
+    result: RESULTS
+    stats: dict
+
+
+class EscapeDirection(eqx.Module):
+    """One escape direction refined by Newton's method on the sphere (SPEC §5).
+
+    **Fields:** `direction` ρ (unit norm, shaped like the guess), `speed` s = −k·H(ρ),
+    `kkt_residual` ‖∇H(ρ) − (ρᵀ∇H(ρ))ρ‖, `result` (a `RESULTS` code), `stats`
+    (`newton_steps_accepted`, `relative_kkt`).
+    """
+
+    direction: PyTree
+    speed: Scalar
+    kkt_residual: Scalar
+    result: RESULTS
+    stats: dict
+
+
+def _relative(kkt_residual, gnorm):
+    return kkt_residual / jnp.where(gnorm > 0, gnorm, 1.0)
+
+
+@eqx.filter_jit
+def _solve_restarts(h, x0, *, max_steps, descent_rtol, n_polish, linear_solver):
+    def one(x):
+        rho = x / jnp.linalg.norm(x)
+        rho, steps = riemannian_descent(h, rho, max_steps, descent_rtol)
+        rho, accepted = riemannian_newton(h, rho, n_polish, linear_solver, monotone=True)
+        residual, gnorm, _ = kkt(h, rho)
+        return rho, residual, gnorm, h(rho), steps, accepted
+
+    return jax.vmap(one)(x0)
+
+
+def _dedup(speeds, kkts, feats, ok, speed_rtol, dir_atol):
+    """Greedy clustering by decreasing speed: representatives (smallest KKT residual of each
+    cluster) and cluster sizes."""
+    order = np.argsort(-speeds, kind="stable")
+    reps: list[int] = []
+    counts: list[int] = []
+    scale = np.max(np.abs(speeds[ok])) if ok.any() else 1.0
+    for i in order:
+        if not ok[i]:
+            continue
+        for r, j in enumerate(reps):
+            same_speed = abs(speeds[i] - speeds[j]) <= speed_rtol * scale
+            if same_speed and np.linalg.norm(feats[i] - feats[j]) <= dir_atol * max(
+                1.0, np.linalg.norm(feats[j])
+            ):
+                counts[r] += 1
+                if kkts[i] < kkts[j]:
+                    reps[r] = i
+                break
+        else:
+            reps.append(i)
+            counts.append(1)
+    return reps, counts
+
+
+def _check_escape_args(order, n_restarts, max_steps, n_polish):
+    if order < 2:
+        raise ValueError(
+            f"`order` must be ≥ 2 (the point must be critical, k = 1 has no escape directions), "
+            f"got {order}."
+        )
+    if n_restarts < 1 or max_steps < 1 or n_polish < 0:
+        raise ValueError("`n_restarts` and `max_steps` must be ≥ 1 and `n_polish` ≥ 0.")
+
+
+def _starting_points(key, flat, n_restarts, starts):
+    """Gaussian starts in R^P, or the given `starts` (leading restart axis) flattened."""
+    if starts is None:
+        return jr.normal(key, (n_restarts, flat.size), flat.dtype)
+    return jax.vmap(lambda t: ravel_pytree(_params(t))[0])(starts)
+
+
+def _distinct(rho, speeds, kkts, ok, unravel, invariant, speed_rtol, direction_atol):
+    """Representatives and multiplicities of the distinct converged directions, best first, and
+    the result code; if none converged, the fastest finite restart and `escape_not_converged`."""
+    if invariant is None:
+        feats = rho
+    else:
+        feats = jax.vmap(lambda r: ravel_pytree(_params(invariant(unravel(r))))[0])(rho)
+    reps, counts = _dedup(
+        np.asarray(speeds), np.asarray(kkts), np.asarray(feats), ok, speed_rtol, direction_atol
+    )
+    if reps:
+        return reps, counts, RESULTS.successful
+    best = int(np.nanargmax(np.where(np.isfinite(speeds), speeds, -np.inf)))
+    return [best], [1], RESULTS.escape_not_converged
+
+
+def optimal_escape(
+    H: Callable,
+    order: int,
+    like: PyTree,
+    *,
+    key: PRNGKeyArray,
+    n_restarts: int = 16,
+    max_steps: int = 5000,
+    descent_rtol: float = 1e-7,
+    n_polish: int = 8,
+    linear_solver: lx.AbstractLinearSolver = DEFAULT_LINEAR_SOLVER,
+    kkt_rtol: float = 1e-8,
+    invariant: Callable | None = None,
+    speed_rtol: float = 1e-7,
+    direction_atol: float = 1e-4,
+    starts: PyTree | None = None,
+) -> EscapeDirections:
+    """The optimal escape direction ρ* = argmin_{S^{P−1}} H and speed s* = −k·H(ρ*) (SPEC §5).
+
+    Jacot et al. §4.2 (escape directions, Prop. 14), Kumar & Haupt (KKT points of the NCF).
+    Solver: vmapped Riemannian Barzilai–Borwein descent from `n_restarts` random starts, then
+    `n_polish` Riemannian Newton steps. All converged restarts (relative KKT residual
+    ‖∇H − (ρᵀ∇H)ρ‖/‖∇H‖ ≤ `kkt_rtol`) are deduplicated into `directions`: two restarts are the
+    same direction when their speeds agree to `speed_rtol` (relative to the largest) and
+    `invariant(ρ)` agree to `direction_atol`. `invariant` removes the network's symmetries (e.g.
+    `dln_invariant`: the end-to-end matrix A_ρ, invariant under rotations; `neuron_invariant`:
+    sorted neurons, invariant under permutations); default: ρ itself.
+
+    Restarts are local searches: the global minimum is found with high probability, not
+    certainty. The non-optimal escape directions that restarts find are local minima of H on
+    the sphere; saddle-type escape directions need `refine_escape_direction` from a guess.
+
+    **Arguments:**
+
+    - `H`: k-homogeneous function on pytrees shaped like `like` (e.g. `taylor_term(...).H`).
+        Pass an `eqx.Module` (or a `TaylorTerm`'s `H`) so that new data of the same shapes reuse
+        the compiled solver.
+    - `order`: k.
+    - `like`: a pytree fixing the structure (e.g. the critical point or a model).
+    - `key`: PRNG key for the Gaussian starts.
+    - `n_restarts`, `max_steps` (descent steps), `descent_rtol` (relative KKT residual that ends
+        the descent), `n_polish` (Newton steps), `linear_solver` (for the Newton systems;
+        default GMRES at rtol 1e−12, restart 30): solver settings.
+    - `kkt_rtol`, `invariant`, `speed_rtol`, `direction_atol`: convergence and deduplication.
+    - `starts`: optional starting directions (pytree shaped like `like` with a leading restart
+        axis) used instead of random starts.
+
+    **Returns:** an `EscapeDirections` (its `result` says whether any restart converged).
+
+    **Example:**
+
+    ```python
+    taylor = saddlejax.taylor_term(loss, origin)
+    esc = saddlejax.optimal_escape(taylor.H, taylor.order, origin, key=jr.key(0),
+                                   invariant=saddlejax.dln_invariant)
+    esc.speed, esc.direction
+    ```
+    """
+    _check_escape_args(order, n_restarts, max_steps, n_polish)
+    h, flat, unravel = flatten(H, like)
+    x0 = _starting_points(key, flat, n_restarts, starts)
+    rho, residuals, gnorms, values, steps, accepted = _solve_restarts(
+        h,
+        x0,
+        max_steps=max_steps,
+        descent_rtol=descent_rtol,
+        n_polish=n_polish,
+        linear_solver=linear_solver,
+    )
+    speeds = -order * values
+    rel = _relative(residuals, gnorms)
+    ok = np.asarray(jnp.isfinite(speeds) & (rel <= kkt_rtol))
+    reps, counts, result = _distinct(
+        rho, speeds, residuals, ok, unravel, invariant, speed_rtol, direction_atol
+    )
+    best, idx = reps[0], jnp.asarray(reps)
+    return EscapeDirections(
+        direction=unravel(rho[best]),
+        speed=speeds[best],
+        kkt_residual=residuals[best],
+        directions=jax.vmap(unravel)(rho[idx]),
+        speeds=speeds[idx],
+        kkt_residuals=residuals[idx],
+        multiplicities=jnp.asarray(counts),
+        restart_speeds=speeds,
+        restart_kkt_residuals=residuals,
+        order=order,
+        result=result,
+        stats={
+            "descent_steps": steps,
+            "newton_steps_accepted": accepted,
+            "relative_kkt": rel,
+            "n_converged": int(ok.sum()),
+        },
+    )
+
+
+@eqx.filter_jit
+def _newton(h, rho, max_steps, linear_solver):
+    return riemannian_newton(h, rho, max_steps, linear_solver, monotone=False)
+
+
+def refine_escape_direction(
+    H: Callable,
+    order: int,
+    guess: PyTree,
+    *,
+    max_steps: int = 20,
+    linear_solver: lx.AbstractLinearSolver = DEFAULT_LINEAR_SOLVER,
+    kkt_rtol: float = 1e-8,
+) -> EscapeDirection:
+    """Newton's method on S^{P−1} for ∇H(ρ) = −sρ from `guess`: converges to the nearby escape
+    direction of any index — minimum, saddle or maximum of H on the sphere (SPEC §5).
+
+    **Arguments:** `H`, `order` (k), `guess` (a pytree, normalised first); `max_steps` Newton
+    steps, each solved by `linear_solver`; `kkt_rtol`: the relative KKT residual
+    ‖∇H − (ρᵀ∇H)ρ‖/‖∇H‖ below which the result is successful.
+
+    **Returns:** an `EscapeDirection` with s = −k·H(ρ).
+    """
+    h, flat, unravel = flatten(H, guess)
+    rho, accepted = _newton(h, flat / jnp.linalg.norm(flat), max_steps, linear_solver)
+    residual, gnorm, _ = kkt(h, rho)
+    rel = _relative(residual, gnorm)
+    result = RESULTS.where(
+        jnp.isfinite(rel) & (rel <= kkt_rtol),
+        RESULTS.successful,
+        RESULTS.nonlinear_max_steps_reached,
+    )
+    stats = {"newton_steps_accepted": accepted, "relative_kkt": rel}
+    return EscapeDirection(unravel(rho), -order * h(rho), residual, result, stats)
+
+
+def escape_speed(H: Callable, order: int, direction: PyTree) -> Scalar:
+    """s = −k·H(ρ/‖ρ‖) (SPEC §5)."""
+    h, flat, _ = flatten(H, direction)
+    return -order * h(flat / jnp.linalg.norm(flat))
+
+
+def kkt_residual(H: Callable, direction: PyTree) -> Scalar:
+    """‖∇H(ρ) − (ρᵀ∇H(ρ))ρ‖ at ρ = direction/‖direction‖: zero iff ρ is an escape direction."""
+    h, flat, _ = flatten(H, direction)
+    return kkt(h, flat / jnp.linalg.norm(flat))[0]
