@@ -26,16 +26,25 @@ from . import (
 from ._results import RESULTS as RESULTS
 from .analysis import (
     BijectionCheck as BijectionCheck,
+    HessianSpectrum as HessianSpectrum,
     Plateau as Plateau,
     SimulationComparison as SimulationComparison,
+    balancedness as balancedness,
+    balancedness_drift as balancedness_drift,
     check_bijection as check_bijection,
+    effective_rank as effective_rank,
     find_plateaus as find_plateaus,
     forward_integration as forward_integration,
     forward_integration_distance as forward_integration_distance,
+    hessian_spectrum as hessian_spectrum,
+    layer_norms as layer_norms,
+    nuclear_norm as nuclear_norm,
     numerical_rank as numerical_rank,
     procrustes_rotations as procrustes_rotations,
     rotate_hidden as rotate_hidden,
     simulation_distances as simulation_distances,
+    singular_values as singular_values,
+    trajectory_spectra as trajectory_spectra,
 )
 from .flow import (
     AbstractFlowEvent as AbstractFlowEvent,

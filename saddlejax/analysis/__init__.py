@@ -1,5 +1,6 @@
 """Diagnostics of trajectories and their comparison with the theory: ranks and plateaus,
-alignment modulo symmetries, escape paths against the engine's flows (SPEC §2, §7, §8)."""
+alignment modulo symmetries, escape paths against the engine's flows, Hessian spectra and matrix
+diagnostics of layered nets (SPEC §2, §5, §7, §8)."""
 
 from ._alignment import (
     procrustes_rotations as procrustes_rotations,
@@ -13,8 +14,21 @@ from ._escape_paths import (
     forward_integration_distance as forward_integration_distance,
     simulation_distances as simulation_distances,
 )
+from ._matrices import (
+    balancedness as balancedness,
+    balancedness_drift as balancedness_drift,
+    effective_rank as effective_rank,
+    layer_norms as layer_norms,
+    nuclear_norm as nuclear_norm,
+    singular_values as singular_values,
+)
 from ._ranks import (
     Plateau as Plateau,
     find_plateaus as find_plateaus,
     numerical_rank as numerical_rank,
+)
+from ._spectra import (
+    HessianSpectrum as HessianSpectrum,
+    hessian_spectrum as hessian_spectrum,
+    trajectory_spectra as trajectory_spectra,
 )

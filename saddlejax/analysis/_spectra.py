@@ -1,0 +1,287 @@
+"""Hessian spectra without a dense Hessian: the extreme eigenvalues of ∇²L(θ) by LOBPCG on
+Hessian-vector products, at one point or along a saved trajectory (SPEC §5, §8).
+
+At the saddles that the flow visits (SPEC §8, Conjecture 3) the most negative eigenvalues are
+the escape speeds of a strict saddle (k = 2) and their number is the saddle's index; along a
+plateau they go to zero from below as the flow leaves the saddle.
+"""
+
+import inspect
+from collections.abc import Callable
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jax.experimental.sparse.linalg import lobpcg_standard
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from .._results import RESULTS
+from ..flow._trainable import split_trainable
+
+
+class HessianSpectrum(eqx.Module):
+    """Extreme eigenpairs of ∇²L(θ) over the trainable parameters (SPEC §5).
+
+    **Fields:**
+
+    - `top`: the k largest eigenvalues, descending (empty if `which="bottom"`).
+    - `bottom`: the k smallest eigenvalues, ascending (empty if `which="top"`).
+    - `top_vectors`, `bottom_vectors`: unit eigenvectors, pytrees shaped like the trainable part
+        of θ with a leading axis of size k (0 when not computed).
+    - `top_residuals`, `bottom_residuals`: ‖∇²L v − λv‖ per pair.
+    - `saddle_index`: the number of eigenvalues found that lie below −`index_tol`·max|λ| (max over
+        the eigenvalues found). It is the Morse index of θ when smaller than k with `which` ≠
+        "top"; a value of k means "at least k".
+    - `result`: `RESULTS.successful`, or `RESULTS.max_steps_reached` if LOBPCG did not converge.
+    - `stats`: `num_steps_top`, `num_steps_bottom`, the LOBPCG iterations.
+    """
+
+    top: Float[Array, " k_top"]
+    bottom: Float[Array, " k_bottom"]
+    top_vectors: PyTree
+    bottom_vectors: PyTree
+    top_residuals: Float[Array, " k_top"]
+    bottom_residuals: Float[Array, " k_bottom"]
+    saddle_index: Int[Array, ""]
+    result: RESULTS
+    stats: dict
+
+
+_WHICH = ("both", "top", "bottom")
+
+
+def _check(which, k, n, init, name):
+    if which not in _WHICH:
+        raise ValueError(f"`which` must be one of {_WHICH}, got {which!r}.")
+    if not (isinstance(k, int) and 0 < 5 * k < n):
+        raise ValueError(
+            f"LOBPCG needs an integer k with 0 < 5·k < P: got k = {k!r} for P = {n} trainable "
+            "parameters; ask for fewer eigenvalues."
+        )
+    if init is not None and init.shape != (n, k):
+        raise ValueError(
+            f"`{name}` must be eigenvectors shaped like the trainable parameters with a leading "
+            f"axis of size k = {k} (e.g. a previous spectrum's `{name[:-5]}_vectors`); got "
+            f"{init.shape[1]} vectors of size {init.shape[0]} for P = {n}."
+        )
+
+
+# Block power iterations for the spectral scale ‖∇²L‖₂ that sets the LOBPCG shift: a few
+# suffice, the shift only needs the right order of magnitude (see `_lobpcg`).
+_POWER_STEPS = 8
+
+
+def _block(matvec):
+    return jax.vmap(matvec, in_axes=1, out_axes=1)
+
+
+def _spectral_scale(matvec, x0):
+    """An estimate (from below, typically within a factor 2) of ‖A‖₂ = max|λ|: block power
+    iteration from the columns of `x0`."""
+    block = _block(matvec)
+    q = jax.lax.fori_loop(
+        0, _POWER_STEPS, lambda _, q: jnp.linalg.qr(block(q))[0], jnp.linalg.qr(x0)[0]
+    )
+    return jnp.max(jnp.linalg.norm(block(q), axis=0))
+
+
+def _lobpcg(matvec, x0, sign, scale, max_steps, tol):
+    """The k largest eigenpairs of sign·A (columns of `x0` start the block), as eigenpairs of A.
+
+    LOBPCG runs on sign·A + sI, s = 2·scale. `lobpcg_standard` tests ‖r‖ < 10·P·tol·(θ + ‖Bv‖),
+    which is 0 for θ ≤ 0: unshifted, an eigenvalue 0 (a symmetry direction, present at every
+    DLN saddle) or a bottom end at a local minimum would never converge. Shifted, θ + ‖Bv‖ ≈
+    2(θ + s) ≳ ‖A‖₂, so the test is relative to the spectral scale. A zero Hessian gets s = 1
+    (its residuals are 0).
+    """
+    shift = jnp.where(scale > 0, 2 * scale, 1.0)
+    block = _block(matvec)
+    theta, U, iters = lobpcg_standard(
+        lambda X: sign * block(X) + shift * X, x0, m=max_steps, tol=tol
+    )
+    lam = sign * (theta - shift)
+    res = jnp.linalg.norm(block(U) - U * lam[None, :], axis=0)
+    return lam, U, res, iters
+
+
+def _flat_spectrum(matvec, x_top, x_bottom, which, max_steps, tol, index_tol):
+    n, dtype = x_top.shape[0], x_top.dtype
+    scale = _spectral_scale(matvec, x_bottom if which == "bottom" else x_top)
+    # An end that is not asked for: no pairs, zero iterations.
+    empty = jnp.zeros((0,), dtype)
+    skipped = (empty, jnp.zeros((n, 0), dtype), empty, jnp.asarray(0))
+    top, U_top, res_top, it_top = (
+        skipped if which == "bottom" else _lobpcg(matvec, x_top, 1.0, scale, max_steps, tol)
+    )
+    bottom, U_bottom, res_bottom, it_bottom = (
+        skipped if which == "top" else _lobpcg(matvec, x_bottom, -1.0, scale, max_steps, tol)
+    )
+    found = jnp.concatenate([top, bottom])
+    threshold = -index_tol * jnp.max(jnp.abs(found))
+    index = jnp.sum(found < threshold)
+    converged = (it_top < max_steps) & (it_bottom < max_steps)
+    result = RESULTS.where(converged, RESULTS.successful, RESULTS.max_steps_reached)
+    stats = {"num_steps_top": it_top, "num_steps_bottom": it_bottom}
+    return (top, bottom, U_top, U_bottom, res_top, res_bottom, index, result, stats)
+
+
+def _flatten(objective, params, trainable):
+    """f(x) = L(θ(x)) on the raveled trainable parameters x ∈ R^P: the edge where a flat vector
+    is the mathematical object (LOBPCG's operator)."""
+    state, static = split_trainable(params, trainable)
+    flat, unravel = ravel_pytree(state)
+
+    def hvp_at(x):
+        f = lambda y: objective(eqx.combine(unravel(y), static))  # noqa: E731
+        return lambda v: jax.jvp(jax.grad(f), (x,), (v,))[1]
+
+    return flat, unravel, hvp_at
+
+
+def _init_block(vectors, key, n, k, dtype, name):
+    if vectors is None:
+        return jr.normal(key, (n, k), dtype)
+    flat = jax.vmap(lambda v: ravel_pytree(v)[0])(vectors).T.astype(dtype)
+    _check("both", k, n, flat, name)
+    return flat
+
+
+def _as_spectrum(flat_out, unravel, batched=False):
+    top, bottom, U_top, U_bottom, res_top, res_bottom, index, result, stats = flat_out
+    vecs = jax.vmap(unravel, in_axes=1)  # columns of U -> pytrees with a leading axis k
+    vecs = jax.vmap(vecs) if batched else vecs
+    return HessianSpectrum(
+        top, bottom, vecs(U_top), vecs(U_bottom), res_top, res_bottom, index, result, stats
+    )
+
+
+@eqx.filter_jit
+def hessian_spectrum(
+    objective: Callable[[PyTree], Array],
+    params: PyTree,
+    *,
+    k: int = 1,
+    which: Literal["both", "top", "bottom"] = "both",
+    key: PRNGKeyArray,
+    max_steps: int = 200,
+    tol: float = 1e-9,
+    index_tol: float = 1e-6,
+    trainable=eqx.is_inexact_array,
+    top_init: PyTree | None = None,
+    bottom_init: PyTree | None = None,
+) -> HessianSpectrum:
+    """The k largest and/or k smallest eigenvalues of the Hessian ∇²L(θ), matrix-free.
+
+    LOBPCG (Knyazev 2001; `jax.experimental.sparse.linalg.lobpcg_standard`) on the operator
+    v ↦ ∇²L(θ)v, a forward-over-reverse Hessian-vector product: each iteration costs k HVPs
+    (≈ 3k gradients) and no P × P matrix is formed. The smallest eigenvalues are the largest
+    of −∇²L. At a strict saddle (k = 2 in SPEC §4) the negative eigenvalues are −s_i, minus
+    the escape speeds, and their eigenvectors the escape directions (SPEC §5); at the origin of
+    a depth-2 DLN they are ±σ_i(∇C(0)), each repeated n_1 times (Jacot et al. §4).
+
+    **Arguments:**
+
+    - `objective`: L, a callable mapping the parameters to a scalar.
+    - `params`: θ, a model or any pytree; only its `trainable` part is perturbed.
+    - `k`: how many eigenvalues at each end; LOBPCG needs 5k < P.
+    - `which`: "both", "top" (largest only) or "bottom" (smallest only).
+    - `key`: PRNG key for the random starting blocks (ignored for a warm-started end).
+    - `max_steps`: LOBPCG iterations per end.
+    - `tol`: LOBPCG's relative tolerance: a pair converges when ‖∇²Lv − λv‖ ≲
+        60·P·tol·‖∇²L‖₂ (LOBPCG runs on ±∇²L + 2‖∇²L‖₂·I so that zero eigenvalues, which every
+        DLN saddle has, converge too). The default 1e-9 suits float64; in float32 use ≳ 1e-6.
+    - `index_tol`: relative threshold for counting a negative eigenvalue in `saddle_index`.
+    - `trainable`: a filter (callable or pytree of bools, e.g. from `saddlejax.freeze`).
+    - `top_init`, `bottom_init`: warm starts, e.g. a previous spectrum's `top_vectors` /
+        `bottom_vectors` (pytrees with a leading axis of size k).
+
+    **Returns:** a `HessianSpectrum`. A non-converged LOBPCG is reported in `result`, never
+    raised, so that spectra can be computed under `jax.vmap` and inside `observe=`.
+
+    **Example:**
+
+    ```python
+    spec = hessian_spectrum(loss, net, k=2, key=jr.key(0))
+    spec.bottom, spec.saddle_index
+    ```
+    """
+    flat, unravel, hvp_at = _flatten(objective, params, trainable)
+    n, dtype = flat.size, flat.dtype
+    _check(which, k, n, None, "top_init")
+    key_top, key_bottom = jr.split(key)
+    x_top = _init_block(top_init, key_top, n, k, dtype, "top_init")
+    x_bottom = _init_block(bottom_init, key_bottom, n, k, dtype, "bottom_init")
+    out = _flat_spectrum(hvp_at(flat), x_top, x_bottom, which, max_steps, tol, index_tol)
+    return _as_spectrum(out, unravel)
+
+
+def _settings(**options) -> dict:
+    """`hessian_spectrum`'s settings (its defaults, one place), less the key and warm starts."""
+    params = inspect.signature(hessian_spectrum).parameters
+    names = {"k", "which", "max_steps", "tol", "index_tol", "trainable"}
+    unknown = set(options) - names
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; expected some of {sorted(names)}.")
+    return {name: options.get(name, params[name].default) for name in names}
+
+
+def trajectory_spectra(
+    objective: Callable[[PyTree], Array], params_stack: PyTree, *, key: PRNGKeyArray, **options
+) -> HessianSpectrum:
+    """`hessian_spectrum` at every save point of a trajectory, each warm-started from the
+    previous point's eigenvectors (a `lax.scan`; SPEC §8).
+
+    Along a flow the Hessian changes slowly between save points, so the previous eigenvectors
+    are a good starting block and most points converge in fewer iterations; the first point
+    starts from a random block drawn from `key`. Across a saddle-to-saddle jump the order of the
+    eigenvalues can change; LOBPCG still converges to the current extreme pairs (the warm start
+    only affects the iteration count).
+
+    **Arguments:**
+
+    - `objective`: L.
+    - `params_stack`: θ(t) with a leading time axis on every array leaf, e.g. `sol.params` of a
+        `gradient_flow` without `observe=`. Save points must be finite (drop those after a
+        terminating event first).
+    - `key`: PRNG key for the first point's starting blocks.
+    - `**options`: `k`, `which`, `max_steps`, `tol`, `index_tol`, `trainable`, as in
+        `hessian_spectrum` (same defaults).
+
+    **Returns:** a `HessianSpectrum` whose array fields have a leading time axis (`result` per
+    save point).
+    """
+    return _trajectory_spectra(objective, params_stack, key, **_settings(**options))
+
+
+@eqx.filter_jit
+def _trajectory_spectra(
+    objective, params_stack, key, *, k, which, max_steps, tol, index_tol, trainable
+) -> HessianSpectrum:
+    dynamic, static = eqx.partition(params_stack, eqx.is_array)
+    leaves = jax.tree_util.tree_leaves(dynamic)
+    if not leaves or len({x.shape[0] if x.ndim else None for x in leaves}) != 1:
+        raise ValueError(
+            "`params_stack` must have the same leading (time) axis on every array leaf, e.g. "
+            f"`sol.params`; got leaf shapes {[x.shape for x in leaves]}."
+        )
+    first = eqx.combine(jax.tree_util.tree_map(lambda x: x[0], dynamic), static)
+    flat, unravel, _ = _flatten(objective, first, trainable)
+    n, dtype = flat.size, flat.dtype
+    _check(which, k, n, None, "top_init")
+    key_top, key_bottom = jr.split(key)
+    carry0 = (jr.normal(key_top, (n, k), dtype), jr.normal(key_bottom, (n, k), dtype))
+
+    def step(carry, dyn):
+        point = eqx.combine(dyn, static)
+        x, _, hvp_at = _flatten(objective, point, trainable)
+        out = _flat_spectrum(hvp_at(x), *carry, which, max_steps, tol, index_tol)
+        U_top, U_bottom = out[2], out[3]
+        # An end that was not computed keeps its (unused) random block.
+        carry = (U_top if which != "bottom" else carry[0], U_bottom if which != "top" else carry[1])
+        return carry, out
+
+    _, outs = jax.lax.scan(step, carry0, dynamic)
+    return _as_spectrum(outs, unravel, batched=True)
