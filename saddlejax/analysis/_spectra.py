@@ -14,12 +14,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jax.experimental.sparse.linalg import lobpcg_standard
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .._results import RESULTS
 from ..flow._trainable import split_trainable
+from ..solvers._krylov import lobpcg_extreme, spectral_scale
 
 
 class HessianSpectrum(eqx.Module):
@@ -69,55 +69,17 @@ def _check(which, k, n, init, name):
         )
 
 
-# Block power iterations for the spectral scale ‖∇²L‖₂ that sets the LOBPCG shift: a few
-# suffice, the shift only needs the right order of magnitude (see `_lobpcg`).
-_POWER_STEPS = 8
-
-
-def _block(matvec):
-    return jax.vmap(matvec, in_axes=1, out_axes=1)
-
-
-def _spectral_scale(matvec, x0):
-    """An estimate (from below, typically within a factor 2) of ‖A‖₂ = max|λ|: block power
-    iteration from the columns of `x0`."""
-    block = _block(matvec)
-    q = jax.lax.fori_loop(
-        0, _POWER_STEPS, lambda _, q: jnp.linalg.qr(block(q))[0], jnp.linalg.qr(x0)[0]
-    )
-    return jnp.max(jnp.linalg.norm(block(q), axis=0))
-
-
-def _lobpcg(matvec, x0, sign, scale, max_steps, tol):
-    """The k largest eigenpairs of sign·A (columns of `x0` start the block), as eigenpairs of A.
-
-    LOBPCG runs on sign·A + sI, s = 2·scale. `lobpcg_standard` tests ‖r‖ < 10·P·tol·(θ + ‖Bv‖),
-    which is 0 for θ ≤ 0: unshifted, an eigenvalue 0 (a symmetry direction, present at every
-    DLN saddle) or a bottom end at a local minimum would never converge. Shifted, θ + ‖Bv‖ ≈
-    2(θ + s) ≳ ‖A‖₂, so the test is relative to the spectral scale. A zero Hessian gets s = 1
-    (its residuals are 0).
-    """
-    shift = jnp.where(scale > 0, 2 * scale, 1.0)
-    block = _block(matvec)
-    theta, U, iters = lobpcg_standard(
-        lambda X: sign * block(X) + shift * X, x0, m=max_steps, tol=tol
-    )
-    lam = sign * (theta - shift)
-    res = jnp.linalg.norm(block(U) - U * lam[None, :], axis=0)
-    return lam, U, res, iters
-
-
 def _flat_spectrum(matvec, x_top, x_bottom, which, max_steps, tol, index_tol):
     n, dtype = x_top.shape[0], x_top.dtype
-    scale = _spectral_scale(matvec, x_bottom if which == "bottom" else x_top)
+    scale = spectral_scale(matvec, x_bottom if which == "bottom" else x_top)
     # An end that is not asked for: no pairs, zero iterations.
     empty = jnp.zeros((0,), dtype)
     skipped = (empty, jnp.zeros((n, 0), dtype), empty, jnp.asarray(0))
     top, U_top, res_top, it_top = (
-        skipped if which == "bottom" else _lobpcg(matvec, x_top, 1.0, scale, max_steps, tol)
+        skipped if which == "bottom" else lobpcg_extreme(matvec, x_top, 1.0, scale, max_steps, tol)
     )
     bottom, U_bottom, res_bottom, it_bottom = (
-        skipped if which == "top" else _lobpcg(matvec, x_bottom, -1.0, scale, max_steps, tol)
+        skipped if which == "top" else lobpcg_extreme(matvec, x_bottom, -1.0, scale, max_steps, tol)
     )
     found = jnp.concatenate([top, bottom])
     threshold = -index_tol * jnp.max(jnp.abs(found))

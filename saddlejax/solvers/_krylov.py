@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.sparse.linalg import lobpcg_standard
 from optax.tree_utils import tree_add_scale, tree_scale, tree_size, tree_sub, tree_vdot
 from optimistix import two_norm
 
@@ -209,3 +210,41 @@ def power_start(like):
         like,
     )
     return tree_scale(1.0 / two_norm(v), v)
+
+
+# Block power iterations for the spectral scale ‖∇²L‖₂ that sets the LOBPCG shift: a few
+# suffice, the shift only needs the right order of magnitude (see `lobpcg_extreme`).
+_POWER_STEPS = 8
+
+
+def _block(matvec):
+    return jax.vmap(matvec, in_axes=1, out_axes=1)
+
+
+def spectral_scale(matvec, x0):
+    """An estimate (from below, typically within a factor 2) of ‖A‖₂ = max|λ|: block power
+    iteration from the columns of `x0`."""
+    block = _block(matvec)
+    q = jax.lax.fori_loop(
+        0, _POWER_STEPS, lambda _, q: jnp.linalg.qr(block(q))[0], jnp.linalg.qr(x0)[0]
+    )
+    return jnp.max(jnp.linalg.norm(block(q), axis=0))
+
+
+def lobpcg_extreme(matvec, x0, sign, scale, max_steps, tol):
+    """The k largest eigenpairs of sign·A (columns of `x0` start the block), as eigenpairs of A.
+
+    LOBPCG runs on sign·A + sI, s = 2·scale. `lobpcg_standard` tests ‖r‖ < 10·P·tol·(θ + ‖Bv‖),
+    which is 0 for θ ≤ 0: unshifted, an eigenvalue 0 (a symmetry direction, present at every
+    DLN saddle) or a bottom end at a local minimum would never converge. Shifted, θ + ‖Bv‖ ≈
+    2(θ + s) ≳ ‖A‖₂, so the test is relative to the spectral scale. A zero Hessian gets s = 1
+    (its residuals are 0).
+    """
+    shift = jnp.where(scale > 0, 2 * scale, 1.0)
+    block = _block(matvec)
+    theta, U, iters = lobpcg_standard(
+        lambda X: sign * block(X) + shift * X, x0, m=max_steps, tol=tol
+    )
+    lam = sign * (theta - shift)
+    res = jnp.linalg.norm(block(U) - U * lam[None, :], axis=0)
+    return lam, U, res, iters

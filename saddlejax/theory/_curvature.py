@@ -16,11 +16,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jax.experimental.sparse.linalg import lobpcg_standard
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar
 
 from .._results import RESULTS
+from ..solvers._krylov import lobpcg_extreme, spectral_scale
 from ._sphere import flatten, projected_hessian
 from ._taylor import _params
 
@@ -68,7 +68,8 @@ class HessianEigenpairs(eqx.Module):
 
 
 def _lobpcg_bottom(matvec, n, dtype, key, n_eig, max_steps, tol):
-    """The `n_eig` most negative eigenpairs of a symmetric operator, by LOBPCG on −A.
+    """The `n_eig` most negative eigenpairs of a symmetric operator, by LOBPCG on −A (shifted
+    by its spectral scale, so that eigenvalues at or near 0 converge too: `lobpcg_extreme`).
 
     **Returns:** (eigenvalues, eigenvectors as columns, iterations, result).
     """
@@ -77,10 +78,11 @@ def _lobpcg_bottom(matvec, n, dtype, key, n_eig, max_steps, tol):
             f"LOBPCG needs 5·n_eig < P: got n_eig = {n_eig} for P = {n}; ask for fewer pairs."
         )
     x0 = jr.normal(key, (n, n_eig), dtype)
-    neg = lambda X: -jax.vmap(matvec, in_axes=1, out_axes=1)(X)  # noqa: E731
-    theta, U, iters = lobpcg_standard(neg, x0, m=max_steps, tol=tol)
+    lam, U, _, iters = lobpcg_extreme(
+        matvec, x0, -1.0, spectral_scale(matvec, x0), max_steps, tol
+    )
     result = RESULTS.where(iters < max_steps, RESULTS.successful, RESULTS.max_steps_reached)
-    return -theta, U, iters, result
+    return lam, U, iters, result
 
 
 @eqx.filter_jit
