@@ -27,11 +27,13 @@ from ._results import RESULTS as RESULTS
 from .analysis import (
     BijectionCheck as BijectionCheck,
     HessianSpectrum as HessianSpectrum,
+    LossStaircase as LossStaircase,
     Plateau as Plateau,
     SimulationComparison as SimulationComparison,
     balancedness as balancedness,
     balancedness_drift as balancedness_drift,
     check_bijection as check_bijection,
+    detect_plateaus as detect_plateaus,
     effective_rank as effective_rank,
     find_plateaus as find_plateaus,
     forward_integration as forward_integration,

@@ -22,6 +22,10 @@ from ._matrices import (
     nuclear_norm as nuclear_norm,
     singular_values as singular_values,
 )
+from ._plateaus import (
+    LossStaircase as LossStaircase,
+    detect_plateaus as detect_plateaus,
+)
 from ._ranks import (
     Plateau as Plateau,
     find_plateaus as find_plateaus,
