@@ -69,13 +69,12 @@ def check(container, *, throw: bool, what: str = "the solve"):
     result = container.result
     if result.is_traced():
         return result.error_if(container, result != RESULTS.successful)
-    codes = np.atleast_1d(np.asarray(result._value))  # raw codes: read here only
-    bad = codes[codes != RESULTS.successful._value]
-    if bad.size == 0:
+    failures = failure_messages(result)
+    if not failures:
         return container
-    messages = sorted({RESULTS._index_to_message[int(c)] for c in np.unique(bad)})
+    messages = sorted({message for _, message in failures})
     raise RuntimeError(
-        f"{what} failed for {bad.size} of {codes.size}: "
+        f"{what} failed for {len(failures)} of {np.size(result._value)}: "
         + " | ".join(messages)
         + " (pass `throw=False` to inspect `result` per entry)."
     )

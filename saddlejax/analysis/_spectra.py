@@ -18,8 +18,8 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .._results import RESULTS
-from ..flow._trainable import split_trainable
 from ..solvers._krylov import lobpcg_extreme, spectral_scale
+from ..theory._curvature import flat_hessian_operator
 
 
 class HessianSpectrum(eqx.Module):
@@ -90,19 +90,6 @@ def _flat_spectrum(matvec, x_top, x_bottom, which, max_steps, tol, index_tol):
     return (top, bottom, U_top, U_bottom, res_top, res_bottom, index, result, stats)
 
 
-def _flatten(objective, params, trainable):
-    """f(x) = L(θ(x)) on the raveled trainable parameters x ∈ R^P: the edge where a flat vector
-    is the mathematical object (LOBPCG's operator)."""
-    state, static = split_trainable(params, trainable)
-    flat, unravel = ravel_pytree(state)
-
-    def hvp_at(x):
-        f = lambda y: objective(eqx.combine(unravel(y), static))  # noqa: E731
-        return lambda v: jax.jvp(jax.grad(f), (x,), (v,))[1]
-
-    return flat, unravel, hvp_at
-
-
 def _init_block(vectors, key, n, k, dtype, name):
     if vectors is None:
         return jr.normal(key, (n, k), dtype)
@@ -170,7 +157,7 @@ def hessian_spectrum(
     spec.bottom, spec.saddle_index
     ```
     """
-    flat, unravel, hvp_at = _flatten(objective, params, trainable)
+    flat, unravel, hvp_at = flat_hessian_operator(objective, params, trainable)
     n, dtype = flat.size, flat.dtype
     _check(which, k, n, None, "top_init")
     key_top, key_bottom = jr.split(key)
@@ -230,7 +217,7 @@ def _trajectory_spectra(
             f"`sol.params`; got leaf shapes {[x.shape for x in leaves]}."
         )
     first = eqx.combine(jax.tree_util.tree_map(lambda x: x[0], dynamic), static)
-    flat, unravel, _ = _flatten(objective, first, trainable)
+    flat, unravel, _ = flat_hessian_operator(objective, first, trainable)
     n, dtype = flat.size, flat.dtype
     _check(which, k, n, None, "top_init")
     key_top, key_bottom = jr.split(key)
@@ -238,7 +225,7 @@ def _trajectory_spectra(
 
     def step(carry, dyn):
         point = eqx.combine(dyn, static)
-        x, _, hvp_at = _flatten(objective, point, trainable)
+        x, _, hvp_at = flat_hessian_operator(objective, point, trainable)
         out = _flat_spectrum(hvp_at(x), *carry, which, max_steps, tol, index_tol)
         U_top, U_bottom = out[2], out[3]
         # An end that was not computed keeps its (unused) random block.

@@ -1,6 +1,7 @@
 """Gradient flow and its discretisations: the flow (diffrax), gradient descent, events, the
 Lemma 13 origin handoff, sweeps over α × seeds with checkpoints."""
 
+from .._trainable import freeze as freeze
 from ._descent import gradient_descent as gradient_descent
 from ._events import (
     AbstractFlowEvent as AbstractFlowEvent,
@@ -12,4 +13,3 @@ from ._options import FlowOptions as FlowOptions, default_save_times as default_
 from ._origin import OriginHandoff as OriginHandoff, origin_handoff as origin_handoff
 from ._solution import FlowSolution as FlowSolution
 from ._sweep import SweepResult as SweepResult, sweep as sweep
-from ._trainable import freeze as freeze

@@ -11,11 +11,11 @@ import optax
 from jaxtyping import PyTree
 
 from .._results import RESULTS, check
+from .._trainable import split_trainable
 from .._tree import tree_all_finite
 from .._vector_field import GradientField
 from ._flow import observation
 from ._solution import FlowSolution, solution_from
-from ._trainable import split_trainable
 
 
 @eqx.filter_jit

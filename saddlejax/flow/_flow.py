@@ -10,6 +10,7 @@ from jaxtyping import PyTree
 from optimistix import rms_norm
 
 from .._results import RESULTS, check, from_diffrax
+from .._trainable import split_trainable
 from .._tree import tree_all_finite
 from .._vector_field import GradientField
 from ..solvers._base import fill_tolerances, work_stats
@@ -17,7 +18,6 @@ from ._events import to_diffrax_event
 from ._options import FlowOptions, check_t1
 from ._origin import handoff, origin_term, rescaled_h_path
 from ._solution import FlowSolution, solution_from
-from ._trainable import split_trainable
 
 _STATIC_OPTIONS = ("solver", "event", "stop_at_event", "observe", "record_steps", "max_steps")
 

@@ -34,10 +34,10 @@ from optax.tree_utils import tree_add_scale, tree_scale
 from optimistix import two_norm
 
 from .._results import RESULTS
+from .._trainable import split_trainable
 from .._vector_field import GradientField
 from ..theory._h_flow import solve_h_flow
 from ..theory._taylor import TaylorTerm, taylor_term
-from ._trainable import split_trainable
 
 
 class OriginHandoff(eqx.Module):

@@ -14,13 +14,13 @@ from jax.sharding import PartitionSpec
 
 from .._init_scale import scale
 from .._results import RESULTS, check, failure_messages
+from .._trainable import split_trainable
 from .._vector_field import GradientField
 from ._checkpoint import SweepCheckpoint
 from ._devices import map_over_devices, on_device, resolve_batching
 from ._flow import prepare, solve_flow
 from ._options import FlowOptions, check_t1, default_save_times
 from ._solution import FlowSolution
-from ._trainable import split_trainable
 
 
 class SweepResult(eqx.Module):

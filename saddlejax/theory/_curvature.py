@@ -20,9 +20,9 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar
 
 from .._results import RESULTS
+from .._trainable import split_trainable
 from ..solvers._krylov import lobpcg_extreme, spectral_scale
 from ._sphere import flatten, projected_hessian
-from ._taylor import _params
 
 
 class StrictnessTest(eqx.Module):
@@ -129,6 +129,23 @@ def strictness_test(
     return StrictnessTest(lam[0], threshold, strict, unravel(U[:, 0]), result, stats)
 
 
+def flat_hessian_operator(objective: Callable, params: PyTree, trainable=eqx.is_inexact_array):
+    """f(x) = L(θ(x)) on the raveled trainable parameters x ∈ R^P — the edge where a flat vector
+    is the mathematical object (LOBPCG's operator).
+
+    **Returns:** (x, unravel, hvp_at) with `hvp_at(x)(v)` = ∇²f(x)v, a forward-over-reverse
+    Hessian-vector product (no P × P matrix).
+    """
+    state, static = split_trainable(params, trainable)
+    flat, unravel = ravel_pytree(state)
+
+    def hvp_at(x):
+        f = lambda y: objective(eqx.combine(unravel(y), static))  # noqa: E731
+        return lambda v: jax.jvp(jax.grad(f), (x,), (v,))[1]
+
+    return flat, unravel, hvp_at
+
+
 def hessian_negative_eigenpairs(
     loss: Callable,
     point: PyTree,
@@ -144,15 +161,8 @@ def hessian_negative_eigenpairs(
     `loss` may be `taylor_term(...).H` with k = 2 (its Hessian is ∇²L(θ*)) or L itself.
     `max_steps`, `tol`: as in `strictness_test`.
     """
-    static = eqx.partition(point, eqx.is_inexact_array)[1]
-    flat, unravel = ravel_pytree(_params(point))
-
-    def f(x):
-        return loss(eqx.combine(unravel(x), static))
-
-    def matvec(v):
-        return jax.jvp(jax.grad(f), (flat,), (v,))[1]
-
+    flat, unravel, hvp_at = flat_hessian_operator(loss, point)
+    matvec = hvp_at(flat)
     lam, U, iters, result = _lobpcg_bottom(
         matvec, flat.size, flat.dtype, key, n_eig, max_steps, tol
     )
