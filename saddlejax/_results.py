@@ -38,6 +38,10 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "or loosen `kkt_rtol` (a non-smooth H, e.g. a ReLU net whose optimum has a kink, may "
         "not allow a tight residual)."
     )
+    stage_not_converged = (
+        "A stage of the greedy algorithm reached its time horizon before a critical point "
+        "(‖∇L‖ ≤ `grad_tol`) or the loss floor: raise `horizon_factor` or loosen `grad_tol`."
+    )
     fixed_point_not_converged = (
         "The fixed-point iteration of Φ did not converge within `max_steps`. Read "
         "`contraction_ratios`: ratios ≥ 1 mean Φ does not contract (e.g. a speed below the "
@@ -46,6 +50,12 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     fixed_point_nonfinite = (
         "The fixed-point iteration produced NaN or infinite values: the iterates diverged. Lower "
         "the final radius of the window or check the loss is finite along the path."
+    )
+    no_blowup = (
+        "The flow of H did not blow up (`blowup_time`): its direction settled where H ≥ 0, or it "
+        "shrank towards the origin, or it was still on its way after `max_time`. θ̃ may lie in "
+        "the stable set of the origin, or H has no escape direction; raise `max_time` if it "
+        "was merely slow."
     )
 
 

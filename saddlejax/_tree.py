@@ -12,15 +12,16 @@ def tree_dot(a, b) -> Scalar:
     return sum(leaves, start=jnp.zeros(()))
 
 
-def tree_norm(a) -> Scalar:
-    """‖a‖, with a zero (not NaN) derivative at a = 0: the origin is the point we study most.
-
-    Uses the double-`where` trick of lineax's `two_norm`.
-    """
-    sq = tree_dot(a, a)
+def safe_sqrt(sq: Array) -> Array:
+    """√sq with a zero (not NaN) derivative at sq = 0, by the double `where` of lineax's
+    `two_norm`: norms are taken at the origin, the point we study most."""
     nonzero = sq > 0
-    safe = jnp.where(nonzero, sq, 1.0)
-    return jnp.where(nonzero, jnp.sqrt(safe), 0.0)
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
+def tree_norm(a) -> Scalar:
+    """‖a‖, with a zero (not NaN) derivative at a = 0."""
+    return safe_sqrt(tree_dot(a, a))
 
 
 def tree_size(a) -> int:

@@ -182,3 +182,49 @@ def test_balancedness_conserved_by_flow(getkey):
     frozen = sj.freeze(net, lambda m: m.weights[0])
     sol_frozen = sj.gradient_flow(_loss, net, 4.0, trainable=frozen, **kwargs)
     assert sj.balancedness_drift(sol_frozen.params[0])[0] > 1e-2
+
+
+def test_spectrum_recorded_during_the_solve(getkey):
+    """`spectrum_observable` records the extreme Hessian eigenvalues and the saddle index at the
+    save times inside the solve (no parameter history): they equal `eigh` of the dense Hessian
+    at the states of a plain solve with the same settings, and the index counts the negative
+    eigenvalues."""
+    net = sj.init.scale(DeepLinear((3, 4, 3), key=getkey()), 0.01)
+    ts = jnp.linspace(0.0, 6.0, 7)
+    kwargs = dict(saveat=ts, solver=TSIT5, rtol=1e-10, atol=1e-12)
+    obs = sj.spectrum_observable(_loss, key=getkey(), k=4, max_steps=1000, also=lambda m: m.weights)
+    sol = sj.gradient_flow(_loss, net, 6.0, observe=obs, **kwargs)
+    plain = sj.gradient_flow(_loss, net, 6.0, **kwargs)
+    assert sol.params["bottom"].shape == (7, 4) and np.all(sol.params["converged"] == 1.0)
+    for i in range(ts.size):
+        np.testing.assert_array_equal(sol.params["also"][0][i], plain.params.weights[0][i])
+        exact = np.linalg.eigvalsh(_dense_hessian(plain.params_at(i)))
+        # LOBPCG stops at a residual ≲ 60·P·tol·‖∇²L‖ ≈ 4e−6 (P = 24, tol = 1e−9, ‖∇²L‖ ≈ 3),
+        # which bounds each eigenvalue's error; near-degenerate clusters (the 4-fold ±σ_i at
+        # the origin splitting along the flow) reach it: measured ≤ 5e−8. A wrong spectrum is
+        # off by O(0.1–1).
+        np.testing.assert_allclose(sol.params["bottom"][i], exact[:4], atol=4e-6)
+        np.testing.assert_allclose(sol.params["top"][i], exact[::-1][:4], atol=4e-6)
+        # The index counts eigenvalues below −1e−6·max|λ|; one within a factor 2 of that
+        # threshold may fall either side (the eigenvalues themselves are good to ~1e−6).
+        tol = 1e-6 * np.max(np.abs(exact[[0, 1, 2, 3, -4, -3, -2, -1]]))
+        index = int(sol.params["saddle_index"][i])
+        assert int(np.sum(exact[:4] < -2 * tol)) <= index <= int(np.sum(exact[:4] < -tol / 2))
+    # At t = 0 (θ ≈ 0) the index is at least 4 (eigenvalues ≈ −3, −2, −1, each 4 times).
+    assert int(sol.params["saddle_index"][0]) == 4
+
+
+def test_layer_and_bottleneck_ranks(getkey):
+    """A deep ReLU net whose middle layer has rank 2 has bottleneck rank 2; relative and
+    absolute tolerances; batching over a leading (time) axis."""
+    net = sj.nn.DeepReLU((5, 6, 6, 6, 3), key=getkey())
+    u, v = jr.normal(getkey(), (6, 2)), jr.normal(getkey(), (6, 2))
+    net = eqx.tree_at(lambda m: m.weights[1], net, u @ v.T)
+    ranks = sj.layer_ranks(net, 1e-8)
+    np.testing.assert_array_equal(ranks, [5, 2, 6, 3])
+    assert int(sj.bottleneck_rank(net, 1e-8)) == 2
+    scaled = [1e-3 * w for w in net.weights]  # small weights: absolute rank 0, relative unchanged
+    assert int(sj.bottleneck_rank(scaled, 0.1)) == 0
+    assert int(sj.bottleneck_rank(scaled, 1e-8, relative=True)) == 2
+    stacked = [jnp.stack([w, 0 * w]) for w in net.weights]
+    np.testing.assert_array_equal(sj.bottleneck_rank(stacked, 1e-8), [2, 0])

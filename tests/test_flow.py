@@ -149,8 +149,14 @@ def test_width_one_events_closed_form():
         # measured 3e−11). A save-grid time would be off by up to 1 (the grid spacing).
         np.testing.assert_allclose(sol.event_time, expected, rtol=1e-9)
         assert sol.result == sj.RESULTS.successful
-        # Save times after the terminating event are not filled in.
+        # Save times after the terminating event are not filled in; the state at the event is
+        # `final_params` (at stop_time), on the event's surface to the root finder's 1e−10.
         assert np.all(np.isinf(np.asarray(sol.loss)[np.asarray(sol.ts) > expected]))
+        np.testing.assert_allclose(sol.stop_time, sol.event_time, rtol=1e-15)
+        v_stop = float(sol.final_params.matrix()[0, 0])
+        np.testing.assert_allclose(v_stop, _logistic(float(sol.event_time), a0**2), rtol=1e-8)
+        if isinstance(event, sj.EscapeRadius):
+            np.testing.assert_allclose(np.sqrt(2 * v_stop), r, rtol=1e-9)
 
 
 @pytest.mark.parametrize("solver", ["tsit5", "default"])

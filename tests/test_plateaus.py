@@ -76,3 +76,26 @@ def test_saddle_time_is_argmin_of_grad_norm():
     stairs = sj.detect_plateaus(ts, loss, grad_norm=grad_norm)
     expect = [ts[1:][np.argmin(np.abs(x - 2.0))], ts[1:][np.argmin(np.abs(x - 9.0))]]
     np.testing.assert_allclose(stairs.saddle_times, expect)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_dln_flow_drops_equal_target_rank(depth, getkey):
+    """On a DLN flow from small α the staircase has rank(A*) drops (Conjecture 3; Saxe et al.
+    for L = 2): full observation of a 4×4 rank-3 target with well-separated singular values
+    (3, 1, 0.3; the saddles are its truncated SVDs), α = 1e−4; the plateau levels are the
+    truncated-SVD losses (1/N)Σ_{i>k}σ_i², within 2 % (each plateau's median level; the flow
+    passes within O(α) of each saddle)."""
+    q1 = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 4)))[0]
+    q2 = np.linalg.qr(np.random.default_rng(1).standard_normal((4, 4)))[0]
+    sv = np.array([3.0, 1.0, 0.3, 0.0])
+    problem = sj.MatrixCompletion(q1 @ np.diag(sv) @ q2.T, np.ones((4, 4)))
+    alpha = 1e-4
+    net = sj.init.scale(sj.nn.DeepLinear((4,) + (4,) * (depth - 1) + (4,), key=getkey()), alpha)
+    # Each drop k takes ~log(1/α)/s_k (L = 2) or ~α^{−(L−2)}/s_k (L = 3), s_k ∝ σ_k.
+    t1 = 60 * (np.log(1 / alpha) if depth == 2 else 1 / alpha) / sv[2]
+    sol = sj.gradient_flow(problem, net, t1, n_save=1024)
+    stairs = sj.detect_plateaus(np.asarray(sol.ts), np.asarray(sol.loss), floor=1e-6)
+    expected = np.array([np.sum(sv[k:] ** 2) for k in range(3)]) / 16
+    assert stairs.n_plateaus == 3, stairs.levels
+    assert len(stairs.changes) == 2 and np.all(np.asarray(stairs.resolved))
+    np.testing.assert_allclose(stairs.levels, expected, rtol=2e-2)

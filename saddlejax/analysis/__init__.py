@@ -14,11 +14,23 @@ from ._escape_paths import (
     forward_integration_distance as forward_integration_distance,
     simulation_distances as simulation_distances,
 )
+from ._greedy import (
+    GreedyLowRank as GreedyLowRank,
+    GreedySaddle as GreedySaddle,
+    GreedyStage as GreedyStage,
+    greedy_low_rank as greedy_low_rank,
+)
+from ._limiting import (
+    LimitingPaths as LimitingPaths,
+    limiting_paths as limiting_paths,
+)
 from ._matrices import (
     balancedness as balancedness,
     balancedness_drift as balancedness_drift,
+    bottleneck_rank as bottleneck_rank,
     effective_rank as effective_rank,
     layer_norms as layer_norms,
+    layer_ranks as layer_ranks,
     nuclear_norm as nuclear_norm,
     singular_values as singular_values,
 )
@@ -27,12 +39,41 @@ from ._plateaus import (
     detect_plateaus as detect_plateaus,
 )
 from ._ranks import (
-    Plateau as Plateau,
-    find_plateaus as find_plateaus,
     numerical_rank as numerical_rank,
+)
+from ._regimes import (
+    distance_exponents as distance_exponents,
+    expected_dln_ntk as expected_dln_ntk,
+    matrix_ntk as matrix_ntk,
+    minimum_distance_bound as minimum_distance_bound,
+    ntk as ntk,
+    ntk_change as ntk_change,
+    saddle_distance_bound as saddle_distance_bound,
+)
+from ._scaling import (
+    EscapeTimeScaling as EscapeTimeScaling,
+    escape_time_scaling as escape_time_scaling,
 )
 from ._spectra import (
     HessianSpectrum as HessianSpectrum,
     hessian_spectrum as hessian_spectrum,
+    spectrum_observable as spectrum_observable,
     trajectory_spectra as trajectory_spectra,
+)
+from ._two_layer import (
+    CLWDiagnostics as CLWDiagnostics,
+    CLWMilestones as CLWMilestones,
+    CLWScales as CLWScales,
+    CLWTimes as CLWTimes,
+    DirectionalConvergence as DirectionalConvergence,
+    NeuronDirections as NeuronDirections,
+    clw_diagnostics as clw_diagnostics,
+    clw_milestones as clw_milestones,
+    clw_predicted_times as clw_predicted_times,
+    clw_scales as clw_scales,
+    directional_convergence as directional_convergence,
+    kkt_distance as kkt_distance,
+    neuron_directions as neuron_directions,
+    neuron_kkt_points as neuron_kkt_points,
+    wasserstein_1d as wasserstein_1d,
 )

@@ -1,5 +1,6 @@
 """Alignment of deep linear networks modulo their symmetries: per-hidden-layer rotations by
-orthogonal Procrustes (SPEC §2)."""
+orthogonal Procrustes (SPEC §2). The rotation itself, `rotate_hidden`, lives with the other
+symmetries in `saddlejax.models` and is re-exported here."""
 
 from collections.abc import Sequence
 
@@ -7,6 +8,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
+
+from ..models._symmetries import rotate_hidden as rotate_hidden
 
 
 def _as_list(weights):
@@ -56,18 +59,3 @@ def _procrustes(source, target, sweeps):
 
     init = sweep(tuple(jnp.eye(w.shape[-2], dtype=w.dtype) for w in source[:-1]), False)
     return jax.lax.fori_loop(0, sweeps, lambda _, r: sweep(r), init)
-
-
-def rotate_hidden(weights: Sequence[Array], rotations: Sequence[Array]) -> tuple[Array, ...]:
-    """(W_ℓ) ↦ (O_ℓ W_ℓ O_{ℓ−1}ᵀ) with O_0 = O_L = I (acts on stacked weights too)."""
-    weights = _as_list(weights)
-    out = []
-    for ell, w in enumerate(weights):
-        if ell < len(weights) - 1:
-            w = jnp.einsum("ij,...jk->...ik", rotations[ell], w)
-        if ell > 0:
-            w = jnp.einsum("...ij,kj->...ik", w, rotations[ell - 1])
-        out.append(w)
-    return tuple(out)
-
-

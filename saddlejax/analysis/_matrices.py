@@ -11,16 +11,11 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-
-def _safe_sqrt(sq: Array) -> Array:
-    # Double `where`: a zero (not NaN) derivative at zero, as lineax's `two_norm` (the origin
-    # is the point we study most).
-    nonzero = sq > 0
-    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+from .._tree import safe_sqrt
 
 
 def _frobenius(a: Float[Array, "... m n"]) -> Float[Array, "..."]:
-    return _safe_sqrt(jnp.sum(a**2, axis=(-2, -1)))
+    return safe_sqrt(jnp.sum(a**2, axis=(-2, -1)))
 
 
 def _check_matrix(a, name: str = "a") -> Array:
@@ -77,6 +72,36 @@ def effective_rank(a: Float[Array, "... m n"]) -> Float[Array, "..."]:
     plogp = jnp.where(positive, p * jnp.log(jnp.where(positive, p, 1.0)), 0.0)
     entropy = -jnp.sum(plogp, axis=-1)
     return jnp.where(nonzero[..., 0], jnp.exp(entropy), 0.0)
+
+
+def layer_ranks(
+    weights: Sequence[Float[Array, "... n_out n_in"]], tol: float = 0.1, *, relative: bool = False
+) -> Array:
+    """The numerical rank of each layer, rank(W_ℓ) = #{σ_i(W_ℓ) > tol} (or > tol·σ_1(W_ℓ) with
+    `relative=True`), stacked on a last axis of size L; leading batch axes are kept."""
+    if not tol > 0:
+        raise ValueError(f"`tol` must be positive, got {tol}.")
+    ranks = []
+    for w in _check_layers(weights):
+        s = singular_values(w)
+        cut = tol * s[..., :1] if relative else tol
+        ranks.append(jnp.sum(s > cut, axis=-1))
+    return jnp.stack(ranks, axis=-1)
+
+
+def bottleneck_rank(
+    weights: Sequence[Float[Array, "... n_out n_in"]], tol: float = 0.1, *, relative: bool = False
+) -> Array:
+    """min_ℓ rank(W_ℓ): the narrowest layer, in numerical rank, that every input passes through
+    (SPEC §9; Jacot 2023's bottleneck rank of a deep ReLU net is at most this, since
+    f = g(W_ℓ h) factors through the rank(W_ℓ)-dimensional image of W_ℓ). For a DLN it bounds
+    rank(A_θ). Later saddles of deep ReLU nets have growing bottleneck rank (Bantzis, Simon &
+    Jacot), as DLN saddles have growing rank (Jacot et al. Conjecture 3).
+
+    **Arguments:** `weights` (W_1, ..., W_L) or a model with a `weights` field, leading batch
+    axes allowed (e.g. `sol.params.weights`); `tol`, `relative`: as for `layer_ranks`.
+    """
+    return jnp.min(layer_ranks(weights, tol, relative=relative), axis=-1)
 
 
 def layer_norms(weights: Sequence[Float[Array, "... n_out n_in"]]) -> Float[Array, "... L"]:

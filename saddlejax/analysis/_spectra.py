@@ -167,6 +167,55 @@ def hessian_spectrum(
     return _as_spectrum(out, unravel)
 
 
+def spectrum_observable(
+    objective: Callable[[PyTree], Array],
+    *,
+    key: PRNGKeyArray,
+    also: Callable[[PyTree], PyTree] | None = None,
+    **options,
+) -> Callable[[PyTree], dict]:
+    """An `observe=` function for `gradient_flow` / `sweep` that records the Hessian's extreme
+    eigenvalues and saddle index at every save time during the solve (SPEC §5, §8), so the
+    parameter history is never stored.
+
+    Each save point runs `hessian_spectrum` from the random blocks of `key` (a save point of a
+    diffrax solve cannot see the previous one, so there is no warm start; use
+    `trajectory_spectra` on saved parameters for that). Eigenvectors are dropped.
+
+    **Arguments:** `objective`: L; `key`: PRNG key of the starting blocks; `also`: another
+    observable to record beside the spectrum (e.g. `lambda m: m.matrix()`); `**options`: `k`,
+    `which`, `max_steps`, `tol`, `index_tol`, `trainable` of `hessian_spectrum`.
+
+    **Returns:** a function of the model giving a dict with `top`, `bottom`, `saddle_index`,
+    `converged` (1.0 or 0.0; both stored as floats) and, with `also`, `also`. After the solve
+    each has a leading time axis in `sol.params`.
+
+    **Example:**
+
+    ```python
+    obs = spectrum_observable(loss, key=jr.key(0), k=2, also=lambda m: m.matrix())
+    sol = gradient_flow(loss, net, t1, observe=obs)
+    sol.params["bottom"], sol.params["saddle_index"]
+    ```
+    """
+    settings = _settings(**options)
+
+    def observe(model):
+        spec = hessian_spectrum(objective, model, key=key, **settings)
+        dtype = spec.top.dtype
+        out = {  # floats: diffrax fills save times after a stop with inf, which no int holds
+            "top": spec.top,
+            "bottom": spec.bottom,
+            "saddle_index": spec.saddle_index.astype(dtype),
+            "converged": (spec.result == RESULTS.successful).astype(dtype),
+        }
+        if also is not None:
+            out["also"] = also(model)
+        return out
+
+    return observe
+
+
 def _settings(**options) -> dict:
     """`hessian_spectrum`'s settings (its defaults, one place), less the key and warm starts."""
     params = inspect.signature(hessian_spectrum).parameters

@@ -120,7 +120,9 @@ def _rows(config: MatrixCompletionConfig, result, ranks: np.ndarray) -> list[dic
     ts, loss, event = np.asarray(sol.ts), np.asarray(sol.loss), np.asarray(sol.event_time)
     rows = []
     for i, alpha in enumerate(result.alphas):
-        n_plateaus = [len(sj.find_plateaus(ts[i, j], loss[i, j])) for j in range(len(result.seeds))]
+        n_plateaus = [
+            sj.detect_plateaus(ts[i, j], loss[i, j]).n_plateaus for j in range(len(result.seeds))
+        ]
         scale = alpha ** (config.depth - 2)
         rows.append(
             {

@@ -5,6 +5,7 @@ from .._trainable import freeze as freeze
 from ._descent import gradient_descent as gradient_descent
 from ._events import (
     AbstractFlowEvent as AbstractFlowEvent,
+    CriticalPoint as CriticalPoint,
     EscapeRadius as EscapeRadius,
     LossBelow as LossBelow,
 )

@@ -36,7 +36,7 @@ def _descend(problem, state0, learning_rate, *, optimizer, steps, save_every, ob
         return carry, record(carry[0])
 
     carry = (state0, opt.init(state0))
-    _, rest = jax.lax.scan(block, carry, None, length=steps // save_every)
+    (state_end, _), rest = jax.lax.scan(block, carry, None, length=steps // save_every)
     first = record(state0)
     observed = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
     finite = tree_all_finite(observed)
@@ -47,6 +47,8 @@ def _descend(problem, state0, learning_rate, *, optimizer, steps, save_every, ob
         observed,
         event_time=jnp.array(jnp.inf, ts.dtype),
         event_mask=None,
+        stop_time=ts[-1],
+        stop_state=state_end,
         steps=None,
         stats={
             "num_steps": n,

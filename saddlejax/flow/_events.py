@@ -4,6 +4,7 @@ import abc
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Scalar
@@ -48,6 +49,29 @@ class LossBelow(AbstractFlowEvent):
     def __call__(self, state, loss_fn):
         level = jnp.where(self.level == 0, 1.0, jnp.abs(self.level))
         return (loss_fn(state) - self.level) / level  # relative, as for EscapeRadius
+
+
+class CriticalPoint(AbstractFlowEvent):
+    """The flow has reached a critical point after leaving the one it started near: ‖∇L(θ)‖ ≤
+    `grad_tol` once L(θ) < `loss_below` (SPEC §8: the next saddle, or a minimum).
+
+    A boolean condition, so the event is the end of the first step where it holds (no root
+    find: ‖∇L‖ decays exponentially into the tolerance, where a located time means little).
+    The loss condition keeps it from firing at the start, where ‖∇L‖ is already small.
+    """
+
+    grad_tol: float | Array
+    loss_below: float | Array
+
+    def __init__(self, grad_tol, loss_below):
+        if isinstance(grad_tol, int | float) and not grad_tol > 0:
+            raise ValueError(f"`grad_tol` must be positive, got {grad_tol}.")
+        self.grad_tol = jnp.asarray(grad_tol, dtype=float)
+        self.loss_below = jnp.asarray(loss_below, dtype=float)
+
+    def __call__(self, state, loss_fn):
+        loss, grad = jax.value_and_grad(loss_fn)(state)
+        return (two_norm(grad) <= self.grad_tol) & (loss < self.loss_below)
 
 
 def to_diffrax_event(event, loss_fn, rtol: float = 1e-12, atol: float = 1e-10):

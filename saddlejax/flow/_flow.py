@@ -140,7 +140,9 @@ def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config)
         saved=_merge_after((ts > t_event) & ok, first.saved, second.saved),
         steps=steps,
         t_stop=jnp.where(ok, second.t_stop, first.t_stop),
-        y_stop=second.y_stop,
+        y_stop=jax.tree_util.tree_map(
+            lambda a, b: jnp.where(ok, a, b), second.y_stop, first.y_stop
+        ),
         stats=_add_work(first.stats, second.stats),
         result=RESULTS.where(ok, second.result, first.result),
         diffrax_result=second.diffrax_result,
@@ -227,6 +229,8 @@ def solve_flow(field: GradientField, state0, times: dict, origin, config: dict) 
         (saved, loss, gnorm, norm),
         event_time=event_time,
         event_mask=event_mask,
+        stop_time=whole.t_stop,
+        stop_state=whole.y_stop,
         steps=steps,
         stats=stats,
         result=result,

@@ -21,6 +21,9 @@ class FlowSolution(eqx.Module):
     - `loss`, `grad_norm`, `norm`: L(θ), ‖∇L(θ)‖ and ‖θ‖ (trainable part) at `ts`.
     - `event_time`: the time the event fired (root-found), or +inf if it did not fire.
     - `event_mask`: which of the event's conditions fired (a pytree of bools), or None.
+    - `stop_time`, `stop_state`: where the solve stopped (t1, the event under
+        `stop_at_event=True`, or a failure) and the trainable state there; `final_params` is
+        the model at that point.
     - `steps`: per-step scalars when `record_steps=True`: dict of `t`, `loss`, `grad_norm`,
         `norm`, each of length `max_steps` padded with +inf after the last step; else None.
     - `stats`: `num_steps`, `num_accepted_steps`, `num_rejected_steps`, `grad_evals` and
@@ -39,6 +42,8 @@ class FlowSolution(eqx.Module):
     norm: Float[Array, " n_save"]
     event_time: Float[Array, ""]
     event_mask: PyTree[Bool[Array, ""]] | None
+    stop_time: Float[Array, ""]
+    stop_state: PyTree
     steps: dict | None
     stats: dict[str, Array]
     result: RESULTS
@@ -50,7 +55,10 @@ class FlowSolution(eqx.Module):
 
     @property
     def final_params(self):
-        return self.params_at(-1)
+        """The model where the solve stopped (only its trainable part under `observe=`)."""
+        if self.static is None:
+            return self.stop_state
+        return eqx.combine(self.stop_state, self.static)
 
     @property
     def successful(self) -> Bool[Array, "..."]:

@@ -20,3 +20,11 @@ from ._relu import (
     relu_optimal_escape as relu_optimal_escape,
     relu_speed_vs_depth as relu_speed_vs_depth,
 )
+from ._symmetries import (
+    balanced_dln as balanced_dln,
+    include_dln as include_dln,
+    permute_neurons as permute_neurons,
+    random_balanced_dln as random_balanced_dln,
+    random_rotations as random_rotations,
+    rotate_hidden as rotate_hidden,
+)

@@ -37,7 +37,12 @@ from ._escape import (
     optimal_escape as optimal_escape,
     refine_escape_direction as refine_escape_direction,
 )
-from ._h_flow import h_flow as h_flow, lemma13_error as lemma13_error
+from ._h_flow import (
+    BlowupTime as BlowupTime,
+    blowup_time as blowup_time,
+    h_flow as h_flow,
+    lemma13_error as lemma13_error,
+)
 from ._ncf import (
     NCF as NCF,
     NCFKKTPoints as NCFKKTPoints,
