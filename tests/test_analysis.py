@@ -228,3 +228,15 @@ def test_layer_and_bottleneck_ranks(getkey):
     assert int(sj.bottleneck_rank(scaled, 1e-8, relative=True)) == 2
     stacked = [jnp.stack([w, 0 * w]) for w in net.weights]
     np.testing.assert_array_equal(sj.bottleneck_rank(stacked, 1e-8), [2, 0])
+
+
+def test_vanishing_hessian_has_index_zero(getkey):
+    """At the origin of a depth-3 DLN every second derivative vanishes (the leading Taylor term
+    has order 3, SPEC §4): LOBPCG returns rounding noise (~1e−16) of both signs, which the
+    saddle index must not count."""
+    net = DeepLinear((3, 4, 4, 3), key=getkey())
+    zero = jax.tree_util.tree_map(jnp.zeros_like, net)
+    spec = sj.hessian_spectrum(lambda m: 0.5 * jnp.sum((m.matrix() - _TARGET) ** 2), zero, k=2,
+                               key=getkey())
+    assert float(jnp.max(jnp.abs(jnp.concatenate([spec.top, spec.bottom])))) < 1e-12
+    assert int(spec.saddle_index) == 0

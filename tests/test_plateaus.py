@@ -99,3 +99,24 @@ def test_dln_flow_drops_equal_target_rank(depth, getkey):
     assert stairs.n_plateaus == 3, stairs.levels
     assert len(stairs.changes) == 2 and np.all(np.asarray(stairs.resolved))
     np.testing.assert_allclose(stairs.levels, expected, rtol=2e-2)
+
+
+def test_plateau_shorter_than_the_window_is_found():
+    """A plateau flat for 0.07 in log t (shorter than the 0.1 slope window) between two sharp
+    drops — how the rank-1 saddle of an L = 4 DLN can look (Jacot et al. Fig. 1: the saddles
+    after the first are visited for times of order α^{−(L−2)}, like the escape) — is found by
+    the refinement with its level, and each drop counts one change; without refinement the two
+    drops merge into one "resolved" drop, a wrong staircase. Flow losses have no noise; 1e−5
+    here (the refined slope's noise is √2·1e−5/0.02 ≈ 7e−4, far below the threshold)."""
+    ts = default_save_times(0.0, 6e6, 1024)
+    x = np.log(np.maximum(ts, 1e-300))
+    levels = np.array([3.35, 1.08, 0.05])
+    y = np.full_like(x, np.log(levels[-1]))
+    for c, hi, lo in zip(np.log([1.9e6, 2.3e6]), levels[:-1], levels[1:]):
+        y += np.log(hi / lo) / (1 + np.exp(-(c - x) / 0.008))
+    loss = np.exp(y) * (1 + 1e-5 * np.random.default_rng(0).standard_normal(x.size))
+    stairs = sj.detect_plateaus(ts, loss)
+    np.testing.assert_allclose(stairs.levels, levels, rtol=1e-2)
+    np.testing.assert_array_equal(stairs.changes, [1, 1])
+    coarse = sj.detect_plateaus(ts, loss, refine=1)
+    assert coarse.n_plateaus == 2  # what the refinement adds

@@ -54,6 +54,26 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1))
 
 
+def _refine(x, y, loss, merged, window, threshold, min_points, merge_rtol):
+    """Plateaus shorter than the slope window, looked for between the plateaus found: with the
+    window / `refine` secant, a run of at least `refine_points` flat points whose level differs
+    from both neighbours by more than `merge_rtol` is a plateau too. For L > 2 the saddles
+    after the first are visited for a time of order α^{−(L−2)}, like the escape itself, so on
+    log t a plateau can be as short as the window (Jacot et al. Fig. 1)."""
+    fine = np.abs(_log_slope(x, y, window))
+    out = [merged[0]]
+    for (_, j0), (i1, j1) in zip(merged[:-1], merged[1:]):
+        hi, lo = np.median(loss[out[-1][0] : j0 + 1]), np.median(loss[i1 : j1 + 1])
+        for a, b in _runs(fine[j0 + 1 : i1] < threshold):
+            a, b = a + j0 + 1, b + j0 + 1
+            level = np.median(loss[a : b + 1])
+            distinct = min(abs(level - hi) / hi, abs(level - lo) / level) > merge_rtol
+            if b - a + 1 >= min_points and distinct:
+                out.append((a, b))
+        out.append((i1, j1))
+    return out
+
+
 def detect_plateaus(
     ts: Float[Array, " n"],
     loss: Float[Array, " n"],
@@ -65,6 +85,8 @@ def detect_plateaus(
     merge_rtol: float = 0.02,
     peak_prominence: float = 0.2,
     floor: float = 1e-8,
+    refine: float = 5.0,
+    refine_points: int = 5,
 ) -> LossStaircase:
     """Plateaus of a loss curve: maximal stretches where |d log L / d log t| < `slope_threshold`.
 
@@ -86,6 +108,9 @@ def detect_plateaus(
 
     - `ts`, `loss`: one trajectory's save times and losses (`sol.ts`, `sol.loss`).
     - `grad_norm`: ‖∇L‖ at the save times (optional), to locate the saddle visits.
+    - `refine`, `refine_points`: between the plateaus found, look again with the window divided
+        by `refine` for plateaus of at least `refine_points` save points (shorter than the
+        window; `refine=1` turns this off).
     - `slope_threshold`, `window` (in units of log t), `min_points`, `merge_rtol`,
         `peak_prominence`, `floor`: as above. The defaults resolve the plateaus of the library's
         default save grids (256 points, six decades) for DLNs at α ≤ 1e−2.
@@ -143,6 +168,11 @@ def detect_plateaus(
         levels = levels[levels >= floor * levels.max()]
     if not merged:
         return empty
+
+    if refine > 1:
+        merged = _refine(x, y, loss, merged, window / refine, slope_threshold, refine_points,
+                         merge_rtol)
+        levels = np.array([np.median(loss[i : j + 1]) for i, j in merged])
 
     changes = []
     for (_, j0), (i1, _) in zip(merged[:-1], merged[1:]):

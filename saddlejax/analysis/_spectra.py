@@ -33,7 +33,8 @@ class HessianSpectrum(eqx.Module):
         of θ with a leading axis of size k (0 when not computed).
     - `top_residuals`, `bottom_residuals`: ‖∇²L v − λv‖ per pair.
     - `saddle_index`: the number of eigenvalues found that lie below −`index_tol`·max|λ| (max over
-        the eigenvalues found). It is the Morse index of θ when smaller than k with `which` ≠
+        the eigenvalues found), and below a rounding floor 100·ε·(1 + ‖∇²L‖) (so a vanishing
+        Hessian has index 0). It is the Morse index of θ when smaller than k with `which` ≠
         "top"; a value of k means "at least k".
     - `result`: `RESULTS.successful`, or `RESULTS.max_steps_reached` if LOBPCG did not converge.
     - `stats`: `num_steps_top`, `num_steps_bottom`, the LOBPCG iterations.
@@ -82,8 +83,12 @@ def _flat_spectrum(matvec, x_top, x_bottom, which, max_steps, tol, index_tol):
         skipped if which == "top" else lobpcg_extreme(matvec, x_bottom, -1.0, scale, max_steps, tol)
     )
     found = jnp.concatenate([top, bottom])
-    threshold = -index_tol * jnp.max(jnp.abs(found))
-    index = jnp.sum(found < threshold)
+    # Relative to the largest |λ| found, with a rounding floor so that a Hessian that vanishes
+    # (the origin of an L ≥ 3 network) has index 0, not the count of its ±1e−15 noise.
+    floor = 100 * jnp.finfo(dtype).eps * (1 + scale)
+    threshold = -jnp.maximum(index_tol * jnp.max(jnp.abs(found)), floor)
+    # The bottom pairs hold the negative ones; with "top" alone, count what was found.
+    index = jnp.sum((top if which == "top" else bottom) < threshold)
     converged = (it_top < max_steps) & (it_bottom < max_steps)
     result = RESULTS.where(converged, RESULTS.successful, RESULTS.max_steps_reached)
     stats = {"num_steps_top": it_top, "num_steps_bottom": it_bottom}
