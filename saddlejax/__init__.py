@@ -81,6 +81,7 @@ from .analysis import (
 )
 from .flow import (
     AbstractFlowEvent as AbstractFlowEvent,
+    CheckpointMismatch as CheckpointMismatch,
     CriticalPoint as CriticalPoint,
     EscapeRadius as EscapeRadius,
     FlowOptions as FlowOptions,

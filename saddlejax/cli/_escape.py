@@ -2,9 +2,19 @@
 found by the generic sphere solver, beside the DLN closed forms (SPEC §4, §5, §9); the
 computation is `saddlejax.experiments.run_escape`."""
 
+import dataclasses
 import json
-import sys
+import re
 from pathlib import Path
+
+# Config fields named by the options that set them.
+OPTIONS = {
+    "depth": "--depth",
+    "width": "--width",
+    "restarts": "--restarts",
+    "seed": "--seed",
+    "top": "--top",
+}
 
 
 def add_parser(subparsers) -> None:
@@ -15,27 +25,73 @@ def add_parser(subparsers) -> None:
     p = preset_command(subparsers, "escape", ESCAPE_PRESETS, "dln4", help=summary, doc=__doc__)
     p.add_argument(
         "--config",
-        type=Path,
         default=None,
-        help="JSON file with keys model (dln|relu|squared_relu), problem (matrix_completion|"
-        "teacher|squared_relu_toy), depth, width; overrides --preset",
+        help="JSON file with some of the keys model (dln|relu|squared_relu), problem "
+        "(matrix_completion|teacher|squared_relu_toy), depth, width, restarts, seed, top; it "
+        "overrides --preset, and the options below override it",
     )
-    p.add_argument("--depth", type=int, default=None, help="override the preset's depth")
-    p.add_argument("--width", type=int, default=None, help="override the preset's hidden width")
-    p.add_argument("--restarts", type=int, default=8, help="random restarts on the sphere")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=5, help="how many distinct directions to print")
-    p.set_defaults(func=main)
+    p.add_argument("--depth", type=int, default=None, help="override the depth (dln, relu: 2..32)")
+    p.add_argument("--width", type=int, default=None, help="override the hidden width (≥ 1)")
+    p.add_argument(
+        "--restarts", type=int, default=None, help="random restarts on the sphere (default 8)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="key of the problem and the starts (0)")
+    p.add_argument(
+        "--top", type=int, default=None, help="how many distinct directions to print (5)"
+    )
+    p.set_defaults(func=main, check=check, options=OPTIONS, parser=p)
 
 
-def _config(args):
+def _read_config(text: str) -> dict:
+    """The settings in the JSON file `text` (--config), or a ValueError that says what is wrong
+    with the file."""
+    if not text.strip():
+        raise ValueError("--config is empty; give the path of a JSON file (or leave it out)")
+    try:
+        content = Path(text).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ValueError(f"--config {text!r}: cannot read it ({reason}); give a JSON file")
+    try:
+        settings = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {text!r} is not valid JSON ({e}); fix the file") from None
+    if not isinstance(settings, dict):
+        raise ValueError(
+            f"--config {text!r} must hold one JSON object such as "
+            f'{{"model": "dln", "depth": 3}}, got a {type(settings).__name__}'
+        )
+    return settings
+
+
+def check(args):
+    """The `EscapeConfig` of `args`: the preset, overridden by the --config file, overridden by
+    the options. An error names where the bad value came from: the option, the file's key, or
+    the preset."""
     from ..experiments import EscapeConfig
 
-    overrides = {} if args.config is None else json.loads(Path(args.config).read_text())
-    overrides.update(depth=args.depth, width=args.width)
-    return EscapeConfig.preset(
-        args.preset, restarts=args.restarts, seed=args.seed, top=args.top, **overrides
-    )
+    given = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
+    from_file = {} if args.config is None else _read_config(args.config)
+    keys = [f.name for f in dataclasses.fields(EscapeConfig)]
+    unknown = sorted(set(from_file) - set(keys))
+    if unknown:
+        raise ValueError(
+            f"--config {args.config!r} has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"the keys are {', '.join(keys)}"
+        )
+    try:
+        return EscapeConfig.preset(args.preset, **{**from_file, **given})
+    except ValueError as e:
+
+        def origin(match):
+            field = match.group(1)
+            if field in given:
+                return OPTIONS[field]
+            if field in from_file:
+                return f'"{field}" (in --config {args.config!r})'
+            return f"{field} (from --preset {args.preset})"
+
+        raise ValueError(re.sub(r"`(\w+)`", origin, str(e))) from None
 
 
 def _print_report(out: dict) -> None:
@@ -72,14 +128,9 @@ def _print_report(out: dict) -> None:
         print("σ1/σ2 of ρ* per layer: " + ", ".join(f"{r:.3g}" for r in out["sv_ratios"]))
 
 
-def main(args) -> int:
+def main(args, config) -> int:
     from ..experiments import run_escape
 
-    try:
-        config = _config(args)
-    except (ValueError, OSError) as e:  # a bad --config file or value: a message, no traceback
-        print(f"saddlejax escape: error: {e}", file=sys.stderr)
-        return 2
     out = run_escape(config)
     if args.json:
         print(json.dumps(out))

@@ -3,8 +3,20 @@ of Jacot et al. Thm 5 / Thm 22 and the distance to small-α simulations (Thm 2) 
 computation is `saddlejax.experiments.run_escape_path`."""
 
 import json
-import sys
 from pathlib import Path
+
+# Config fields named by the options that set them.
+OPTIONS = {
+    "seed": "--seed",
+    "index": "--index",
+    "n": "--n",
+    "r_min": "--r-min",
+    "r_max": "--r-max",
+    "radius": "--radius",
+    "alphas": "--alphas",
+    "tail": "--tail",
+    "max_steps": "--max-steps",
+}
 
 
 def add_parser(subparsers) -> None:
@@ -14,39 +26,85 @@ def add_parser(subparsers) -> None:
     summary = "Ψ of the optimal escape path of a DLN: contraction, round trip, rates, simulation."
     presets = ESCAPE_PATH_PRESETS
     p = preset_command(subparsers, "escape-path", presets, "dln2", help=summary, doc=__doc__)
-    p.add_argument("--seed", type=int, default=0, help="key of the problem (θ̃ uses seed + 1)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="key of the problem (θ̃ uses seed + 1), in [0, 2³²−1)"
+    )
     p.add_argument(
         "--index",
         type=int,
         default=0,
-        help="singular triplet of G giving the escape direction x₀ (0: optimal; a larger index "
-        "gives a slower direction, possibly below the theorem's speed threshold)",
+        help="singular triplet of the 4×4 G giving the escape direction x₀, in 0..3 (0: "
+        "optimal; a larger index gives a slower direction, possibly below the theorem's speed "
+        "threshold)",
     )
-    p.add_argument("--n", type=int, default=401, help="grid size of the path")
-    p.add_argument("--r-min", type=float, default=None, help="‖x₀‖ at t_min (default: preset)")
-    p.add_argument("--r-max", type=float, default=0.5, help="‖x₀‖ at the end of the window")
-    p.add_argument("--radius", type=float, default=0.3, help="escape radius r of t_α(r)")
-    p.add_argument("--alphas", type=float, nargs="*", default=None, help="α of the simulations")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=401,
+        help="grid size of the path: ≥ 20 points per decade of ‖x₀‖, ≤ 100000",
+    )
+    p.add_argument(
+        "--r-min", type=float, default=None, help="‖x₀‖ at t_min, ≥ 1e-8 (default: preset)"
+    )
+    p.add_argument(
+        "--r-max", type=float, default=0.5, help="‖x₀‖ at the end of the window, ≤ 1"
+    )
+    p.add_argument(
+        "--radius",
+        type=float,
+        default=0.3,
+        help="escape radius r of t_α(r), between --r-min and --r-max",
+    )
+    p.add_argument(
+        "--alphas",
+        type=float,
+        nargs="*",
+        default=None,
+        help="α of the simulations, in (0, 1) with α‖θ̃‖ < r (default: preset; none: no "
+        "simulation)",
+    )
     p.add_argument("--tail", choices=("h_path", "leading", "none"), default="h_path")
-    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--max-steps", type=int, default=300, help="iterations of Ψ, 1..100000")
     p.add_argument(
         "--png",
-        type=lambda s: Path(s) if s else None,
+        type=lambda s: s if s.strip() else None,
         default=None,
-        help="save the figure to this file (needs matplotlib: pip install 'saddlejax[plot]'); "
-        "default: no figure",
+        help="save the figure to this file, its format named by the suffix (.png, .pdf, .svg, "
+        "…; needs matplotlib: pip install 'saddlejax[plot]'); default or '': no figure",
     )
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, check=check, options=OPTIONS, parser=p)
 
 
-# The command-line options that are fields of `EscapePathConfig` (None: the preset's value).
-SETTINGS = ("seed", "index", "n", "r_min", "r_max", "radius", "alphas", "tail", "max_steps")
+def _check_png(text: str | None):
+    """The --png path, checked before any work: matplotlib installed, a suffix it can write,
+    a writable place."""
+    from ..experiments import has_matplotlib
+    from ._main import check_output
+
+    if text is None:
+        return None
+    if not has_matplotlib():  # say so before minutes of work
+        raise ValueError("--png needs matplotlib: pip install 'saddlejax[plot]'")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(text).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise ValueError(
+            f"--png {text!r} does not end in a figure format; use one of "
+            f"{', '.join('.' + f for f in sorted(formats))}"
+        )
+    return check_output(text, "--png", folder=False)
 
 
-def _config(args):
+def check(args):
+    """The `EscapePathConfig` of `args` (its checks name config fields: `OPTIONS` maps them to
+    options); the figure's path is checked too."""
     from ..experiments import EscapePathConfig
 
-    return EscapePathConfig.preset(args.preset, **{k: getattr(args, k) for k in SETTINGS})
+    config = EscapePathConfig.preset(args.preset, **{k: getattr(args, k) for k in OPTIONS})
+    args.png = _check_png(args.png)
+    return config
 
 
 def _f(x, spec: str) -> str:
@@ -97,16 +155,10 @@ def _print_report(preset: str, out: dict) -> None:
         )
 
 
-def main(args) -> int:
-    from ..experiments import has_matplotlib, plot_escape_path, run_escape_path
+def main(args, config) -> int:
+    from ..experiments import plot_escape_path, run_escape_path
 
-    if args.png is not None and not has_matplotlib():  # say so before minutes of work
-        print(
-            "saddlejax escape-path: error: --png needs matplotlib: pip install 'saddlejax[plot]'",
-            file=sys.stderr,
-        )
-        return 2
-    run = run_escape_path(_config(args))
+    run = run_escape_path(config)
     out = dict(run.summary, preset=args.preset)
     if args.png is not None:
         args.png.parent.mkdir(parents=True, exist_ok=True)

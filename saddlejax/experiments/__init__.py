@@ -13,6 +13,7 @@ Figures need matplotlib, the `plot` extra (`pip install 'saddlejax[plot]'`).
 """
 
 from ._bench import (
+    BenchConfig as BenchConfig,
     bench_table as bench_table,
     lambda_max as lambda_max,
     markdown_table as markdown_table,

@@ -8,6 +8,8 @@ timed apart from the run; `jax.block_until_ready`; the solver overhead is the wa
 (gradient evaluations × the time of one jitted gradient).
 """
 
+import dataclasses
+import math
 import time
 from collections.abc import Callable
 
@@ -20,10 +22,35 @@ from jaxtyping import PyTree
 
 import saddlejax as sj
 
+from ._checks import check_floats
 from ._machine import gradient_seconds, machine_description
 
 WIDTHS = (10, 100, 100, 100, 10)
 N_SEEDS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Settings of `run_bench`: `alphas`, the scales of the initialisation α·θ̃, at least one,
+    distinct, in (0, 1), with α³ ≥ 10⁻²⁰⁰ (L = 4: the flow leaves α·θ̃ at a speed ∝ α^{L−1}).
+
+    Checked here, before any work: a bad value raises a `ValueError` naming the field.
+    """
+
+    alphas: tuple[float, ...] = (0.1, 0.01)
+
+    def __post_init__(self):
+        why = "θ₀ = α·θ̃ is a small initialisation"
+        alphas = check_floats("alphas", self.alphas, 0.0, 1.0, why=why)
+        if not alphas:
+            raise ValueError("`alphas` is empty; give at least one α in (0, 1).")
+        depth = len(WIDTHS) - 1
+        if (depth - 1) * math.log10(min(alphas)) < -200:
+            raise ValueError(
+                f"`alphas` has α = {min(alphas):g}: the flow leaves α·θ̃ at a speed ∝ α^(L−1), "
+                f"below float64's range for L = {depth}; use α ≥ {10 ** (-200 / (depth - 1)):.2g}."
+            )
+        object.__setattr__(self, "alphas", alphas)
 
 
 @eqx.filter_jit
@@ -152,13 +179,14 @@ def _batch_throughput(problem) -> dict:
 def run_bench(alphas=(0.1, 0.01), *, progress: bool = True) -> dict:
     """Time the engine on the default problem at each α (t1 = 500 at α ≥ 0.1, else 2·α^{−2}):
     the automatic solver at every α, Tsit5 and gradient descent at α ≥ 0.1, then the batch
-    throughput of 16 seeds.
+    throughput of 16 seeds. `alphas` as in `BenchConfig`.
 
     **Returns:** a dict: `machine` (`machine_description()`), `rows` (one per method and α:
     steps, gradient and Hessian-vector-product evaluations, wall and compile seconds, overhead,
     time at which the loss halves, final loss), `batch` (per-trajectory seconds one after the
     other, by `sweep` and by `jax.vmap`; how `sweep` batched here) and `wall_time_s`.
     """
+    alphas = BenchConfig(alphas).alphas  # checked before any work
     start = time.perf_counter()
     machine = machine_description()
     if progress:

@@ -13,8 +13,12 @@ import numpy as np
 
 import saddlejax as sj
 
+from ._checks import MAX_SEED, check_choice, check_int, check_params
+
 MODELS = ("dln", "relu", "squared_relu")
 PROBLEMS = ("matrix_completion", "teacher", "squared_relu_toy")
+# (n_in, n_out) of each problem's data.
+_SIZES = {"matrix_completion": (10, 10), "teacher": (8, 3), "squared_relu_toy": (2, 1)}
 
 ESCAPE_PRESETS = {
     # Jacot et al. Fig. 1 problem: 10×10 rank-3 matrix completion, 50 % observed, L = 4, w = 100.
@@ -32,12 +36,17 @@ ESCAPE_PRESETS = {
 class EscapeConfig:
     """Settings of `run_escape`.
 
-    `model`: "dln" (deep linear, `depth` layers of hidden width `width`), "relu" (bias-free
-    `DeepReLU`) or "squared_relu" (`SquaredReLU` with `width` neurons on 2-D inputs).
-    `problem`: "matrix_completion" (10×10 rank 3, 50 % observed), "teacher" (64 Gaussian inputs
-    in R⁸, a tanh teacher with 3 outputs) or "squared_relu_toy" (Kumar & Haupt). `restarts`:
-    random starts on the sphere; `seed`: the key of the problem, the network and the starts;
-    `top`: how many distinct directions to report.
+    `model`: "dln" (deep linear, `depth` ≥ 2 layers of hidden width `width`), "relu" (bias-free
+    `DeepReLU`, `depth` ≥ 2) or "squared_relu" (`SquaredReLU` with `width` neurons on 2-D
+    inputs, `depth` 1). `problem`: "matrix_completion" (10×10 rank 3, 50 % observed; an
+    objective on end-to-end matrices, so for "dln" only), "teacher" (64 Gaussian inputs in R⁸,
+    a tanh teacher with 3 outputs; not for "squared_relu", which takes 2-D inputs) or
+    "squared_relu_toy" (Kumar & Haupt). `depth` ≤ 32 (the Taylor term is searched to order 2L).
+    `restarts`: random starts on the sphere, in [1, 10⁴]; they run batched, so restarts × P ≤
+    10⁸ (P the number of weights, at most 10⁷). `seed`: the key of the problem, the network and
+    the starts, in [0, 2³²). `top`: how many distinct directions to report (≥ 1).
+
+    Every field is checked here, before any work: a bad value raises a `ValueError` naming it.
     """
 
     model: str = "dln"
@@ -49,20 +58,46 @@ class EscapeConfig:
     top: int = 5
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise ValueError(f"unknown `model` {self.model!r}; use one of {', '.join(MODELS)}.")
-        if self.problem not in PROBLEMS:
+        check_choice("model", self.model, MODELS)
+        check_choice("problem", self.problem, PROBLEMS)
+        if self.model != "dln" and self.problem == "matrix_completion":
             raise ValueError(
-                f"unknown `problem` {self.problem!r}; use one of {', '.join(PROBLEMS)}."
+                f"`model` {self.model!r} does not fit `problem` 'matrix_completion', an "
+                "objective on end-to-end matrices (model 'dln' only); use model dln, or "
+                "problem teacher or squared_relu_toy."
             )
-        if self.depth < 1 or self.width < 1 or self.restarts < 1 or self.top < 1:
+        if self.model == "squared_relu" and self.problem != "squared_relu_toy":
             raise ValueError(
-                "`depth`, `width`, `restarts` and `top` must be positive, got "
-                f"{self.depth}, {self.width}, {self.restarts}, {self.top}."
+                f"`model` 'squared_relu' takes 2-D inputs and does not fit `problem` "
+                f"{self.problem!r}; use problem squared_relu_toy."
             )
+        if self.model == "squared_relu":
+            check_int("depth", self.depth, 1, 1, why="squared_relu has one hidden layer")
+        else:
+            why = "L = 1 has no saddle at the origin; the Taylor term is searched to order 2L"
+            check_int("depth", self.depth, 2, 32, why=why)
+        check_int("width", self.width, 1)
+        n_params = check_params(self.widths)
+        check_int("restarts", self.restarts, 1, 10**4)
+        if self.restarts * n_params > 10**8:
+            raise ValueError(
+                f"`restarts` {self.restarts} × {n_params:,} weights exceeds the 10⁸ numbers "
+                "that the batched restarts are sized for; use fewer `restarts` or a smaller "
+                "`width`."
+            )
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("top", self.top, 1)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The layer sizes: (n_in, width, …, width, n_out) of the problem's data."""
+        n_in, n_out = _SIZES[self.problem]
+        if self.model == "squared_relu":
+            return (n_in, self.width, n_out)
+        return (n_in,) + (self.width,) * (self.depth - 1) + (n_out,)
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "EscapeConfig":
+    def preset(cls, name: str, /, **overrides) -> "EscapeConfig":
         """The config of `ESCAPE_PRESETS[name]`, with `overrides` (None values ignored)."""
         if name not in ESCAPE_PRESETS:
             raise ValueError(f"unknown preset {name!r}; use one of {', '.join(ESCAPE_PRESETS)}.")

@@ -17,6 +17,7 @@ import numpy as np
 
 import saddlejax as sj
 
+from ._checks import MAX_SEED, check_choice, check_float, check_floats, check_int, check_params
 from ._plot import figure
 
 ESCAPE_PATH_PRESETS = {
@@ -32,12 +33,21 @@ TAILS = ("h_path", "leading", "none")
 class EscapePathConfig:
     """Settings of `run_escape_path`.
 
-    `depth`, `hidden`: the DLN (4, hidden, …, hidden, 4). `seed`: key of the problem (θ̃ of the
-    simulations uses seed + 1). `index`: singular triplet of G giving x₀ (0: the optimal
-    direction; a larger index is slower, possibly below the theorem's speed threshold).
-    `n`: grid size of the path, from ‖x₀‖ = `r_min` to `r_max`. `radius`: the escape radius r
-    of t_α(r). `alphas`: scales of the simulations (empty: none). `tail`, `max_steps`: of Ψ
-    (`saddlejax.psi`).
+    `depth`, `hidden`: the DLN (4, hidden, …, hidden, 4), 2 ≤ L ≤ 8 (L = 1 has no saddle at the
+    origin; the generic Taylor-term cross-check searches orders ≤ 8). `seed`: key of the problem
+    (θ̃ of the simulations uses seed + 1), in [0, 2³² − 1). `index`: singular triplet of the
+    4×4 G giving x₀, in [0, 4) (0: the optimal direction; a larger index is slower, possibly
+    below the theorem's speed threshold). `n`: grid size of the path, from ‖x₀‖ = `r_min` to
+    `r_max`, at least 20 points per decade of ‖x₀‖ (a coarser grid gives a wrong Ψ, ODE
+    residual ~1) and at most 10⁵. `r_min` ≥ 10⁻⁸ (the path's times grow like
+    r_min^{−(L−2)}), `r_max` ≤ 1 (the escape phase: farther out the Ψ-image levels off towards
+    the minimum and may never reach `radius`). `radius`: the escape radius r of t_α(r),
+    r_min < r < r_max. `alphas`: scales of the simulations (empty: none), distinct, in (0, 1),
+    each starting inside the ball, α‖θ̃‖ < r (checked on the draw θ̃ itself), with
+    α^{L−1} ≥ 10⁻²⁰⁰ (the flow leaves α·θ̃ at a speed ∝ α^{L−1}). `tail`, `max_steps`: of Ψ
+    (`saddlejax.psi`), max_steps in [1, 10⁵].
+
+    Every field is checked here, before any work: a bad value raises a `ValueError` naming it.
     """
 
     depth: int = 2
@@ -53,25 +63,58 @@ class EscapePathConfig:
     max_steps: int = 300
 
     def __post_init__(self):
-        if self.tail not in TAILS:
-            raise ValueError(f"unknown `tail` {self.tail!r}; use one of {', '.join(TAILS)}.")
-        if self.depth < 2:
-            raise ValueError(f"`depth` must be ≥ 2 (the origin is critical), got {self.depth}.")
+        check_choice("tail", self.tail, TAILS)
+        check_int("depth", self.depth, 2, 8, why="L = 1 has no saddle; orders are checked ≤ 8")
+        check_int("hidden", self.hidden, 1)
+        check_params(self.widths, "hidden")
+        check_int("seed", self.seed, 0, MAX_SEED - 1, why="θ̃ uses the key seed + 1")
+        check_int("index", self.index, 0, 3, why="G is 4×4")
+        check_int("max_steps", self.max_steps, 1, 10**5)
+        r_min = check_float("r_min", self.r_min, 1e-8, 1.0, low_open=False)
+        r_max = check_float("r_max", self.r_max, r_min, 1.0, high_open=False, why="above `r_min`")
+        check_float("radius", self.radius, r_min, r_max, why="between `r_min` and `r_max`")
+        decades = math.log10(r_max / r_min)
+        low = max(4, math.ceil(20 * decades))
+        why = f"20 points per decade of ‖x₀‖ from `r_min` {r_min:g} to `r_max` {r_max:g}"
+        check_int("n", self.n, low, 10**5, why=why)
+        why = "θ₀ = α·θ̃ is a small initialisation"
+        alphas = check_floats("alphas", self.alphas, 0.0, 1.0, why=why)
+        object.__setattr__(self, "alphas", alphas)
+        if not alphas:
+            return
+        smallest = min(alphas)
+        if (self.depth - 1) * math.log10(smallest) < -200:
+            floor = 10 ** (-200 / (self.depth - 1))
+            raise ValueError(
+                f"`alphas` has α = {smallest:g}, too small for depth {self.depth}: the flow "
+                f"leaves α·θ̃ at a speed ∝ α^(L−1), below float64's range; use α ≥ {floor:.2g}."
+            )
+        start = max(alphas) * self.base_norm
+        if not start < self.radius:
+            raise ValueError(
+                f"`alphas` has α = {max(alphas):g}, which starts at α‖θ̃‖ = {start:.3g}, not "
+                f"inside the escape `radius` {self.radius:g} (‖θ̃‖ = {self.base_norm:.4g}); "
+                f"use α < {self.radius / self.base_norm:.3g} or a larger `radius`."
+            )
 
     @property
     def widths(self) -> tuple[int, ...]:
         return (4,) + (self.hidden,) * (self.depth - 1) + (4,)
 
+    @property
+    def base_norm(self) -> float:
+        """‖θ̃‖ of the simulations' base θ̃ = `dln_image_init(widths, key=key(seed + 1))`."""
+        theta = sj.dln_image_init(self.widths, key=jr.key(self.seed + 1))
+        return math.sqrt(sum(float(jnp.sum(w**2)) for w in theta))
+
     @classmethod
-    def preset(cls, name: str, **overrides) -> "EscapePathConfig":
+    def preset(cls, name: str, /, **overrides) -> "EscapePathConfig":
         """The config of `ESCAPE_PATH_PRESETS[name]`, with `overrides` (None values ignored)."""
         if name not in ESCAPE_PATH_PRESETS:
             raise ValueError(
                 f"unknown preset {name!r}; use one of {', '.join(ESCAPE_PATH_PRESETS)}."
             )
         given = {k: v for k, v in overrides.items() if v is not None}
-        if "alphas" in given:
-            given["alphas"] = tuple(given["alphas"])
         return cls(**{**ESCAPE_PATH_PRESETS[name], **given})
 
 

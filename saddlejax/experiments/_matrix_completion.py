@@ -7,14 +7,24 @@ and the escape time from the origin scales like α^{−(L−2)} (SPEC §8), so �
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
+import jax
 import jax.random as jr
 import numpy as np
 
 import saddlejax as sj
 
+from ._checks import (
+    MAX_SEED,
+    check_choice,
+    check_float,
+    check_floats,
+    check_int,
+    check_params,
+)
 from ._plot import colormap, figure
 
 
@@ -22,12 +32,25 @@ from ._plot import colormap, figure
 class MatrixCompletionConfig:
     """Settings of the main job; the defaults finish in a few minutes on 2 CPU cores.
 
+    `n`, `rank`, `observed`, `problem_seed`: the problem, an n×n rank-`rank` matrix with an
+    `observed` fraction of its entries known (`matrix_completion_problem`).
+    `width`, `depth`: the deep linear network (n, width, …, width, n) of L = `depth` ≥ 2 layers
+    (for L = 1 the origin is not a saddle), at most `MAX_PARAMS` = 10⁷ weights.
+    `alphas`: the scales of θ₀ = α·θ̃, distinct and in (0, 1) (small initialisation), with
+    α^{L−1} ≥ 10⁻²⁰⁰: the flow leaves α·θ̃ at a speed ∝ α^{L−1}, which must stay far from
+    float64 underflow. `seeds`: the keys of θ̃, distinct ints in [0, 2³²).
     `t1_factor`: the flow runs to t1 = t1_factor / α^{L−2} (the plateaus scale like α^{−(L−2)}).
     `solver`: one of `saddlejax.solvers.SOLVER_NAMES` (a name, so that the config is plain data
     in summary.json). "auto" (Tsit5 near the origin, Rosenbrock–CG on the stiff plateaus, where
     λ_max(∇²L) reaches ~10³ on this problem): α = 0.01 in ~4,000 steps where Tsit5 needs > 2·10⁵.
-    `escape_radius`: r of the escape time t_α(r) = first t with ‖θ(t)‖ = r; it must exceed
-    α‖θ̃‖ ≈ 14.8α for every α (and stay below the final norm ≈ 6).
+    `rtol`: in [10⁻¹⁴, 1) (below, float64 round-off cannot meet it).
+    `escape_radius`: r of the escape time t_α(r) = first t with ‖θ(t)‖ = r. It must exceed the
+    start α‖θ̃‖ for every α (`init_norm` ≈ 14.8 for the defaults) and lie below the norm where the
+    flow ends (`final_norm` ≈ 6.2); a radius the flow still misses gives t_α = inf, which the CLI
+    reports. `rank_tol`: the singular-value threshold of the numerical rank. `n_save`: saved
+    times per trajectory.
+
+    Every field is checked here, before any work: a bad value raises a `ValueError` naming it.
     """
 
     n: int = 10
@@ -46,11 +69,81 @@ class MatrixCompletionConfig:
     n_save: int = 512
 
     def __post_init__(self):
-        sj.solvers.solver_from_name(self.solver)  # an unknown name fails here, before any work
+        check_int("n", self.n, 1)
+        check_int("rank", self.rank, 1, self.n)
+        check_float("observed", self.observed, 0.0, 1.0, high_open=False)
+        check_int("problem_seed", self.problem_seed, 0, MAX_SEED)
+        check_int("width", self.width, 1)
+        check_int("depth", self.depth, 2, 100, why="L = 1 has no saddle at the origin")
+        check_params(self.widths)
+        why = "θ₀ = α·θ̃ is a small initialisation"
+        alphas = check_floats("alphas", self.alphas, 0.0, 1.0, why=why)
+        if not alphas:
+            raise ValueError("`alphas` is empty; give at least one α in (0, 1).")
+        object.__setattr__(self, "alphas", alphas)
+        smallest = min(alphas)
+        if (self.depth - 1) * math.log10(smallest) < -200:
+            floor = 10 ** (-200 / (self.depth - 1))
+            raise ValueError(
+                f"`alphas` has α = {smallest:g}, too small for `depth` {self.depth}: the flow "
+                f"leaves α·θ̃ at a speed ∝ α^(L−1), below float64's range; use α ≥ {floor:.2g}."
+            )
+        if isinstance(self.seeds, str) or not hasattr(self.seeds, "__iter__"):
+            raise ValueError(f"`seeds` must be a list of integers, got {self.seeds!r}.")
+        seeds = tuple(check_int("seeds", s, 0, MAX_SEED) for s in self.seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"`seeds` must list at least one seed, each once, got {seeds}.")
+        object.__setattr__(self, "seeds", seeds)
+        check_float("t1_factor", self.t1_factor, 0.0, why="the flow runs to t1 = factor/α^(L−2)")
+        t1 = self.t1(smallest)
+        if not t1 < 1e300:
+            raise ValueError(
+                f"`t1_factor` {self.t1_factor:g} gives t1 = {t1:.3g} at α = {smallest:g}, "
+                "beyond float64; use a smaller `t1_factor` or larger `alphas`."
+            )
+        check_float("rank_tol", self.rank_tol, 0.0)
+        solver = self.solver.lower() if isinstance(self.solver, str) else self.solver
+        check_choice("solver", solver, sj.solvers.SOLVER_NAMES)
+        why = "float64 round-off cannot meet an rtol below 1e-14"
+        check_float("rtol", self.rtol, 1e-14, 1.0, low_open=False, why=why)
+        check_int("n_save", self.n_save, 2, 10**6)
+        r = check_float("escape_radius", self.escape_radius, 0.0)
+        start = max(alphas) * self.init_norm
+        if not r > start:
+            raise ValueError(
+                f"`escape_radius` {r:g} must exceed the start norm α·‖θ̃‖ ≈ "
+                f"{self.init_norm:.4g}·α of every α, but α = {max(alphas):g} of `alphas` "
+                f"starts at ≈ {start:.4g} (t_α would be meaningless); use a larger "
+                "`escape_radius` or smaller `alphas`."
+            )
+        if not r < self.final_norm:
+            raise ValueError(
+                f"`escape_radius` {r:g} is out of reach: the flow ends near ‖θ‖ ≈ "
+                f"{self.final_norm:.3g} (a balanced minimiser of the target's size), so t_α "
+                f"would be inf; use an `escape_radius` between {start:.3g} and "
+                f"{self.final_norm:.3g}."
+            )
 
     @property
     def widths(self) -> tuple[int, ...]:
         return (self.n,) + (self.width,) * (self.depth - 1) + (self.n,)
+
+    @property
+    def init_norm(self) -> float:
+        """The expected ‖θ̃‖ = √(P/w) of the `DeepLinear` draw (entries N(0, 1/w), P weights);
+        the draws concentrate around it (within ~1 % for the default P = 22,000)."""
+        w = self.widths
+        return math.sqrt(sum(a * b for a, b in zip(w[:-1], w[1:])) / self.width)
+
+    @property
+    def final_norm(self) -> float:
+        """≈ ‖θ‖ where the flow ends: √(L·k^{1−1/L}·(n²·rank)^{1/L}), k = min(rank, width), the
+        norm of a balanced network whose end-to-end matrix has the target's expected Frobenius
+        norm n·√rank spread over k equal singular values (by Hölder, an upper estimate for a
+        rank-k completion; the flow from a small initialisation stays balanced). For the
+        defaults, √(L·rank·n^{2/L}) ≈ 6.2."""
+        k, depth = min(self.rank, self.width), self.depth
+        return math.sqrt(depth * k ** (1 - 1 / depth) * (self.n**2 * self.rank) ** (1 / depth))
 
     def t1(self, alpha: float) -> float:
         return self.t1_factor / alpha ** max(self.depth - 2, 1)
@@ -86,6 +179,10 @@ def run_matrix_completion(
         config.t1,
         alphas=config.alphas,
         seeds=config.seeds,
+        # On CPUs the seeds are looped over the host devices: a chunk of one seed per device
+        # keeps them all busy and makes it the unit of checkpointing, so a run killed mid-α
+        # loses at most one chunk. On accelerators an α's seeds form one vmapped batch.
+        chunk_size=len(jax.devices()) if jax.default_backend() == "cpu" else None,
         solver=sj.solvers.solver_from_name(config.solver),
         rtol=config.rtol,
         n_save=config.n_save,

@@ -2,6 +2,7 @@
 Lemma 13 origin handoff, sweeps over α × seeds with checkpoints."""
 
 from .._trainable import freeze as freeze
+from ._checkpoint import CheckpointMismatch as CheckpointMismatch
 from ._descent import gradient_descent as gradient_descent
 from ._events import (
     AbstractFlowEvent as AbstractFlowEvent,

@@ -2,6 +2,7 @@
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .._init_scale import scale
 from .._results import RESULTS, check, failure_messages
 from .._trainable import split_trainable
 from .._vector_field import GradientField
-from ._checkpoint import SweepCheckpoint
+from ._checkpoint import SweepCheckpoint, sweep_fingerprint
 from ._devices import map_over_devices, on_device, resolve_batching
 from ._flow import prepare, solve_flow
 from ._options import FlowOptions, check_t1, default_save_times
@@ -28,7 +29,8 @@ class SweepResult(eqx.Module):
 
     **Fields:** `alphas` (n_alpha,), `seeds` (n_seed,), `solution` (a `FlowSolution`),
     `result` (its `RESULTS`, shape (n_alpha, n_seed)), `stats` (`wall_time`: seconds per α,
-    compilation included for the first chunk; `n_failed`).
+    compilation included for the first chunk; `n_failed`; `chunks_loaded`: chunks read from
+    the checkpoint folder instead of solved).
     """
 
     alphas: np.ndarray
@@ -50,6 +52,21 @@ class SweepResult(eqx.Module):
             (float(self.alphas[i]), int(self.seeds[j]), message)
             for (i, j), message in failure_messages(self.result)
         ]
+
+    def failure_summary(self, max_listed: int = 4) -> str:
+        """How many trajectories failed and why: one line per `RESULTS` message with its count
+        and up to `max_listed` of its (α, seed) pairs, most frequent first."""
+        failures = self.failures()
+        total = self.alphas.size * self.seeds.size
+        if not failures:
+            return f"all {total} trajectories succeeded"
+        by_message = Counter(message for _, _, message in failures)
+        lines = [f"{len(failures)} of {total} trajectories failed:"]
+        for message, count in by_message.most_common():
+            where = [f"(α = {a:.3g}, seed {s})" for a, s, m in failures if m == message]
+            more = f" and {count - max_listed} more" if count > max_listed else ""
+            lines.append(f"  {count} × {message} — {', '.join(where[:max_listed])}{more}")
+        return "\n".join(lines)
 
 
 def _one(objective, draw, key, alpha, times, origin, config, trainable, default_grid):
@@ -190,13 +207,18 @@ def sweep(
         the devices) or "auto": loop on CPUs, vmap on accelerators.
     - `devices`: the devices to use (default: all of `jax.devices()`); under "vmap" the chunk
         size is rounded up to a multiple of their number.
-    - `checkpoint`: a directory; each finished (α, chunk) is written there and skipped when the
-        sweep is run again, so an interrupted sweep resumes where it stopped. Use one directory
-        per sweep configuration.
+    - `checkpoint`: a folder; each finished (α, chunk of seeds) is written there and loaded
+        instead of solved when the sweep is run again, so an interrupted sweep (even one killed
+        mid-write) resumes where it stopped and returns bit for bit what an uninterrupted one
+        returns. The folder belongs to one configuration: its `sweep.json` holds a fingerprint
+        of the objective's data, the draw of the first seed, t1 at every α, the grid, the
+        chunk size, the options and the versions of jax/diffrax/equinox, and a sweep with any
+        other configuration raises a `ValueError` naming what differs. A truncated or damaged
+        chunk file is moved aside (`<name>.corrupt`, with a warning) and its chunk recomputed.
     - `throw`: raise after the whole sweep if any trajectory failed (default False: read
-        `SweepResult.failures()`).
+        `SweepResult.failures()` and `SweepResult.failure_summary()`).
     - `**options`: every field of `FlowOptions`, as for `gradient_flow`. `progress` (default
-        True here) prints a line per finished chunk.
+        True here) prints a line per finished chunk and the failure summary at the end.
 
     **Returns:** a `SweepResult`.
     """
@@ -214,9 +236,24 @@ def sweep(
         chunk = math.ceil(chunk / len(devices)) * len(devices)
     store = None
     if checkpoint is not None:
-        store = SweepCheckpoint(checkpoint, alphas=alphas, seeds=seeds, chunk=chunk)
+        fingerprint = sweep_fingerprint(
+            objective,
+            draw,
+            t1_of,
+            alphas,
+            seeds,
+            chunk=chunk,
+            batching=batching,
+            devices=devices,
+            options=options,
+        )
+        store = SweepCheckpoint(checkpoint, fingerprint)
+        n_found = store.n_chunks()
+        if options.progress and n_found:
+            print(f"  resuming from {str(checkpoint)!r}: {n_found} chunk files found", flush=True)
     runner = _chunk_runner(objective, draw, origin, setup, devices, batching)
-    per_alpha, wall = [], []
+    per_alpha, wall, n_loaded = [], [], 0
+    likes = {}  # the solution's shapes per chunk size, traced once (a loaded chunk's template)
     for i, alpha in enumerate(alphas):
         start = time.perf_counter()
         alpha_times = dict(times, t1=jnp.asarray(float(t1_of(alpha))))
@@ -226,6 +263,7 @@ def sweep(
             _run_chunk(
                 runner,
                 store,
+                likes,
                 i,
                 alpha,
                 alpha_times,
@@ -237,23 +275,39 @@ def sweep(
             )
             for lo in range(0, seeds.size, chunk)
         ]
-        per_alpha.append(_concat(parts))
+        n_loaded += sum(loaded for _, loaded in parts)
+        per_alpha.append(_concat([sol for sol, _ in parts]))
         wall.append(time.perf_counter() - start)
     solution = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_alpha)
-    stats = dict(wall_time=np.asarray(wall), n_failed=len(failure_messages(solution.result)))
-    return check(SweepResult(alphas, seeds, solution, stats), throw=throw, what="the sweep")
+    stats = dict(
+        wall_time=np.asarray(wall),
+        n_failed=len(failure_messages(solution.result)),
+        chunks_loaded=n_loaded,
+    )
+    result = SweepResult(alphas, seeds, solution, stats)
+    if options.progress:
+        print("  " + result.failure_summary().replace("\n", "\n  "), flush=True)
+    return check(result, throw=throw, what="the sweep")
 
 
-def _run_chunk(runner, store, i, alpha, times, chunk_seeds, chunk, batching, start, progress):
-    """One chunk of seeds at one α: loaded from the checkpoint when it is there, else solved
-    (and checkpointed). Under "vmap" the chunk is padded to its full size, then cut back."""
+def _run_chunk(
+    runner, store, likes, i, alpha, times, chunk_seeds, chunk, batching, start, progress
+):
+    """One chunk of seeds at one α and whether it was loaded: from the checkpoint when it is
+    there and intact, else solved (and checkpointed). Under "vmap" the chunk is padded to its
+    full size, then cut back."""
     n_pad = chunk - chunk_seeds.size if batching == "vmap" else 0
     padded = np.concatenate([chunk_seeds, np.full(n_pad, chunk_seeds[-1])])
     args = (jax.vmap(jr.key)(jnp.asarray(padded)), jnp.asarray(alpha), times)
     path = None if store is None else store.path(i, alpha, chunk_seeds)
-    sol = None if path is None else store.load(path, eqx.filter_eval_shape(runner, *args))
+    sol = None
+    if path is not None and path.exists():
+        if padded.size not in likes:
+            likes[padded.size] = eqx.filter_eval_shape(runner, *args)
+        sol = store.load(path, likes[padded.size])
+    loaded = sol is not None
     status = "loaded from checkpoint"
-    if sol is None:
+    if not loaded:
         sol = jax.block_until_ready(runner(*args))
         if path is not None:
             store.save(path, sol)
@@ -266,7 +320,7 @@ def _run_chunk(runner, store, i, alpha, times, chunk_seeds, chunk, batching, sta
             + (f", {n_bad} failed" if n_bad else ""),
             flush=True,
         )
-    return sol
+    return sol, loaded
 
 
 def _concat(parts):
