@@ -23,7 +23,7 @@ from . import (
     solvers as solvers,
     theory as theory,
 )
-from ._results import RESULTS as RESULTS
+from ._results import RESULTS as RESULTS, NumericalWarning as NumericalWarning
 from .analysis import (
     BijectionCheck as BijectionCheck,
     CLWDiagnostics as CLWDiagnostics,

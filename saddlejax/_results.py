@@ -17,13 +17,42 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
 
     successful = ""
     nonfinite_trajectory = (
-        "The parameters or the loss became NaN or infinite. For gradient descent, lower "
-        "`learning_rate` below 2/λ_max(∇²L); for the flow, check the objective is finite at "
-        "`params0`."
+        "The parameters, the loss or ∇L became NaN or infinite. For the flow (first seen at "
+        "`sol.stats['nonfinite_time']`), check the objective is finite at `params0` and along "
+        "the path (e.g. a log or a square root leaving its domain); for gradient descent, lower "
+        "`learning_rate` below 2/λ_max(∇²L)."
+    )
+    finite_time_blowup = (
+        "The flow blows up in finite time: L fell towards −∞ (and ‖θ‖ with it) and the solver's "
+        "steps shrank to the float resolution of t at `sol.stop_time` (the loss is unbounded "
+        "below along the flow, e.g. a cubic or a −‖θ‖⁴ term). The solution does not exist past "
+        "that time: end earlier (`t1`, an `EscapeRadius` or `LossBelow` event) or bound the "
+        "objective."
+    )
+    step_size_underflow = (
+        "The step size fell to the float resolution of t (≈ 10 ulp(t)) at `sol.stop_time` while "
+        "the state stayed bounded: the flow is too stiff there for the solver (use `AutoStiff()` "
+        "or an implicit solver), ∇L is discontinuous or singular there (a kink, a division by "
+        "zero), or t is so large that float steps cannot resolve the dynamics (shift `t0`)."
     )
     stiff_solver_failed = (
-        "The ODE solver failed: an implicit (Newton/Krylov) solve did not converge or the step "
-        "size collapsed. Loosen `rtol`/`atol`, or try an explicit solver (`diffrax.Tsit5()`)."
+        "The implicit (Newton/Krylov) solve inside the ODE solver did not converge, and the "
+        "steps it rejected shrank the step size to the float resolution of t at "
+        "`sol.stop_time`. Loosen `rtol`/`atol`, allow the solver's inner linear/nonlinear solve "
+        "more iterations, or use an explicit solver where the flow is not stiff."
+    )
+    event_not_located = (
+        "An event fired but its time could not be located: the root find on the solver's dense "
+        "output did not converge (`sol.event_time` is +inf). Check that the event function is "
+        "continuous in t near the crossing, or use a boolean condition."
+    )
+    event_not_fired = (
+        "The flow reached `t1` without its event firing (`require_event=True`; "
+        "`sol.event_time` is +inf): raise `t1`, or check the event's radius or level."
+    )
+    invalid_tolerance = (
+        "`rtol` and `atol` must be positive and finite, but a traced tolerance was zero, "
+        "negative, NaN or infinite: nothing was integrated."
     )
     origin_not_left = (
         "The flow of the leading Taylor term at the origin did not reach the handoff defect "
@@ -37,6 +66,16 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "No restart reached the KKT tolerance `kkt_rtol`: increase `max_steps` or `n_polish`, "
         "or loosen `kkt_rtol` (a non-smooth H, e.g. a ReLU net whose optimum has a kink, may "
         "not allow a tight residual)."
+    )
+    no_escape_direction = (
+        "H has no escape direction: min H ≥ 0 on the unit sphere, so s* = −k·min H ≤ 0 (the "
+        "critical point is a local minimum of its leading Taylor term, or H vanishes). Nothing "
+        "escapes along a direction of H; look at the next Taylor order or another saddle."
+    )
+    order_mismatch = (
+        "H is not homogeneous of the given `order` at the direction found: H(2ρ) ≠ 2^k·H(ρ) "
+        "(the measured order is in `stats['measured_order']`). Pass the order of the first "
+        "non-vanishing Taylor term (`taylor_term(...).order`)."
     )
     stage_not_converged = (
         "A stage of the greedy algorithm reached its time horizon before a critical point "
@@ -57,6 +96,13 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "the stable set of the origin, or H has no escape direction; raise `max_time` if it "
         "was merely slow."
     )
+
+
+class NumericalWarning(UserWarning):
+    """A solve that runs but cannot resolve what it computes: a float32 state at an initial
+    scale whose escape time float32 cannot resolve, an absolute tolerance comparable to the
+    state, a relative tolerance at roundoff. Silence one kind with
+    `warnings.filterwarnings("ignore", category=saddlejax.NumericalWarning, message=...)`."""
 
 
 def from_diffrax(result) -> RESULTS:

@@ -37,6 +37,7 @@ GROUPS = [
         observe=lambda m: m.matrix(),
         event=sj.EscapeRadius(0.5),
         stop_at_event=False,
+        require_event=True,
         trainable=sj.freeze(_draw(jr.key(0)), lambda m: m.weights[0]),
         dt0=1e-3,
         max_steps=50_000,

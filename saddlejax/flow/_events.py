@@ -1,6 +1,7 @@
 """Events of a gradient flow, located by root finding on the solver's dense output (SPEC §1)."""
 
 import abc
+from collections.abc import Callable
 
 import diffrax
 import equinox as eqx
@@ -74,15 +75,63 @@ class CriticalPoint(AbstractFlowEvent):
         return (two_norm(grad) <= self.grad_tol) & (loss < self.loss_below)
 
 
+# The event time is resolved once Newton's next correction is below this many float spacings
+# of t: a finer time does not exist in floating point.
+RESOLUTION_ULPS = 8.0
+
+
+class ResolvedNewton(optx.AbstractRootFinder):
+    """Newton's method for the event time t* (g(t*) = 0 on the solver's dense output), stopped
+    at the float resolution of t.
+
+    optimistix's Newton stops when |Δt| ≤ `atol` + `rtol`·|t| and |g(t)| ≤ `atol`. The second
+    condition has no solution when one float spacing of t changes g by more than `atol`: at
+    t ≈ 7·10⁹, ulp(t) ≈ 10⁻⁶, and ‖θ‖/r − 1 of an escaping DLN (L = 4, α = 10⁻⁵) moves by
+    ≈ 7·10⁻¹⁰ per ulp; with that criterion alone the root find runs to its step limit and the
+    event is lost. This root finder also stops, successfully, when
+    |g(t)| ≤ `atol` + `ulps`·ulp(t)·|g'(t)|: Newton's next correction is below `ulps` float
+    spacings of t, so t is the root to the precision t has. Iterates stay in [`lower`, `upper`]
+    (the bracketing step), as with optimistix's Newton.
+    """
+
+    rtol: float
+    atol: float
+    norm: Callable = optx.max_norm
+    ulps: float = RESOLUTION_ULPS
+
+    @property
+    def _newton(self) -> optx.Newton:
+        return optx.Newton(rtol=self.rtol, atol=self.atol, norm=self.norm)
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        return self._newton.init(fn, y, args, options, f_struct, aux_struct, tags)
+
+    def step(self, fn, y, args, options, state, tags):
+        return self._newton.step(fn, y, args, options, state, tags)
+
+    def terminate(self, fn, y, args, options, state, tags):
+        done, result = self._newton.terminate(fn, y, args, options, state, tags)
+        ones = jax.tree_util.tree_map(jnp.ones_like, y)
+        g, dg = jax.jvp(lambda t: fn(t, args)[0], (y,), (ones,))
+        spacing = jax.tree_util.tree_map(lambda t: jnp.spacing(jnp.abs(t)), y)
+        g_max = optx.max_norm(g)
+        resolvable = self.atol + self.ulps * optx.max_norm(spacing) * optx.max_norm(dg)
+        resolved = jnp.isfinite(g_max) & (g_max <= resolvable)
+        return done | resolved, optx.RESULTS.where(resolved, optx.RESULTS.successful, result)
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return y, aux, {}
+
+
 def to_diffrax_event(event, loss_fn, rtol: float = 1e-12, atol: float = 1e-10):
     """Turn saddlejax events (one, or a tuple/list of them) into a `diffrax.Event`.
 
-    A `diffrax.Event` is passed through unchanged. The event time is refined by Newton's method on
-    the solver's interpolant between the two steps that bracket the sign change; it stops when
-    the time step is below `atol` + `rtol`·t and |g| ≤ `atol` (optimistix's Cauchy criterion).
-    The saddlejax conditions g are relative (‖θ‖/r − 1, (L − level)/|level|), so `atol` = 1e−10
-    is a relative accuracy; an absolute 1e−12 on ‖θ‖ − r was below what float64 resolves at
-    t ≈ 10⁶ (time resolution ε·t ≈ 3·10⁻¹⁰ times |d‖θ‖/dt|) and failed the α = 10⁻³ runs.
+    A `diffrax.Event` is passed through unchanged. The event time is refined by Newton's method
+    on the solver's interpolant between the two steps that bracket the sign change
+    (`ResolvedNewton`): it stops when the time step is below `atol` + `rtol`·t and |g| ≤ `atol`,
+    or when t is resolved to `RESOLUTION_ULPS` float spacings (late events, t ≳ 10⁶). The
+    saddlejax conditions g are relative (‖θ‖/r − 1, (L − level)/|level|), so `atol` = 1e−10 is
+    a relative accuracy.
     """
     if event is None or isinstance(event, diffrax.Event):
         return event
@@ -94,7 +143,7 @@ def to_diffrax_event(event, loss_fn, rtol: float = 1e-12, atol: float = 1e-10):
 
     cond = tuple(make(e) for e in events)
     cond = cond[0] if len(cond) == 1 else cond
-    return diffrax.Event(cond, root_finder=optx.Newton(rtol=rtol, atol=atol))
+    return diffrax.Event(cond, root_finder=ResolvedNewton(rtol=rtol, atol=atol))
 
 
 def check_event(event) -> None:

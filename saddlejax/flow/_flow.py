@@ -1,25 +1,41 @@
 """Gradient flow dθ/dt = −∇L(θ) integrated with diffrax (SPEC §1)."""
 
+import warnings
 from collections.abc import Callable
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import PyTree
 from optimistix import rms_norm
 
-from .._results import RESULTS, check, from_diffrax
+from .._results import RESULTS, NumericalWarning, check, from_diffrax
 from .._trainable import split_trainable
-from .._tree import tree_all_finite
+from .._tree import tree_all_finite, tree_dot
 from .._vector_field import GradientField
-from ..solvers._base import fill_tolerances, work_stats
+from ..solvers._base import AbstractMatrixFreeSolver, fill_tolerances, work_stats
 from ._events import to_diffrax_event
 from ._options import FlowOptions, check_t1
 from ._origin import handoff, origin_term, rescaled_h_path
 from ._solution import FlowSolution, solution_from
 
-_STATIC_OPTIONS = ("solver", "event", "stop_at_event", "observe", "record_steps", "max_steps")
+_STATIC_OPTIONS = (
+    "solver",
+    "event",
+    "stop_at_event",
+    "require_event",
+    "observe",
+    "record_steps",
+    "max_steps",
+)
+
+# A step shorter than this many float spacings of t does not advance t in a resolvable way:
+# the solve stops there (diffrax would otherwise repeat steps of zero length to `max_steps`).
+MIN_STEP_ULPS = 10.0
+# Why the step size collapsed, as recorded by `_GuardedController`.
+_OK, _UNDERFLOW, _NONFINITE, _IMPLICIT = 0, 1, 2, 3
 
 
 def observation(field: GradientField, observe: Callable | None, state):
@@ -55,6 +71,120 @@ def _add_work(total, more):
     return {k: (jnp.maximum if k.startswith("max_") else jnp.add)(total[k], more[k]) for k in total}
 
 
+class _GuardedController(diffrax.AbstractAdaptiveStepSizeController):
+    """diffrax's PID controller that ends the solve when the next step is shorter than
+    `MIN_STEP_ULPS` float spacings of t (diffrax's `dt_min_reached`), and records why in its
+    state: the last candidate step was finite (plain underflow: stiffness, a singularity or a
+    blow-up), not finite (the vector field is NaN/inf ahead), or finite with a non-finite error
+    estimate from an implicit solver (its Newton/Krylov solve failed)."""
+
+    controller: diffrax.PIDController
+    implicit: bool = eqx.field(static=True)
+
+    @property
+    def rtol(self):
+        return self.controller.rtol
+
+    @property
+    def atol(self):
+        return self.controller.atol
+
+    @property
+    def norm(self):
+        return self.controller.norm
+
+    def wrap(self, direction):
+        return _GuardedController(self.controller.wrap(direction), self.implicit)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        tnext, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        # Near t = 0 the float spacing of t vanishes; ε·|t1 − t0| stands in for it there, so a
+        # collapsing step stops at ~10ε²·|t1 − t0| instead of running into subnormal numbers.
+        floor = jnp.finfo(jnp.result_type(t0, t1)).eps * jnp.abs(t1 - t0)
+        return tnext, (state, jnp.asarray(_OK, jnp.int32), floor)
+
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
+        state, _, floor = controller_state
+        keep, next_t0, next_t1, jump, state, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, state
+        )
+        dt = next_t1 - next_t0
+        eps = jnp.finfo(jnp.result_type(dt)).eps
+        resolution = MIN_STEP_ULPS * eps * jnp.maximum(jnp.abs(next_t0), floor)
+        underflow = ~(jnp.abs(dt) > resolution)
+        finite_y = tree_all_finite(y1_candidate)
+        finite_error = tree_all_finite(y_error)
+        implicit_failed = finite_y & ~finite_error & self.implicit
+        cause = jnp.where(
+            implicit_failed, _IMPLICIT, jnp.where(finite_y & finite_error, _UNDERFLOW, _NONFINITE)
+        )
+        cause = jnp.where(underflow, cause, _OK).astype(jnp.int32)
+        result = diffrax.RESULTS.where(
+            underflow & (result == diffrax.RESULTS.successful),
+            diffrax.RESULTS.dt_min_reached,
+            result,
+        )
+        return keep, next_t0, next_t1, jump, (state, cause, floor), result
+
+
+def _is_implicit(solver) -> bool:
+    return isinstance(solver, diffrax.AbstractImplicitSolver | AbstractMatrixFreeSolver)
+
+
+def _runaway(loss0, loss, gnorm, t_stop) -> jax.Array:
+    """Whether the flow is blowing up where the steps collapsed (L = `loss`, ‖∇L‖ = `gnorm` at
+    t = `t_stop`; L = `loss0` where the solve started).
+
+    A gradient flow can only blow up where L → −∞: ‖θ(t) − θ(t₀)‖² ≤ (t − t₀)(L(θ(t₀)) − L(θ(t)))
+    (Cauchy–Schwarz on ∫‖θ̇‖² = L(θ(t₀)) − L(θ(t))), so ‖θ‖ → ∞ at a finite time forces
+    L → −∞. The test: L fell below −10|L(y_start)| and changes by its own size within √ε·|t|
+    (|L|/‖∇L‖², with dL/dt = −‖∇L‖²). A loss bounded below (every square loss) never passes
+    it, so a stiff or unresolvable flow there is reported as step-size underflow, not blow-up.
+    """
+    short = jnp.sqrt(jnp.finfo(jnp.result_type(t_stop)).eps) * jnp.abs(t_stop)
+    return (loss < -10 * jnp.abs(loss0)) & (jnp.abs(loss) <= short * gnorm**2)
+
+
+def _classify(field, sol, y_start, t_stop, y_stop):
+    """The saddlejax result of one diffeqsolve, and the time a non-finite value stopped it
+    (+inf if none). A collapsed step size is a blow-up (`_runaway`), a non-finite vector field,
+    a failed implicit solve or plain underflow; a failed solve whose last state has a NaN/Inf
+    loss or gradient is `nonfinite_trajectory`; a failed event root find is
+    `event_not_located`."""
+    result = from_diffrax(sol.result)
+    _, cause, _ = sol.controller_state
+    collapsed = sol.result == diffrax.RESULTS.dt_min_reached
+    masks = [jnp.asarray(m) for m in jax.tree_util.tree_leaves(sol.event_mask)]
+    fired = jnp.any(jnp.stack(masks)) if masks else jnp.array(False)
+    known = (
+        (sol.result == diffrax.RESULTS.successful)
+        | (sol.result == diffrax.RESULTS.event_occurred)
+        | collapsed
+        | (sol.result == diffrax.RESULTS.max_steps_reached)
+    )
+    result = RESULTS.where(fired & ~known, RESULTS.event_not_located, result)
+    failed = result != RESULTS.successful
+    loss, gnorm, _ = field.scalars(y_stop)
+    finite_stop = tree_all_finite(y_stop) & jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    result = RESULTS.where(
+        collapsed,
+        RESULTS.where(
+            cause == _IMPLICIT,
+            RESULTS.stiff_solver_failed,
+            RESULTS.step_size_underflow,
+        ),
+        result,
+    )
+    nonfinite = (collapsed & (cause == _NONFINITE)) | (failed & ~finite_stop)
+    result = RESULTS.where(nonfinite, RESULTS.nonfinite_trajectory, result)
+    blowup = collapsed & finite_stop & _runaway(field.loss(y_start), loss, gnorm, t_stop)
+    result = RESULTS.where(blowup, RESULTS.finite_time_blowup, result)
+    nonfinite_time = jnp.where(nonfinite & ~blowup, t_stop, jnp.inf)
+    return result, nonfinite_time
+
+
 class _Segment(eqx.Module):
     """One diffeqsolve of the flow: what it saved, where it stopped and its counters."""
 
@@ -66,6 +196,7 @@ class _Segment(eqx.Module):
     result: RESULTS
     diffrax_result: diffrax.RESULTS
     event_mask: PyTree
+    nonfinite_time: jax.Array
 
 
 def _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, config):
@@ -81,7 +212,7 @@ def _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, co
         t1,
         dt0,
         y_start,
-        saveat=diffrax.SaveAt(subs=subs, solver_state=True),
+        saveat=diffrax.SaveAt(subs=subs, solver_state=True, controller_state=True),
         stepsize_controller=controller,
         event=event,
         max_steps=config["max_steps"],
@@ -92,15 +223,19 @@ def _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, co
     )
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats.update(work_stats(solver, sol.solver_state, stats))
+    t_stop = sol.ts[-1][0]
+    y_stop = jax.tree_util.tree_map(lambda x: x[0], sol.ys[-1])
+    result, nonfinite_time = _classify(field, sol, y_start, t_stop, y_stop)
     return _Segment(
         saved=sol.ys[0],
         steps=sol.ys[1] if config["record_steps"] else None,
-        t_stop=sol.ts[-1][0],
-        y_stop=jax.tree_util.tree_map(lambda x: x[0], sol.ys[-1]),
+        t_stop=t_stop,
+        y_stop=y_stop,
         stats=stats,
-        result=from_diffrax(sol.result),
+        result=result,
         diffrax_result=sol.result,
         event_mask=sol.event_mask,
+        nonfinite_time=nonfinite_time,
     )
 
 
@@ -147,19 +282,27 @@ def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config)
         result=RESULTS.where(ok, second.result, first.result),
         diffrax_result=second.diffrax_result,
         event_mask=first.event_mask,
+        nonfinite_time=jnp.where(ok, second.nonfinite_time, first.nonfinite_time),
     )
     return whole, event_time, first.event_mask
 
 
-def _nonfinite(ts, t_stop, loss, saved) -> jax.Array:
-    """Whether a NaN/Inf appeared at a save time the solve reached. (diffrax fills save times
-    after the solve stopped — event or failure — with inf: not a non-finite value, so a
-    max_steps failure stays a max_steps failure.)"""
-    reached = ts <= t_stop
-    finite = jnp.all(jnp.where(reached, jnp.isfinite(loss), True)) & tree_all_finite(
-        _merge_after(~reached, saved, jax.tree_util.tree_map(jnp.zeros_like, saved))
-    )
-    return ~finite
+def _first_nonfinite_save(ts, t_stop, accepted, loss, saved) -> jax.Array:
+    """The first save time the solve reached with a NaN/Inf loss or saved value (+inf if none).
+    (diffrax fills the save times it did not reach — after an event or a failure, and t0 itself
+    when no step was accepted — with inf: not a non-finite value, so a max_steps failure stays
+    a max_steps failure.)"""
+    reached = (ts < t_stop) | ((ts == t_stop) & (accepted > 0))
+
+    def bad(x):
+        x = x.reshape(x.shape[0], -1) if x.ndim > 1 else x[:, None]
+        return ~jnp.all(jnp.isfinite(x), axis=1)
+
+    arrays = [x for x in jax.tree_util.tree_leaves(saved) if eqx.is_inexact_array(x)]
+    bad_at = ~jnp.isfinite(loss)
+    for x in arrays:
+        bad_at = bad_at | bad(x)
+    return jnp.min(jnp.where(reached & bad_at, ts, jnp.inf))
 
 
 def _start_from_origin(field, term, state0, t0, t1, ts, defect_tol):
@@ -190,17 +333,29 @@ def _start_from_origin(field, term, state0, t0, t1, ts, defect_tol):
 @eqx.filter_jit
 def solve_flow(field: GradientField, state0, times: dict, origin, config: dict) -> FlowSolution:
     """The jitted solve behind `gradient_flow` and `sweep`: `times` holds the traced numbers
-    (t0, t1, ts, rtol, atol — NaN for the default —, dt0, origin_defect), `origin` the
+    (t0, t1, ts, rtol, atol — None for the default —, dt0, origin_defect), `origin` the
     Taylor term at the origin or None, `config` the static options."""
     t0, t1, ts, rtol = times["t0"], times["t1"], times["ts"], times["rtol"]
-    atol = jnp.where(jnp.isnan(times["atol"]), rtol * rms_norm(state0), times["atol"])
+    if times["atol"] is None:
+        atol = rtol * rms_norm(state0)
+        valid = jnp.isfinite(rtol) & (rtol > 0)
+    else:
+        atol = times["atol"]
+        valid = jnp.isfinite(rtol) & (rtol > 0) & jnp.isfinite(atol) & (atol > 0)
+    # Invalid (traced) tolerances: nothing is integrated (the solve runs from t1 to t1 with
+    # harmless tolerances) and the result says why.
+    rtol, atol = jnp.where(valid, rtol, 1e-3), jnp.where(valid, atol, 1e-6)
     solver = fill_tolerances(config["solver"], rtol, atol)
-    controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    controller = _GuardedController(
+        diffrax.PIDController(rtol=rtol, atol=atol), _is_implicit(config["solver"])
+    )
     t_start, y_start, result, extra = t0, state0, RESULTS.successful, {}
     if origin is not None:
         t_start, y_start, before, extra, result = _start_from_origin(
             field, origin, state0, t0, t1, ts, times["origin_defect"]
         )
+    t_start = jnp.where(valid, t_start, t1)
+    result = RESULTS.where(valid, result, RESULTS.invalid_tolerance)
     whole, event_time, event_mask = _integrate(
         field,
         solver,
@@ -217,10 +372,25 @@ def solve_flow(field: GradientField, state0, times: dict, origin, config: dict) 
         fill = jax.vmap(lambda s: observation(field, config["observe"], s))(before)
         saved, loss, gnorm, norm = _merge_after(ts >= t_start, fill, (saved, loss, gnorm, norm))
     result = RESULTS.where(result == RESULTS.successful, whole.result, result)
-    result = RESULTS.where(
-        _nonfinite(ts, whole.t_stop, loss, saved), RESULTS.nonfinite_trajectory, result
+    first_bad_save = _first_nonfinite_save(
+        ts, whole.t_stop, whole.stats["num_accepted_steps"], loss, saved
     )
-    stats = dict(whole.stats, rtol=rtol, atol=atol, **extra)
+    keep = (result == RESULTS.finite_time_blowup) | (result == RESULTS.invalid_tolerance)
+    result = RESULTS.where(
+        jnp.isfinite(first_bad_save) & ~keep, RESULTS.nonfinite_trajectory, result
+    )
+    nonfinite_time = jnp.where(
+        result == RESULTS.nonfinite_trajectory,
+        jnp.minimum(first_bad_save, whole.nonfinite_time),
+        jnp.inf,
+    )
+    if config["event"] is not None and config["require_event"]:
+        result = RESULTS.where(
+            (result == RESULTS.successful) & ~jnp.isfinite(event_time),
+            RESULTS.event_not_fired,
+            result,
+        )
+    stats = dict(whole.stats, rtol=rtol, atol=atol, nonfinite_time=nonfinite_time, **extra)
     steps = None
     if config["record_steps"]:
         steps = dict(zip(("t", "loss", "grad_norm", "norm"), whole.steps))
@@ -238,20 +408,131 @@ def solve_flow(field: GradientField, state0, times: dict, origin, config: dict) 
     )
 
 
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_finite_params(params0) -> None:
+    """A ValueError naming the first leaf of `params0` with a NaN or infinite entry (concrete
+    leaves only: under a user's `jit` the solve reports `nonfinite_trajectory` instead)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params0)[0]
+    for path, leaf in leaves:
+        if not (eqx.is_inexact_array(leaf) and _is_concrete(leaf)):
+            continue
+        finite = np.isfinite(np.asarray(leaf))  # on the host: no compilation per leaf shape
+        if not finite.all():
+            raise ValueError(
+                f"`params0` has NaN or infinite entries at `params0{jax.tree_util.keystr(path)}`"
+                f" ({int((~finite).sum())} of {leaf.size}): the flow from it is "
+                "not defined. Check the initialisation (e.g. `init.scale` with a finite α)."
+            )
+
+
+# The time scale of the unit-scale dynamics must span this many float spacings of t at the
+# escape time. Calibration (depth-4 DLN, Tsit5, float32): event times are right to 3e−7 down to
+# 0.4 spacings per time scale (α = 2e−3) and the solve fails from 0.25 (α = 1.5e−3); 3 warns
+# ten times before that, and not at α = 1e−2 (10.7 spacings).
+MIN_TIME_RESOLUTION = 3.0
+
+
+@eqx.filter_jit
+def _time_scales(field: GradientField, state0):
+    """(τ₀, τ̃): the time for θ to move by its own size, τ = ‖θ‖/‖∇L(θ)‖, at θ₀ and at the
+    unit-scale θ̃ = θ₀/RMS(θ₀)."""
+
+    def tau(state):
+        grad = jax.grad(field.loss)(state)
+        return jnp.sqrt(tree_dot(state, state) / tree_dot(grad, grad))
+
+    unit = jax.tree_util.tree_map(lambda x: x / rms_norm(state0), state0)
+    return tau(state0), tau(unit)
+
+
+def _warn(message: str) -> None:
+    # user code → gradient_flow → prepare → _numerical_warnings → _warn
+    warnings.warn(message, NumericalWarning, stacklevel=5)
+
+
+def _numerical_warnings(field: GradientField, state0, options: FlowOptions, dtype) -> None:
+    """Warn (`NumericalWarning`) where the solve would run but cannot resolve the flow:
+
+    - `rtol` below 4 float spacings of 1 (eps of the state's dtype): the error estimate is
+        roundoff, the controller can only shrink steps;
+    - an explicit `atol` that is not well below the initial scale: atol > max(10⁻³, rtol)·RMS(θ₀),
+        so the controller accepts errors of order the state itself at the start;
+    - a state dtype coarser than float64 (float32 without `jax_enable_x64`) at an initial scale
+        where time cannot be resolved: by Lemma 13 the flow from θ₀ = αθ̃ near a k-homogeneous
+        critical point escapes after a time of order τ₀ = ‖θ₀‖/‖∇L(θ₀)‖ ∝ α^{−(k−2)}, and then
+        moves on the time scale τ̃ of the unit-scale state θ₀/RMS(θ₀); at t ≈ τ₀ one float
+        spacing is ε·τ₀, so the escape is resolved only if τ̃ ≥ `MIN_TIME_RESOLUTION`·ε·τ₀.
+        (Not evaluated for float64, where it fires only for α^{k−2} ≲ 10⁻¹⁵: it costs two
+        gradients.)
+    """
+    eps = float(jnp.finfo(dtype).eps)
+    name = jnp.dtype(dtype).name
+    x64_hint = " or enable float64 (`jax.config.update('jax_enable_x64', True)`)"
+    rtol = _largest(options.rtol)
+    if rtol is not None and rtol < 4 * eps:
+        _warn(
+            f"`rtol` = {rtol:g} is below 4·eps of the state's dtype {name} (eps = {eps:.3g}): "
+            "the error estimate is roundoff and the step size can only shrink. Raise `rtol`"
+            + (x64_hint if eps > 1e-10 else "")
+            + "."
+        )
+    atol = _largest(options.atol)
+    low_precision = eps > 1e-10
+    leaves = jax.tree_util.tree_leaves(state0)
+    if not (atol is not None or low_precision) or not leaves:
+        return  # (the default float64 path computes nothing here)
+    if not all(map(_is_concrete, leaves)):
+        return
+    flat = np.concatenate([np.ravel(np.asarray(x, dtype=np.float64)) for x in leaves])
+    scale = float(np.sqrt(np.mean(flat**2)))  # RMS(θ₀), on the host
+    if atol is not None and scale > 0 and atol > max(1e-3, rtol or 0.0) * scale:
+        _warn(
+            f"`atol` = {atol:g} is not well below the initial scale RMS(θ₀) = {scale:.3g}: the "
+            "step-size controller accepts errors comparable to the state, so the early dynamics "
+            "near θ₀ are not resolved. Use the default `atol=None` (rtol·RMS(θ₀)) or "
+            "atol ≤ 1e−3·RMS(θ₀)."
+        )
+    if not (low_precision and scale > 0):
+        return
+    tau0, tau_unit = (float(x) for x in _time_scales(field, state0))
+    if np.isfinite(tau0) and np.isfinite(tau_unit) and tau_unit < MIN_TIME_RESOLUTION * eps * tau0:
+        _warn(
+            f"The state is {name} and the initial scale RMS(θ₀) = {scale:.3g} is too small for "
+            f"it: the flow escapes after t ≈ {tau0:.3g}, where one float spacing of t "
+            f"({eps * tau0:.3g}) is not small against the time scale {tau_unit:.3g} of the "
+            "escape itself, so the escape (and events near it) cannot be resolved. Use a larger "
+            "initial scale" + x64_hint + " before creating arrays."
+        )
+
+
+def _largest(value) -> float | None:
+    """The largest entry of a concrete tolerance, None if it is None or traced."""
+    if value is None or not _is_concrete(value):
+        return None
+    return float(np.max(np.asarray(value)))
+
+
 def prepare(objective: Callable, params0: PyTree, t1, options: FlowOptions):
     """Everything `solve_flow` needs from the user's arguments, validated before compiling:
-    (field, θ₀'s trainable state, traced numbers, origin term or None, static config)."""
+    (field, θ₀'s trainable state, traced numbers, origin term or None, static config).
+    Concrete `params0` must be finite (ValueError); settings the dtype cannot resolve warn
+    (`NumericalWarning`, see `_numerical_warnings`)."""
     t1 = check_t1(float(options.t0), t1)
+    _check_finite_params(params0)
     state0, static = split_trainable(params0, options.trainable)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(state0))
     field = GradientField(objective, static)
-    nan = jnp.asarray(jnp.nan, dtype)
+    with jax.ensure_compile_time_eval():  # concrete numbers even inside a user's `jit`
+        _numerical_warnings(field, state0, options, dtype)
     times = dict(
         t0=jnp.asarray(options.t0, dtype),
         t1=jnp.asarray(t1, dtype),
         ts=jnp.asarray(options.save_times(t1), dtype),
         rtol=jnp.asarray(options.rtol, dtype),
-        atol=nan if options.atol is None else jnp.asarray(options.atol, dtype),
+        atol=None if options.atol is None else jnp.asarray(options.atol, dtype),
         dt0=None if options.dt0 is None else jnp.asarray(options.dt0, dtype),
         origin_defect=None
         if options.origin_defect is None
@@ -280,10 +561,29 @@ def gradient_flow(
     - `throw`: raise on failure (default). With `throw=False` the failure is in `sol.result`,
         also per trajectory under `jax.vmap`; no numerical failure raises then.
     - `**options`: the fields of `FlowOptions` — `solver` (default `AutoStiff()`), `rtol`,
-        `atol`, `t0`, `saveat`, `n_save`, `observe`, `event`, `stop_at_event`, `trainable`,
-        `dt0`, `max_steps`, `record_steps`, `origin_defect`, `progress`.
+        `atol`, `t0`, `saveat`, `n_save`, `observe`, `event`, `stop_at_event`,
+        `require_event`, `trainable`, `dt0`, `max_steps`, `record_steps`, `origin_defect`,
+        `progress`.
 
-    **Returns:** a `FlowSolution`.
+    **Returns:** a `FlowSolution`. An event that did not fire before `t1` leaves
+    `sol.event_time = +inf` on a successful solve (unless `require_event=True`).
+    `sol.stats["nonfinite_time"]` is the first time a NaN/Inf was seen (a save time, or the
+    time the solver could not step past) under `nonfinite_trajectory`, +inf otherwise.
+
+    **Failures** (`sol.result`, raised with `throw=True`): `max_steps_reached`;
+    `finite_time_blowup` (L → −∞ at a finite time: the steps collapse while L falls without
+    bound); `step_size_underflow` (the step fell to ~10 float spacings of t with bounded L:
+    stiffness, a singular ∇L, or times too late to resolve); `nonfinite_trajectory`;
+    `stiff_solver_failed` (an implicit solver's inner solve failed until the step collapsed);
+    `event_not_located` (the event fired but its time could not be root-found);
+    `event_not_fired` (with `require_event=True`); `invalid_tolerance` (a traced `rtol`/`atol`
+    not positive and finite; concrete ones raise a ValueError in `FlowOptions`); the origin
+    handoff's codes.
+
+    **Raises:** `ValueError` before compiling for invalid options and for a concrete `params0`
+    with NaN/Inf entries (naming the leaf). **Warns:** `NumericalWarning` where the solve
+    would run but cannot resolve the flow (float32 at too small an initial scale, an `atol`
+    comparable to RMS(θ₀), an `rtol` at roundoff; see `_numerical_warnings`).
 
     **Example:**
 

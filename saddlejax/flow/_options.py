@@ -5,6 +5,7 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import jax
 import numpy as np
 from jaxtyping import ArrayLike
 
@@ -13,16 +14,23 @@ from ._events import check_event
 
 
 def _positive_or_traced(name: str, value, *, allow_none: bool = False) -> None:
+    """A ValueError unless `value` is a positive finite number or array of them. A traced
+    value (under a user's `jit`/`vmap`) is checked inside the solve (`invalid_tolerance`)."""
     if value is None:
         if allow_none:
             return
         raise ValueError(f"`{name}` must be given, got None.")
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.ndarray):
-        if hasattr(value, "dtype"):  # a (possibly traced) JAX array: checked inside the solve
-            return
+    if isinstance(value, jax.core.Tracer):
+        return
+    is_array = isinstance(value, np.ndarray | jax.Array)
+    if isinstance(value, bool) or not (isinstance(value, int | float | np.floating) or is_array):
         raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-    if not np.all(np.asarray(value, dtype=float) > 0):
-        raise ValueError(f"`{name}` must be positive, got {value}.")
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+    array = array.astype(float)
+    if not np.all(np.isfinite(array) & (array > 0)):
+        raise ValueError(f"`{name}` must be positive and finite, got {value}.")
 
 
 class FlowOptions(eqx.Module):
@@ -52,6 +60,10 @@ class FlowOptions(eqx.Module):
     - `event`: `EscapeRadius(r)`, `LossBelow(level)`, a tuple of them (the first to fire
         counts) or a `diffrax.Event`, root-found on the dense output.
     - `stop_at_event`: stop there (default), or record the time and continue to `t1`.
+        A flow that reaches `t1` without its event is a successful solve with
+        `sol.event_time = +inf` (the event did not happen before `t1`).
+    - `require_event`: make that case a failure instead, `RESULTS.event_not_fired` (for
+        sweeps where every trajectory must reach its event, e.g. escape times).
     - `trainable`: a filter (callable on leaves, or a pytree of bools from `saddlejax.freeze`)
         selecting the parameters that move; the rest stay frozen.
     - `dt0`: initial step (default: chosen by the controller).
@@ -77,6 +89,7 @@ class FlowOptions(eqx.Module):
     observe: Callable | None = None
     event: Any = None
     stop_at_event: bool = True
+    require_event: bool = False
     trainable: Any = eqx.is_inexact_array
     dt0: float | None = None
     max_steps: int = 1_000_000
@@ -111,6 +124,10 @@ class FlowOptions(eqx.Module):
         if not isinstance(self.n_save, int) or self.n_save < 4:
             raise ValueError(f"`n_save` must be an int ≥ 4, got {self.n_save!r}.")
         check_event(self.event)
+        if not isinstance(self.require_event, bool):
+            raise ValueError(f"`require_event` must be a bool, got {self.require_event!r}.")
+        if self.require_event and self.event is None:
+            raise ValueError("`require_event=True` needs an `event`.")
 
     def save_times(self, t1: float) -> np.ndarray:
         """The save times on [t0, t1] (concrete t1), checked."""

@@ -43,7 +43,7 @@ class EscapeDirections(eqx.Module):
     - `order`: k.
     - `result`: a `RESULTS` code.
     - `stats`: per restart `descent_steps`, `newton_steps_accepted` and `relative_kkt`
-        (‖grad_R H‖/‖∇H‖), and `n_converged`.
+        (‖grad_R H‖/‖∇H‖); `n_converged`; `measured_order`, log₂(H(2ρ*)/H(ρ*)).
     """
 
     direction: PyTree
@@ -65,7 +65,7 @@ class EscapeDirection(eqx.Module):
 
     **Fields:** `direction` ρ (unit norm, shaped like the guess), `speed` s = −k·H(ρ),
     `kkt_residual` ‖∇H(ρ) − (ρᵀ∇H(ρ))ρ‖, `result` (a `RESULTS` code), `stats`
-    (`newton_steps_accepted`, `relative_kkt`).
+    (`newton_steps_accepted`, `relative_kkt`, `measured_order` log₂(H(2ρ)/H(ρ))).
     """
 
     direction: PyTree
@@ -86,7 +86,7 @@ def _solve_restarts(h, x0, *, max_steps, descent_rtol, n_polish, linear_solver):
         rho, steps = riemannian_descent(h, rho, max_steps, descent_rtol)
         rho, accepted = riemannian_newton(h, rho, n_polish, linear_solver, monotone=True)
         residual, gnorm, _ = kkt(h, rho)
-        return rho, residual, gnorm, h(rho), steps, accepted
+        return rho, residual, gnorm, h(rho), h(2 * rho), steps, accepted
 
     return jax.vmap(one)(x0)
 
@@ -116,6 +116,37 @@ def _dedup(speeds, kkts, feats, ok, speed_rtol, dir_atol):
     return reps, counts
 
 
+# H(2ρ) = 2^k·H(ρ) must hold to this relative accuracy (roundoff of a homogeneous H is far
+# below it; a wrong order misses by a factor 2 or more).
+HOMOGENEITY_RTOL = 1e-6
+
+
+def measured_order(value, doubled):
+    """log₂(H(2ρ)/H(ρ)): the homogeneity order of H measured along ρ (NaN where H(ρ) = 0 or
+    the signs differ, where no order fits)."""
+    ratio = doubled / jnp.where(value == 0, 1.0, value)
+    positive = (value != 0) & (ratio > 0)
+    return jnp.where(positive, jnp.log2(jnp.where(positive, ratio, 1.0)), jnp.nan)
+
+
+def order_matches(order, value, doubled, gnorm):
+    """Whether H(2ρ) = 2^k·H(ρ) to `HOMOGENEITY_RTOL`. Not tested (True) where H(ρ) is at the
+    roundoff of its terms, k|H(ρ)| ≤ 1e−8·‖∇H(ρ)‖ (e.g. min H = 0 at a minimum): a relative
+    test of two cancelled sums would fail on roundoff alone."""
+    scale = 2.0**order
+    gap = jnp.abs(doubled - scale * value)
+    homogeneous = gap <= HOMOGENEITY_RTOL * (jnp.abs(doubled) + scale * jnp.abs(value))
+    return homogeneous | (order * jnp.abs(value) <= 1e-8 * gnorm)
+
+
+def _order_error(order, measured, where) -> ValueError:
+    return ValueError(
+        f"`order` = {order}, but H(2ρ) = 2^{float(measured):.4g}·H(ρ) at {where}: H is not "
+        f"{order}-homogeneous. Pass the order of the first non-vanishing Taylor term "
+        "(`taylor_term(...).order`)."
+    )
+
+
 def _check_escape_args(order, n_restarts, max_steps, n_polish):
     if order < 2:
         raise ValueError(
@@ -133,13 +164,17 @@ def _starting_points(key, flat, n_restarts, starts):
     return jax.vmap(lambda t: ravel_pytree(_params(t))[0])(starts)
 
 
+def _features(rho, unravel, invariant):
+    """What deduplication compares: ρ itself, or `invariant(ρ)` flattened (one row per ρ)."""
+    if invariant is None:
+        return rho
+    return jax.vmap(lambda r: ravel_pytree(_params(invariant(unravel(r))))[0])(rho)
+
+
 def _distinct(rho, speeds, kkts, ok, unravel, invariant, speed_rtol, direction_atol):
     """Representatives and multiplicities of the distinct converged directions, best first, and
     the result code; if none converged, the fastest finite restart and `escape_not_converged`."""
-    if invariant is None:
-        feats = rho
-    else:
-        feats = jax.vmap(lambda r: ravel_pytree(_params(invariant(unravel(r))))[0])(rho)
+    feats = _features(rho, unravel, invariant)
     reps, counts = _dedup(
         np.asarray(speeds), np.asarray(kkts), np.asarray(feats), ok, speed_rtol, direction_atol
     )
@@ -196,7 +231,13 @@ def optimal_escape(
     - `starts`: optional starting directions (pytree shaped like `like` with a leading restart
         axis) used instead of random starts.
 
-    **Returns:** an `EscapeDirections` (its `result` says whether any restart converged).
+    **Returns:** an `EscapeDirections`. Its `result` is `escape_not_converged` if no restart
+    converged, `no_escape_direction` if H ≥ 0 on the sphere (s* ≤ `speed_rtol`·max|s|: the
+    critical point is a minimum of its leading term; `direction` is then the minimiser of H
+    with s* ≤ 0), and successful otherwise.
+
+    **Raises:** `ValueError` if H(2ρ*) ≠ 2^k·H(ρ*) (H is not `order`-homogeneous; the measured
+    order, log₂(H(2ρ*)/H(ρ*)), is in `stats["measured_order"]` when it matches).
 
     **Example:**
 
@@ -210,7 +251,7 @@ def optimal_escape(
     _check_escape_args(order, n_restarts, max_steps, n_polish)
     h, flat, unravel = flatten(H, like)
     x0 = _starting_points(key, flat, n_restarts, starts)
-    rho, residuals, gnorms, values, steps, accepted = _solve_restarts(
+    rho, residuals, gnorms, values, doubled, steps, accepted = _solve_restarts(
         h,
         x0,
         max_steps=max_steps,
@@ -225,6 +266,13 @@ def optimal_escape(
         rho, speeds, residuals, ok, unravel, invariant, speed_rtol, direction_atol
     )
     best, idx = reps[0], jnp.asarray(reps)
+    if not bool(order_matches(order, values[best], doubled[best], gnorms[best])):
+        measured = measured_order(values[best], doubled[best])
+        raise _order_error(order, measured, "the direction found")
+    finite = np.asarray(speeds)[np.isfinite(np.asarray(speeds))]
+    scale = float(np.max(np.abs(finite))) if finite.size else 0.0
+    if result == RESULTS.successful and not float(speeds[best]) > speed_rtol * scale:
+        result = RESULTS.no_escape_direction
     return EscapeDirections(
         direction=unravel(rho[best]),
         speed=speeds[best],
@@ -242,6 +290,7 @@ def optimal_escape(
             "newton_steps_accepted": accepted,
             "relative_kkt": rel,
             "n_converged": int(ok.sum()),
+            "measured_order": measured_order(values[best], doubled[best]),
         },
     )
 
@@ -267,19 +316,32 @@ def refine_escape_direction(
     steps, each solved by `linear_solver`; `kkt_rtol`: the relative KKT residual
     ‖∇H − (ρᵀ∇H)ρ‖/‖∇H‖ below which the result is successful.
 
-    **Returns:** an `EscapeDirection` with s = −k·H(ρ).
+    **Returns:** an `EscapeDirection` with s = −k·H(ρ) (negative at a critical point of H on
+    the sphere where H > 0: a KKT point that is not an escape direction).
+
+    **Raises:** `ValueError` if H(2ρ) ≠ 2^k·H(ρ) at the refined ρ (H is not `order`-homogeneous;
+    under a user's `jit` the result is `order_mismatch` instead).
     """
     h, flat, unravel = flatten(H, guess)
     rho, accepted = _newton(h, flat / jnp.linalg.norm(flat), max_steps, linear_solver)
     residual, gnorm, _ = kkt(h, rho)
     rel = _relative(residual, gnorm)
+    value, doubled = h(rho), h(2 * rho)
+    matches = order_matches(order, value, doubled, gnorm)
+    if not isinstance(matches, jax.core.Tracer) and not bool(matches):
+        raise _order_error(order, measured_order(value, doubled), "the refined direction")
     result = RESULTS.where(
         jnp.isfinite(rel) & (rel <= kkt_rtol),
         RESULTS.successful,
         RESULTS.nonlinear_max_steps_reached,
     )
-    stats = {"newton_steps_accepted": accepted, "relative_kkt": rel}
-    return EscapeDirection(unravel(rho), -order * h(rho), residual, result, stats)
+    result = RESULTS.where(matches, result, RESULTS.order_mismatch)
+    stats = {
+        "newton_steps_accepted": accepted,
+        "relative_kkt": rel,
+        "measured_order": measured_order(value, doubled),
+    }
+    return EscapeDirection(unravel(rho), -order * value, residual, result, stats)
 
 
 def escape_speed(H: Callable, order: int, direction: PyTree) -> Scalar:

@@ -11,10 +11,24 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import numpy as np
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
 from .._results import RESULTS
-from ._escape import EscapeDirections, kkt_residual, optimal_escape
+from ._escape import (
+    EscapeDirections,
+    _dedup,
+    _features,
+    _relative,
+    _solve_restarts,
+    _starting_points,
+    kkt_residual,
+    optimal_escape,
+)
+from ._sphere import DEFAULT_LINEAR_SOLVER, flatten, kkt, riemannian_newton
 from ._taylor import _params
 
 
@@ -90,12 +104,17 @@ class NCFKKTPoints(eqx.Module):
 
     **Fields:**
 
-    - `points`: unit w with ∇N(w) = λw (leading axis), sorted by decreasing N.
+    - `points`: unit w with ∇N(w) = λw and N(w) ≥ 0 (leading axis), sorted by decreasing N:
+        local maxima, saddles and local minima of N on the sphere alike.
     - `values`: N(w) ≥ 0.
     - `multipliers`: λ = k·N(w).
     - `kkt_residuals`: ‖∇N(w) − (wᵀ∇N(w))w‖.
-    - `escape`: the underlying `EscapeDirections` of H = −N; its `result` and `stats` are this
-        solve's (also as `.result`, `.stats`).
+    - `escape`: the `EscapeDirections` of H = −N from the maximising restarts (its best
+        direction is the global maximiser found); its `result` is this solve's (also as
+        `.result`).
+    - `stats`: the maximising restarts' statistics (`escape.stats`) and `n_points_by_search`:
+        how many converged points with N ≥ 0 each search returned (maximising descent after its
+        deduplication, minimising descent, Newton from random starts) before they were merged.
     """
 
     points: PyTree
@@ -103,36 +122,141 @@ class NCFKKTPoints(eqx.Module):
     multipliers: Array
     kkt_residuals: Array
     escape: EscapeDirections
+    stats: dict
 
     @property
     def result(self) -> RESULTS:
         return self.escape.result
 
-    @property
-    def stats(self) -> dict:
-        return self.escape.stats
 
+class _Signed(eqx.Module):
+    """sign·fn(w); `sign` is an array, so N and −N share one compiled sphere solver."""
 
-class _Neg(eqx.Module):
     fn: Callable
+    sign: Array
 
     def __call__(self, w):
-        return -self.fn(w)
+        return self.sign * self.fn(w)
+
+
+@eqx.filter_jit
+def _newton_restarts(h, x0, max_steps, linear_solver):
+    """Riemannian Newton on the KKT residual of h from each row of `x0`: converges to the nearby
+    critical point of h on the sphere of any index (saddles included)."""
+
+    def one(x):
+        rho, _ = riemannian_newton(
+            h, x / jnp.linalg.norm(x), max_steps, linear_solver, monotone=False
+        )
+        residual, gnorm, _ = kkt(h, rho)
+        return rho, residual, gnorm, h(rho)
+
+    return jax.vmap(one)(x0)
 
 
 def ncf_kkt_points(
-    N: Callable, order: int, like: PyTree, *, key: PRNGKeyArray, **kwargs
+    N: Callable,
+    order: int,
+    like: PyTree,
+    *,
+    key: PRNGKeyArray,
+    n_restarts: int = 16,
+    max_steps: int = 5000,
+    descent_rtol: float = 1e-7,
+    n_polish: int = 8,
+    n_newton: int = 30,
+    linear_solver: lx.AbstractLinearSolver = DEFAULT_LINEAR_SOLVER,
+    kkt_rtol: float = 1e-8,
+    invariant: Callable | None = None,
+    speed_rtol: float = 1e-7,
+    direction_atol: float = 1e-4,
+    starts: PyTree | None = None,
 ) -> NCFKKTPoints:
-    """Maximise the NCF on the unit sphere from random restarts and keep its non-negative KKT
-    points: `optimal_escape(−N, order, like, ...)` filtered to N(w) ≥ 0 (SPEC §5).
+    """The non-negative KKT points of max N(w) s.t. ‖w‖ = 1: every critical point of N on the
+    unit sphere (∇N(w) = λw, λ = k·N(w) by Euler's identity) with N(w) ≥ 0 (SPEC §5).
 
-    `kwargs` go to `optimal_escape` (n_restarts, invariant, tolerances, …).
+    Three searches from `n_restarts` random starts each, merged and deduplicated as in
+    `optimal_escape`: Riemannian descent on −N (local maxima; this is
+    `optimal_escape(−N, order, like, ...)`, kept as `escape`), Riemannian descent on N (local
+    minima of N on the sphere), and Riemannian Newton on the KKT residual (`n_newton` steps; the
+    nearby critical point of any index, so saddles of N on the sphere are found from starts in
+    their basin of Newton's method). Points with N(w) < 0 are dropped. Restarts are local
+    searches: every point is found with high probability, not certainty; a point that one
+    needs can be refined from a guess with `refine_escape_direction(−N, order, guess)`.
+    Where N vanishes on an open set of the sphere (e.g. a ReLU neuron that no input activates),
+    every point there is a KKT point with λ = 0: those found are listed as they come.
+
+    **Arguments:** as `optimal_escape` (`N` in place of H), and `n_newton`: Newton steps of
+    the third search.
+
+    **Returns:** an `NCFKKTPoints`.
     """
-    esc = optimal_escape(_Neg(N), order, like, key=key, **kwargs)
-    keep = jnp.nonzero(esc.speeds >= 0)[0]
-    points = jax.tree_util.tree_map(lambda a: a[keep], esc.directions)
-    values = esc.speeds[keep] / order
-    return NCFKKTPoints(points, values, esc.speeds[keep], esc.kkt_residuals[keep], esc)
+    k_max, k_min, k_newton = jr.split(key, 3)
+    esc = optimal_escape(
+        _Signed(N, jnp.asarray(-1.0)),
+        order,
+        like,
+        key=k_max,
+        n_restarts=n_restarts,
+        max_steps=max_steps,
+        descent_rtol=descent_rtol,
+        n_polish=n_polish,
+        linear_solver=linear_solver,
+        kkt_rtol=kkt_rtol,
+        invariant=invariant,
+        speed_rtol=speed_rtol,
+        direction_atol=direction_atol,
+        starts=starts,
+    )
+    h_max, flat, unravel = flatten(_Signed(N, jnp.asarray(-1.0)), like)
+    h_min, _, _ = flatten(_Signed(N, jnp.asarray(1.0)), like)
+    # Minima of N: the maximising restarts' compiled solver, applied to +N.
+    low = _solve_restarts(
+        h_min,
+        _starting_points(k_min, flat, n_restarts, starts),
+        max_steps=max_steps,
+        descent_rtol=descent_rtol,
+        n_polish=n_polish,
+        linear_solver=linear_solver,
+    )
+    newton = _newton_restarts(
+        h_max, _starting_points(k_newton, flat, n_restarts, starts), n_newton, linear_solver
+    )
+    # (points, KKT residuals, N, converged) of each search, the maxima already deduplicated.
+    n_max = esc.speeds.shape[0]
+    searches = [
+        (
+            jax.vmap(lambda d: ravel_pytree(_params(d))[0])(esc.directions),
+            esc.kkt_residuals,
+            esc.speeds / order,
+            np.full(n_max, bool(esc.result != RESULTS.escape_not_converged)),
+        ),
+        (low[0], low[1], low[3], np.asarray(_relative(low[1], low[2]) <= kkt_rtol)),
+        (newton[0], newton[1], -newton[3], np.asarray(_relative(newton[1], newton[2]) <= kkt_rtol)),
+    ]
+    rho, residuals, values = (jnp.concatenate([s[i] for s in searches]) for i in range(3))
+    valid = np.asarray(jnp.isfinite(values) & (values >= 0))
+    ok = np.concatenate([s[3] for s in searches]) & valid
+    bounds = np.cumsum([0] + [len(s[3]) for s in searches])
+    n_found = [int(ok[lo:hi].sum()) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    multipliers = order * values
+    reps, _ = _dedup(
+        np.asarray(multipliers),
+        np.asarray(residuals),
+        np.asarray(_features(rho, unravel, invariant)),
+        ok,
+        speed_rtol,
+        direction_atol,
+    )
+    idx = jnp.asarray(reps, dtype=jnp.int32)
+    return NCFKKTPoints(
+        points=jax.vmap(unravel)(rho[idx]),
+        values=values[idx],
+        multipliers=multipliers[idx],
+        kkt_residuals=residuals[idx],
+        escape=esc,
+        stats=dict(esc.stats, n_points_by_search=n_found),
+    )
 
 
 class _NeuronNCF(eqx.Module):
