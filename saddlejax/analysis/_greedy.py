@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
+from optimistix import two_norm
 
 from .._results import RESULTS
 from ..flow import CriticalPoint, LossBelow, gradient_descent, gradient_flow
@@ -115,7 +116,7 @@ def _crop(weights, k):
     depth = len(weights)
     return tuple(
         w[:k] if ell == 0 else w[:, :k] if ell == depth - 1 else w[:k, :k]
-        for ell, w in enumerate(weights[:depth])
+        for ell, w in enumerate(weights)
     )
 
 
@@ -123,14 +124,12 @@ def _saddle(cost, weights, k, depth, rank_tol) -> GreedySaddle:
     a = matrix_chain(weights)
     grad_a = jax.grad(cost.objective.matrix_cost)(a)
     u, s1, v = _top_pair(grad_a)
-    grads = jax.grad(cost)(weights)
-    grad_norm = jnp.sqrt(sum(jnp.sum(g**2) for g in grads))
     return GreedySaddle(
         weights=_crop(weights, k),
         matrix=a,
         loss=cost.objective.matrix_cost(a),
         rank=numerical_rank(a, rank_tol),
-        grad_norm=grad_norm,
+        grad_norm=two_norm(jax.grad(cost)(weights)),
         gradient_sv=s1,
         speed=depth ** (-(depth - 2) / 2) * s1,
         direction=(u, v),
