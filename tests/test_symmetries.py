@@ -218,7 +218,7 @@ def test_flow_commutes_with_permutation(getkey):
     )
 
 
-def test_deep_relu_descent_commutes_with_permutation(getkey):
+def test_deep_relu_descent_commutes_with_permutation():
     """Permutations commute with the training dynamics of a deep ReLU net (3, 6, 6, 2) on a
     square loss: gradient descent, the explicit-Euler discretisation of the flow (SPEC §1), from
     Pθ₀ equals P applied to descent from θ₀ at every saved iterate, to rounding (ROUNDOFF).
@@ -226,8 +226,10 @@ def test_deep_relu_descent_commutes_with_permutation(getkey):
     The argument is the one for the flow (∇L(Pθ) = P∇L(θ)); descent with a fixed step is the
     clean check because the ReLU flow is not smooth: an adaptive solver at rtol 1e-10 shrinks
     its steps at every kink and, where the flow slides along a kink, exceeds 10⁴ steps per unit
-    time, and its step choices there are sensitive to rounding."""
-    kx, kt, kn = jr.split(getkey(), 3)
+    time, and its step choices there are sensitive to rounding. A fixed draw: on some random
+    draws dead ReLUs keep 1000 steps from halving the loss, and `_assert_moved` (which makes
+    the comparison non-trivial) would fail for a reason unrelated to the symmetry."""
+    kx, kt, kn = jr.split(jr.key(0), 3)
     x = jr.normal(kx, (12, 3))
     teacher = DeepReLU((3, 4, 2), key=kt, std=1.0)
     loss = sj.SquareLoss(x, jax.vmap(teacher)(x))
