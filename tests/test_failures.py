@@ -185,7 +185,7 @@ def _scalar_dln_escape_time(alpha, radius):
 def test_late_escape_event_fires_at_its_closed_form_time():
     """The escape time of a depth-4 DLN from α = 1e−4, 1e−5 (t_α ≈ 2.5·10⁷, 2.5·10⁹) is found to
     1e−9 relative. One float spacing of t moves ‖θ‖/r − 1 there by ≈ 2e−9 and 2e−7: optimistix's
-    Newton alone, which asks |g| ≤ 1e−10, ran out of steps; `ResolvedNewton` stops at the float
+    Newton alone, which asks |g| ≤ 1e−10, ran out of steps; `ResolvedBracket` stops at the float
     resolution of t. A flow that ends before its event is a success with `event_time = +inf`
     (the default, `require_event=False`)."""
     loss, radius = ScalarDLN(jnp.asarray(1.0)), 1.0
@@ -202,7 +202,7 @@ def test_late_escape_event_fires_at_its_closed_form_time():
 
 
 class Jump(sj.AbstractFlowEvent):
-    """g = ±1 on either side of ‖θ‖ = r: a float condition without a root to converge to."""
+    """g = ±1 on either side of ‖θ‖ = r: a float condition that jumps across 0."""
 
     radius: jax.Array
 
@@ -210,22 +210,37 @@ class Jump(sj.AbstractFlowEvent):
         return jnp.where(jnp.sqrt(jnp.sum(state**2)) > self.radius, 1.0, -1.0)
 
 
-def test_events_not_located_and_not_fired():
-    """An event whose condition jumps (no root for Newton's method) is `event_not_located`
-    with `event_time = +inf`; with `require_event=True` a flow that reaches `t1` before its
-    event is `event_not_fired`. Both raise with their messages."""
+class Undefined(sj.AbstractFlowEvent):
+    """g = ±1 outside a thin shell about ‖θ‖ = r and NaN inside it: no time to locate."""
+
+    radius: jax.Array
+
+    def __call__(self, state, loss_fn):
+        norm = jnp.sqrt(jnp.sum(state**2))
+        inside = jnp.abs(norm / self.radius - 1) < 1e-3
+        return jnp.where(inside, jnp.nan, jnp.where(norm > self.radius, 1.0, -1.0))
+
+
+def test_events_located_not_located_and_not_fired():
+    """A condition that jumps across 0 is located by bracketing at the crossing (as the
+    continuous ‖θ‖/r − 1, to 1e−6 relative: the dense output's accuracy at rtol = 1e−8); one
+    that is NaN about the crossing is `event_not_located` with `event_time = +inf`; with
+    `require_event=True` a flow that reaches `t1` before its event is `event_not_fired`. The
+    failures raise with their messages."""
     loss, p0 = ScalarDLN(jnp.asarray(1.0)), jnp.full(4, 0.1)
     exact = _scalar_dln_escape_time(0.1, 1.0)  # ≈ 24
-    kw = dict(solver=TSIT5, n_save=4, event=Jump(jnp.asarray(1.0)), require_event=True)
-    for t1, code in (
-        (2 * exact, sj.RESULTS.event_not_located),
-        (0.5 * exact, sj.RESULTS.event_not_fired),
+    kw = dict(solver=TSIT5, n_save=4, rtol=1e-8, require_event=True)
+    jump = sj.gradient_flow(loss, p0, 2 * exact, event=Jump(jnp.asarray(1.0)), **kw)
+    assert abs(float(jump.event_time) - exact) <= 1e-6 * exact
+    for event, t1, code in (
+        (Undefined(jnp.asarray(1.0)), 2 * exact, sj.RESULTS.event_not_located),
+        (Jump(jnp.asarray(1.0)), 0.5 * exact, sj.RESULTS.event_not_fired),
     ):
-        sol = sj.gradient_flow(loss, p0, t1, throw=False, **kw)
+        sol = sj.gradient_flow(loss, p0, t1, throw=False, event=event, **kw)
         assert sol.result == code, sj.RESULTS[sol.result]
         assert float(sol.event_time) == np.inf
         with _raises_with(code):
-            sj.gradient_flow(loss, p0, t1, **kw)
+            sj.gradient_flow(loss, p0, t1, event=event, **kw)
 
 
 def _as_float32(tree):

@@ -75,23 +75,44 @@ class CriticalPoint(AbstractFlowEvent):
         return (two_norm(grad) <= self.grad_tol) & (loss < self.loss_below)
 
 
-# The event time is resolved once Newton's next correction is below this many float spacings
-# of t: a finer time does not exist in floating point.
+# The event time is resolved once its bracket is this many float spacings of t wide: a finer
+# time does not exist in floating point.
 RESOLUTION_ULPS = 8.0
 
 
-class ResolvedNewton(optx.AbstractRootFinder):
-    """Newton's method for the event time t* (g(t*) = 0 on the solver's dense output), stopped
-    at the float resolution of t.
+class _BracketState(eqx.Module):
+    lower: Scalar
+    upper: Scalar
+    g_lower: Scalar
+    g_upper: Scalar
+    side: Array  # which end the last step moved: −1 lower, +1 upper, 0 none yet
+    error: Scalar  # g at the last evaluated time
 
-    optimistix's Newton stops when |Δt| ≤ `atol` + `rtol`·|t| and |g(t)| ≤ `atol`. The second
-    condition has no solution when one float spacing of t changes g by more than `atol`: at
-    t ≈ 7·10⁹, ulp(t) ≈ 10⁻⁶, and ‖θ‖/r − 1 of an escaping DLN (L = 4, α = 10⁻⁵) moves by
-    ≈ 7·10⁻¹⁰ per ulp; with that criterion alone the root find runs to its step limit and the
-    event is lost. This root finder also stops, successfully, when
-    |g(t)| ≤ `atol` + `ulps`·ulp(t)·|g'(t)|: Newton's next correction is below `ulps` float
-    spacings of t, so t is the root to the precision t has. Iterates stay in [`lower`, `upper`]
-    (the bracketing step), as with optimistix's Newton.
+
+def _secant(lower, upper, g_lower, g_upper):
+    """The regula falsi point of the bracket, or its midpoint where that is not inside."""
+    denom = g_upper - g_lower
+    point = (lower * g_upper - upper * g_lower) / jnp.where(denom != 0, denom, 1.0)
+    inside = (
+        (denom != 0) & (point > jnp.minimum(lower, upper)) & (point < jnp.maximum(lower, upper))
+    )
+    return jnp.where(inside, point, lower + 0.5 * (upper - lower))
+
+
+class ResolvedBracket(optx.AbstractRootFinder):
+    """The event time t* (g(t*) = 0 on the solver's dense output) by the Illinois variant of
+    regula falsi on the bracketing step [`lower`, `upper`] (Dowell & Jarratt 1971), stopped at
+    the float resolution of t.
+
+    It uses values of g only, never dg/dt: diffrax's event condition carries no derivative
+    with respect to the flow's inputs (the event time is differentiated exactly by
+    `differentiable_event_time`), and the slope of the dense output is not the flow's (a
+    straight line across an implicit step). Superlinear like the secant method, and the
+    bracket always holds the root. Stops, successfully, when |g| ≤ `atol`, or when the bracket
+    is below `ulps` float spacings of t: at t ≈ 7·10⁹ one spacing is ≈ 10⁻⁶ and ‖θ‖/r − 1 of an
+    escaping DLN (L = 4, α = 10⁻⁵) moves by ≈ 7·10⁻¹⁰ per spacing, so |g| ≤ 10⁻¹⁰ alone may not
+    exist and t is then the root to the precision t has. A condition that jumps across 0 is
+    located to that resolution too; one that is NaN inside the bracket fails.
     """
 
     rtol: float
@@ -99,25 +120,43 @@ class ResolvedNewton(optx.AbstractRootFinder):
     norm: Callable = optx.max_norm
     ulps: float = RESOLUTION_ULPS
 
-    @property
-    def _newton(self) -> optx.Newton:
-        return optx.Newton(rtol=self.rtol, atol=self.atol, norm=self.norm)
-
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
-        return self._newton.init(fn, y, args, options, f_struct, aux_struct, tags)
+        dtype = f_struct.dtype
+        lower = jnp.asarray(options["lower"], dtype)
+        upper = jnp.asarray(options["upper"], dtype)
+        g_lower, _ = fn(lower, args)
+        g_upper, _ = fn(upper, args)
+        return _BracketState(
+            lower, upper, g_lower, g_upper, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, dtype)
+        )
 
     def step(self, fn, y, args, options, state, tags):
-        return self._newton.step(fn, y, args, options, state, tags)
+        g, aux = fn(y, args)
+        done = jnp.abs(g) <= self.atol
+        same_as_lower = jnp.sign(g) == jnp.sign(state.g_lower)
+        # Illinois: an end kept twice in a row has its value halved (no one-sided stalling).
+        lower = jnp.where(same_as_lower, y, state.lower)
+        g_lower = jnp.where(same_as_lower, g, state.g_lower)
+        upper = jnp.where(same_as_lower, state.upper, y)
+        g_upper = jnp.where(same_as_lower, state.g_upper, g)
+        g_upper = jnp.where(same_as_lower & (state.side == -1), 0.5 * g_upper, g_upper)
+        g_lower = jnp.where(~same_as_lower & (state.side == 1), 0.5 * g_lower, g_lower)
+        side = jnp.where(same_as_lower, -1, 1).astype(jnp.int32)
+        new_y = jnp.where(done, y, _secant(lower, upper, g_lower, g_upper))
+        return new_y, _BracketState(lower, upper, g_lower, g_upper, side, g), aux
 
     def terminate(self, fn, y, args, options, state, tags):
-        done, result = self._newton.terminate(fn, y, args, options, state, tags)
-        ones = jax.tree_util.tree_map(jnp.ones_like, y)
-        g, dg = jax.jvp(lambda t: fn(t, args)[0], (y,), (ones,))
-        spacing = jax.tree_util.tree_map(lambda t: jnp.spacing(jnp.abs(t)), y)
-        g_max = optx.max_norm(g)
-        resolvable = self.atol + self.ulps * optx.max_norm(spacing) * optx.max_norm(dg)
-        resolved = jnp.isfinite(g_max) & (g_max <= resolvable)
-        return done | resolved, optx.RESULTS.where(resolved, optx.RESULTS.successful, result)
+        width = jnp.abs(state.upper - state.lower)
+        resolution = self.ulps * jnp.spacing(
+            jnp.maximum(jnp.abs(state.lower), jnp.abs(state.upper))
+        )
+        done = (jnp.abs(state.error) <= self.atol) | (width <= resolution)
+        # g was NaN/inf inside the bracket: no time to locate (`event_not_located`).
+        broken = ~jnp.isfinite(state.error) & (state.side != 0)
+        result = optx.RESULTS.where(
+            broken, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
+        )
+        return done | broken, result
 
     def postprocess(self, fn, y, aux, args, options, state, tags, result):
         return y, aux, {}
@@ -126,24 +165,67 @@ class ResolvedNewton(optx.AbstractRootFinder):
 def to_diffrax_event(event, loss_fn, rtol: float = 1e-12, atol: float = 1e-10):
     """Turn saddlejax events (one, or a tuple/list of them) into a `diffrax.Event`.
 
-    A `diffrax.Event` is passed through unchanged. The event time is refined by Newton's method
-    on the solver's interpolant between the two steps that bracket the sign change
-    (`ResolvedNewton`): it stops when the time step is below `atol` + `rtol`·t and |g| ≤ `atol`,
-    or when t is resolved to `RESOLUTION_ULPS` float spacings (late events, t ≳ 10⁶). The
+    A `diffrax.Event` is passed through unchanged. The event time is located on the solver's
+    dense output within the step that brackets the sign change (`ResolvedBracket`): it stops
+    when |g| ≤ `atol`, or when t is resolved to `RESOLUTION_ULPS` float spacings (late events,
+    t ≳ 10⁶). The
     saddlejax conditions g are relative (‖θ‖/r − 1, (L − level)/|level|), so `atol` = 1e−10 is
     a relative accuracy.
     """
     if event is None or isinstance(event, diffrax.Event):
         return event
     check_event(event)
-    events = tuple(event) if isinstance(event, list | tuple) else (event,)
+    events = _events(event)
 
     def make(e):
-        return lambda t, y, args, **kwargs: e(y, loss_fn)
+        def cond(t, y, args, **kwargs):
+            g = e(y, loss_fn)
+            if not jnp.issubdtype(jnp.result_type(g), jnp.floating):
+                return g
+            # The value g; derivative 1 in t and 0 in everything else, so diffrax's implicit
+            # differentiation of its root find gives the event time no derivative (it is
+            # differentiated exactly by `differentiable_event_time`) and the state at the event
+            # keeps its derivative at fixed t.
+            return jax.lax.stop_gradient(g) + (t - jax.lax.stop_gradient(t))
+
+        return cond
 
     cond = tuple(make(e) for e in events)
     cond = cond[0] if len(cond) == 1 else cond
-    return diffrax.Event(cond, root_finder=ResolvedNewton(rtol=rtol, atol=atol))
+    return diffrax.Event(cond, root_finder=ResolvedBracket(rtol=rtol, atol=atol))
+
+
+def _events(event) -> tuple:
+    return tuple(event) if isinstance(event, list | tuple) else (event,)
+
+
+def differentiable_event_time(event, loss_fn, t_star, y_star, event_mask):
+    """The event time t* with its derivative by the implicit function theorem at the event.
+
+    g(θ(t*; p), p) = 0 gives dt*/dp = −(∂ₚg + ∇g·∂θ(t*)/∂p) / (∇g·θ̇), θ̇ = −∇L(θ(t*)): the
+    derivative of the exact event time of the flow, not of the root finder's iterations nor of
+    the step sequence (only ∂θ(t*)/∂p at fixed t, from the solve). `y_star` is the state at
+    `t_star` (derivative at fixed t), `event_mask` diffrax's mask of which event fired. Boolean
+    events (`CriticalPoint`) and tangential crossings (∇g·θ̇ = 0) get no derivative.
+    **Returns:** t* (value unchanged) and the state at the event with its total derivative
+    ∂θ/∂p + θ̇·dt*/dp.
+    """
+    events = _events(event)
+    masks = jax.tree_util.tree_leaves(event_mask)
+    grad = jax.lax.stop_gradient(jax.grad(loss_fn)(y_star))
+    velocity = jax.tree_util.tree_map(jnp.negative, grad)
+    shift = jnp.zeros_like(t_star)
+    for e, fired in zip(events, masks):
+        g, rate = jax.jvp(lambda y: e(y, loss_fn), (y_star,), (velocity,))
+        if not jnp.issubdtype(jnp.result_type(g), jnp.floating):
+            continue
+        rate = jax.lax.stop_gradient(rate)
+        usable = fired & jnp.isfinite(rate) & (rate != 0)
+        step = (g - jax.lax.stop_gradient(g)) / jnp.where(usable, rate, 1.0)
+        shift = shift - jnp.where(usable, step, 0.0)
+    t_event = jax.lax.stop_gradient(t_star) + shift
+    y_event = jax.tree_util.tree_map(lambda y, v: y + v * shift, y_star, velocity)
+    return t_event, y_event
 
 
 def check_event(event) -> None:

@@ -16,7 +16,7 @@ from .._trainable import split_trainable
 from .._tree import tree_all_finite, tree_dot
 from .._vector_field import GradientField
 from ..solvers._base import AbstractMatrixFreeSolver, fill_tolerances, work_stats
-from ._events import to_diffrax_event
+from ._events import differentiable_event_time, to_diffrax_event
 from ._options import FlowOptions, check_t1
 from ._origin import handoff, origin_term, rescaled_h_path
 from ._solution import FlowSolution, solution_from
@@ -29,6 +29,7 @@ _STATIC_OPTIONS = (
     "observe",
     "record_steps",
     "max_steps",
+    "adjoint",
 )
 
 # A step shorter than this many float spacings of t does not advance t in a resolvable way:
@@ -216,6 +217,7 @@ def _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, co
         stepsize_controller=controller,
         event=event,
         max_steps=config["max_steps"],
+        adjoint=config["adjoint"],
         throw=False,
         progress_meter=(
             diffrax.TextProgressMeter() if config["progress"] else diffrax.NoProgressMeter()
@@ -248,9 +250,15 @@ def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config)
     if event is None:
         return first, jnp.array(jnp.inf, dtype=ts.dtype), None
     fired = first.diffrax_result == diffrax.RESULTS.event_occurred
-    event_time = jnp.where(fired, first.t_stop, jnp.inf)
+    t_event, y_event = first.t_stop, first.y_stop
+    if not isinstance(config["event"], diffrax.Event):
+        t_event, y_event = differentiable_event_time(
+            config["event"], field.loss, first.t_stop, first.y_stop, first.event_mask
+        )
+    event_time = jnp.where(fired, t_event, jnp.inf)
     if config["stop_at_event"]:
-        return first, event_time, first.event_mask
+        stopped = eqx.tree_at(lambda s: (s.t_stop, s.y_stop), first, (t_event, y_event))
+        return stopped, event_time, first.event_mask
     t_event = first.t_stop
     second = _segment(
         field,
@@ -337,7 +345,8 @@ def solve_flow(field: GradientField, state0, times: dict, origin, config: dict) 
     Taylor term at the origin or None, `config` the static options."""
     t0, t1, ts, rtol = times["t0"], times["t1"], times["ts"], times["rtol"]
     if times["atol"] is None:
-        atol = rtol * rms_norm(state0)
+        # A tolerance, not part of the result: no derivative flows through it.
+        atol = rtol * jax.lax.stop_gradient(rms_norm(state0))
         valid = jnp.isfinite(rtol) & (rtol > 0)
     else:
         atol = times["atol"]
@@ -515,6 +524,24 @@ def _largest(value) -> float | None:
     return float(np.max(np.asarray(value)))
 
 
+def _forward_mode_stages(solver, adjoint):
+    """Runge–Kutta solvers nested in `solver` (e.g. `AutoStiff`'s explicit one) with their
+    stages in a plain `lax` loop under `ForwardMode`, as diffrax does for a top-level solver:
+    their default checkpointed stage loop is a `custom_vjp`, which forward mode cannot enter."""
+    if not isinstance(adjoint, diffrax.ForwardMode):
+        return solver
+
+    def is_rk(x):
+        return isinstance(x, diffrax.AbstractRungeKutta)
+
+    def lax_stages(x):
+        if not is_rk(x) or x.scan_kind is not None:
+            return x
+        return eqx.tree_at(lambda s: s.scan_kind, x, "lax", is_leaf=lambda v: v is None)
+
+    return jax.tree_util.tree_map(lax_stages, solver, is_leaf=is_rk)
+
+
 def prepare(objective: Callable, params0: PyTree, t1, options: FlowOptions):
     """Everything `solve_flow` needs from the user's arguments, validated before compiling:
     (field, θ₀'s trainable state, traced numbers, origin term or None, static config).
@@ -540,6 +567,7 @@ def prepare(objective: Callable, params0: PyTree, t1, options: FlowOptions):
     )
     origin = None if options.origin_defect is None else origin_term(field.loss, state0)
     config = {name: getattr(options, name) for name in _STATIC_OPTIONS}
+    config["solver"] = _forward_mode_stages(config["solver"], options.adjoint)
     config["progress"] = options.progress
     return field, state0, times, origin, config
 

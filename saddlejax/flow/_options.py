@@ -76,6 +76,16 @@ class FlowOptions(eqx.Module):
         handoff is ≈ 0.5× it). Save times before the handoff come from the rescaled H-flow;
         `sol.stats` gains `origin_time`, `origin_defect`, `origin_h_steps`. Only for flows
         started near a critical origin (deep nets from small initialisation).
+    - `adjoint`: how `jax.grad`/`jax.jvp` differentiate the solve (diffrax's adjoints).
+        Default `diffrax.RecursiveCheckpointAdjoint()`: reverse mode through the steps with
+        O(log(max_steps)) checkpoints — the choice for a gradient with respect to many inputs
+        (a target matrix, all of θ̃). `diffrax.ForwardMode()`: forward mode, no stored steps —
+        cheaper for `jax.jvp`/`jax.jacfwd` with respect to a few inputs (α, γ).
+        `diffrax.DirectAdjoint()` supports both, at more memory. `BacksolveAdjoint` is refused:
+        it cannot differentiate computed save values or events, which every flow here has.
+        Implicit steps differentiate their linear solves implicitly (one more CG solve per
+        stage and tangent); the auto solver's switch is not differentiated, its steps are.
+        Event times are differentiated by the implicit function theorem at the event.
     - `progress`: show progress (a per-step meter for one flow, a line per finished chunk in a
         sweep).
     """
@@ -96,6 +106,7 @@ class FlowOptions(eqx.Module):
     record_steps: bool = False
     origin_defect: float | None = None
     progress: bool = False
+    adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint()
 
     def __check_init__(self):
         if isinstance(self.solver, str):
@@ -108,6 +119,18 @@ class FlowOptions(eqx.Module):
             raise ValueError(
                 "`solver` must be a `diffrax.AbstractSolver` instance such as "
                 f"`saddlejax.AutoStiff()` or `diffrax.Tsit5()`, got {type(self.solver).__name__}."
+            )
+        if not isinstance(self.adjoint, diffrax.AbstractAdjoint):
+            raise ValueError(
+                "`adjoint` must be a diffrax adjoint such as "
+                "`diffrax.RecursiveCheckpointAdjoint()` or `diffrax.ForwardMode()`, got "
+                f"{type(self.adjoint).__name__}."
+            )
+        if isinstance(self.adjoint, diffrax.BacksolveAdjoint):
+            raise ValueError(
+                "`adjoint=diffrax.BacksolveAdjoint()` cannot differentiate the computed save "
+                "values and events of a flow; use `diffrax.RecursiveCheckpointAdjoint()` "
+                "(reverse mode, the default) or `diffrax.ForwardMode()`."
             )
         _positive_or_traced("rtol", self.rtol)
         _positive_or_traced("atol", self.atol, allow_none=True)
@@ -146,6 +169,11 @@ class FlowOptions(eqx.Module):
         ts = np.asarray(saveat, dtype=float)
         if ts.ndim != 1 or ts.size == 0:
             raise ValueError(f"`saveat` must be a 1-D array of times, got shape {ts.shape}.")
+        # Times within a few float spacings of the ends (np.geomspace(a, t1) can end at
+        # t1·(1 + ε)) are the ends.
+        slack = 8 * np.spacing(np.maximum(abs(t0), abs(t1)))
+        if ts.ndim == 1 and ts.size and t0 - slack <= ts[0] and ts[-1] <= t1 + slack:
+            ts = np.clip(ts, t0, t1)
         if np.any(np.diff(ts) < 0) or ts[0] < t0 or ts[-1] > t1:
             raise ValueError(
                 f"`saveat` times must be non-decreasing and lie in [t0, t1] = [{t0}, {t1}]."

@@ -199,7 +199,8 @@ class AutoStiff(AbstractMatrixFreeSolver):
 
         def power(v):
             hvp = lambda u: jax.jvp(lambda y: terms.vf(t0, y, args), (y0,), (u,))[1]  # noqa: E731
-            lam, v = power_iteration_step(hvp, v)
+            # An estimate for the switch and the stability cap: it carries no derivative.
+            lam, v = jax.lax.stop_gradient(power_iteration_step(hvp, v))
             return v, lam.astype(st["lam"].dtype), jnp.ones((), jnp.int32)
 
         def explicit_step():

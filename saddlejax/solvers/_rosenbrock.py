@@ -28,6 +28,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from optax.tree_utils import tree_add_scale, tree_scale, tree_size, tree_sub
+from optimistix import two_norm
 
 from .._tree import tree_all_finite
 from ._base import AbstractMatrixFreeSolver, set_missing
@@ -253,17 +254,53 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
             prev_row = row
             # b = hγ·(f(stage) + Σ (cᵢⱼ/h) Kⱼ) = hγ·f(stage) + γ·Σ cᵢⱼ Kⱼ
             b = _combine([tab.gamma * c for c in tab.c[i]], ks, tree_scale(hg, stage_f))
-            x0 = b if precondition is None else precondition(b)
-            args = (matvec, b, x0, scale, self.linear_factor, self.max_cg_steps, precondition)
-            if self.recycle > 0 and i == 0:
-                k_i, n_i, conv, recycled = conjugate_gradient(*args, record=self.recycle)
-            else:
-                k_i, n_i, conv = conjugate_gradient(*args, recycle=recycled)
+            record = self.recycle if i == 0 else 0
+            k_i, (n_i, conv, rec) = self._solve(matvec, b, scale, precondition, record, recycled)
+            if record > 0:
+                recycled = rec
             ks.append(k_i)
             n_hvp = n_hvp + n_i
             max_cg = jnp.maximum(max_cg, n_i)
             ok = ok & conv
         return ks, n_hvp, max_cg, ok
+
+    def _solve(self, matvec, b, scale, precondition, record, recycle):
+        """K = (I + hγ∇²L)⁻¹ b by CG, differentiable by the implicit function theorem.
+
+        `jax.lax.custom_linear_solve` differentiates the exact solution, dK = A⁻¹(db − dA·K),
+        with one more (transposed: A is symmetric) CG solve per tangent or cotangent, instead
+        of through CG's `while_loop` (which reverse mode cannot do). The preconditioner and
+        recycled directions only speed CG up and carry no derivative. A tangent solve stops at
+        the same accuracy relative to its right-hand side as the primal one.
+        **Returns:** (K, (CG products, converged, recorded directions or None)).
+        """
+        b_norm = jax.lax.stop_gradient(two_norm(b))
+
+        def solve(mv, rhs):
+            # The primal rhs gives ratio 1 (the controller's scale, as without derivatives).
+            ratio = two_norm(rhs) / jnp.where(b_norm > 0, b_norm, 1.0)
+            ratio = jnp.where(b_norm > 0, ratio, 1.0)
+            tol_scale = jax.tree_util.tree_map(lambda s: s * jnp.maximum(ratio, 1e-300), scale)
+            x0 = rhs if precondition is None else precondition(rhs)
+            out = conjugate_gradient(
+                mv,
+                rhs,
+                x0,
+                tol_scale,
+                self.linear_factor,
+                self.max_cg_steps,
+                precondition,
+                recycle=recycle,
+                record=record,
+            )
+            x, n, conv = out[:3]
+            rec = out[3] if record > 0 else None
+            return x, (n, conv, rec)
+
+        k, (n, conv, rec) = jax.lax.custom_linear_solve(
+            matvec, b, solve, symmetric=True, has_aux=True
+        )
+        return k, jax.lax.stop_gradient((n, conv, rec))
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del made_jump
@@ -280,7 +317,12 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
         def matvec(v):
             return tree_add_scale(v, -hg, jvp(v))
 
-        precondition, basis, ritz, age, n_track = self._deflation(jvp, hg, solver_state)
+        # The deflation basis is a preconditioner: it carries no derivative.
+        precondition, basis, ritz, age, n_track = self._deflation(
+            lambda v: jax.lax.stop_gradient(jvp(v)),
+            jax.lax.stop_gradient(hg),
+            jax.lax.stop_gradient(solver_state),
+        )
         ks, n_hvp, max_cg, ok = self._stages(f, y0, f0, matvec, scale, precondition, hg)
         y1 = _combine(tab.m, ks, y0)
         finite = tree_all_finite(y1) & ok
