@@ -89,6 +89,7 @@ from .flow import (
     LossBelow as LossBelow,
     OriginHandoff as OriginHandoff,
     SweepResult as SweepResult,
+    continue_flow as continue_flow,
     freeze as freeze,
     gradient_descent as gradient_descent,
     gradient_flow as gradient_flow,

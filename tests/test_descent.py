@@ -83,6 +83,15 @@ def test_unstable_step_is_reported(getkey):
     bad = sj.gradient_descent(loss, u0, learning_rate=0.8, steps=4000, save_every=100,
                               throw=False)
     assert bad.result == sj.RESULTS.nonfinite_trajectory
+    # The first saved NaN/Inf: the loss grows as 1.4^(2k) from O(1), overflowing float64
+    # (1.8e308) after ≈ 1,055 iterations of the loss; saved every 100 steps, η = 0.8.
+    first_bad = float(bad.stats["nonfinite_time"])
+    losses = np.asarray(bad.loss)
+    k = int(np.argmax(~np.isfinite(losses)))
+    assert first_bad == pytest.approx(float(bad.ts[k])) and 0 < first_bad < float(bad.ts[-1])
+    assert np.all(np.isfinite(losses[:k]))
+    assert float(sj.gradient_descent(loss, u0, learning_rate=0.6, steps=400, save_every=100)
+                 .stats["nonfinite_time"]) == np.inf
     with pytest.raises(RuntimeError, match="learning_rate"):
         sj.gradient_descent(loss, u0, learning_rate=0.8, steps=4000, save_every=100)
     # Under jit the failure is a runtime error with the same message (`result.error_if` on the

@@ -10,7 +10,7 @@ from ._events import (
     EscapeRadius as EscapeRadius,
     LossBelow as LossBelow,
 )
-from ._flow import gradient_flow as gradient_flow
+from ._flow import continue_flow as continue_flow, gradient_flow as gradient_flow
 from ._options import FlowOptions as FlowOptions, default_save_times as default_save_times
 from ._origin import OriginHandoff as OriginHandoff, origin_handoff as origin_handoff
 from ._solution import FlowSolution as FlowSolution

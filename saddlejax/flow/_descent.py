@@ -14,7 +14,7 @@ from .._results import RESULTS, check
 from .._trainable import split_trainable
 from .._tree import tree_all_finite
 from .._vector_field import GradientField
-from ._flow import observation
+from ._flow import first_nonfinite_save, observation
 from ._solution import FlowSolution, solution_from
 
 
@@ -42,6 +42,8 @@ def _descend(problem, state0, learning_rate, *, optimizer, steps, save_every, ob
     finite = tree_all_finite(observed)
     n = jnp.asarray(steps)
     ts = learning_rate * jnp.arange(0, steps + 1, save_every, dtype=jnp.result_type(learning_rate))
+    saved, loss = observed[0], observed[1]
+    nonfinite_time = jnp.where(finite, jnp.inf, first_nonfinite_save(ts, ts[-1], n, loss, saved))
     return solution_from(
         ts,
         observed,
@@ -57,6 +59,7 @@ def _descend(problem, state0, learning_rate, *, optimizer, steps, save_every, ob
             "grad_evals": n,
             "hvp_evals": jnp.zeros_like(n),
             "learning_rate": learning_rate,
+            "nonfinite_time": nonfinite_time,
         },
         result=RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite_trajectory),
         static=problem.static if observe is None else None,
@@ -103,6 +106,8 @@ def gradient_descent(
         closest to 256 saves).
 
     **Returns:** a `FlowSolution` with `ts = kη` at the saved iterations k = 0, save_every, ….
+    A run that diverges is `nonfinite_trajectory`, with `sol.stats["nonfinite_time"]` the first
+    saved time kη with a NaN/Inf (+inf otherwise).
     """
     if isinstance(learning_rate, int | float) and not learning_rate > 0:
         raise ValueError(f"`learning_rate` must be positive, got {learning_rate}.")

@@ -102,12 +102,14 @@ class _GuardedController(diffrax.AbstractAdaptiveStepSizeController):
         # Near t = 0 the float spacing of t vanishes; ε·|t1 − t0| stands in for it there, so a
         # collapsing step stops at ~10ε²·|t1 − t0| instead of running into subnormal numbers.
         floor = jnp.finfo(jnp.result_type(t0, t1)).eps * jnp.abs(t1 - t0)
-        return tnext, (state, jnp.asarray(_OK, jnp.int32), floor)
+        # The last proposed step (unclipped by t1): a continued solve starts with it.
+        dt_next = jnp.asarray(tnext - t0, jnp.result_type(t0, t1))
+        return tnext, (state, jnp.asarray(_OK, jnp.int32), floor, dt_next)
 
     def adapt_step_size(
         self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
     ):
-        state, _, floor = controller_state
+        state, _, floor, _ = controller_state
         keep, next_t0, next_t1, jump, state, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, state
         )
@@ -127,7 +129,8 @@ class _GuardedController(diffrax.AbstractAdaptiveStepSizeController):
             diffrax.RESULTS.dt_min_reached,
             result,
         )
-        return keep, next_t0, next_t1, jump, (state, cause, floor), result
+        dt_next = jnp.asarray(next_t1 - next_t0, controller_state[3].dtype)
+        return keep, next_t0, next_t1, jump, (state, cause, floor, dt_next), result
 
 
 def _is_implicit(solver) -> bool:
@@ -155,7 +158,7 @@ def _classify(field, sol, y_start, t_stop, y_stop):
     loss or gradient is `nonfinite_trajectory`; a failed event root find is
     `event_not_located`."""
     result = from_diffrax(sol.result)
-    _, cause, _ = sol.controller_state
+    cause = sol.controller_state[1]
     collapsed = sol.result == diffrax.RESULTS.dt_min_reached
     masks = [jnp.asarray(m) for m in jax.tree_util.tree_leaves(sol.event_mask)]
     fired = jnp.any(jnp.stack(masks)) if masks else jnp.array(False)
@@ -198,10 +201,19 @@ class _Segment(eqx.Module):
     diffrax_result: diffrax.RESULTS
     event_mask: PyTree
     nonfinite_time: jax.Array
+    solver_state: PyTree
+    controller_state: PyTree
 
 
-def _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, config):
-    """Integrate from (t_start, y_start) to t1, saving at `ts` (all ≥ t_start)."""
+def _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, config, resume=None):
+    """Integrate from (t_start, y_start) to t1, saving at `ts` (all ≥ t_start); `resume`:
+    the solver and controller states a previous solve stopped with, or None."""
+    states = {}
+    if resume is not None:
+        states = dict(
+            solver_state=resume["solver_state"], controller_state=resume["controller_state"]
+        )
+        dt0 = resume["controller_state"][3]
     subs = [diffrax.SubSaveAt(ts=ts, fn=_save_fn(field, config["observe"]))]
     if config["record_steps"]:
         subs.append(diffrax.SubSaveAt(steps=True, fn=_steps_fn(field)))
@@ -219,6 +231,7 @@ def _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, co
         max_steps=config["max_steps"],
         adjoint=config["adjoint"],
         throw=False,
+        **states,
         progress_meter=(
             diffrax.TextProgressMeter() if config["progress"] else diffrax.NoProgressMeter()
         ),
@@ -238,15 +251,19 @@ def _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, co
         diffrax_result=sol.result,
         event_mask=sol.event_mask,
         nonfinite_time=nonfinite_time,
+        solver_state=sol.solver_state,
+        controller_state=sol.controller_state,
     )
 
 
-def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config):
+def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config, resume=None):
     """The flow from t_start to t1, with the event's time recorded and, unless
     `stop_at_event`, the solve continued from the event state to t1 (save grids merged; shapes
     stay static). **Returns:** (`_Segment` of the whole, event time, event mask)."""
     event = to_diffrax_event(config["event"], field.loss)
-    first = _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, config)
+    first = _segment(
+        field, solver, controller, t_start, t1, y_start, ts, dt0, event, config, resume
+    )
     if event is None:
         return first, jnp.array(jnp.inf, dtype=ts.dtype), None
     fired = first.diffrax_result == diffrax.RESULTS.event_occurred
@@ -291,11 +308,13 @@ def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config)
         diffrax_result=second.diffrax_result,
         event_mask=first.event_mask,
         nonfinite_time=jnp.where(ok, second.nonfinite_time, first.nonfinite_time),
+        solver_state=second.solver_state,
+        controller_state=second.controller_state,
     )
     return whole, event_time, first.event_mask
 
 
-def _first_nonfinite_save(ts, t_stop, accepted, loss, saved) -> jax.Array:
+def first_nonfinite_save(ts, t_stop, accepted, loss, saved) -> jax.Array:
     """The first save time the solve reached with a NaN/Inf loss or saved value (+inf if none).
     (diffrax fills the save times it did not reach — after an event or a failure, and t0 itself
     when no step was accepted — with inf: not a non-finite value, so a max_steps failure stays
@@ -375,13 +394,14 @@ def solve_flow(field: GradientField, state0, times: dict, origin, config: dict) 
         jnp.maximum(ts, t_start),
         times["dt0"],
         config,
+        times.get("resume"),
     )
     saved, loss, gnorm, norm = whole.saved
     if origin is not None:
         fill = jax.vmap(lambda s: observation(field, config["observe"], s))(before)
         saved, loss, gnorm, norm = _merge_after(ts >= t_start, fill, (saved, loss, gnorm, norm))
     result = RESULTS.where(result == RESULTS.successful, whole.result, result)
-    first_bad_save = _first_nonfinite_save(
+    first_bad_save = first_nonfinite_save(
         ts, whole.t_stop, whole.stats["num_accepted_steps"], loss, saved
     )
     keep = (result == RESULTS.finite_time_blowup) | (result == RESULTS.invalid_tolerance)
@@ -414,6 +434,13 @@ def solve_flow(field: GradientField, state0, times: dict, origin, config: dict) 
         stats=stats,
         result=result,
         static=field.static if config["observe"] is None else None,
+        resume=dict(
+            t1=times["t1"],
+            solver_state=whole.solver_state,
+            controller_state=whole.controller_state,
+        )
+        if config["keep_solver_state"]
+        else None,
     )
 
 
@@ -569,6 +596,7 @@ def prepare(objective: Callable, params0: PyTree, t1, options: FlowOptions):
     config = {name: getattr(options, name) for name in _STATIC_OPTIONS}
     config["solver"] = _forward_mode_stages(config["solver"], options.adjoint)
     config["progress"] = options.progress
+    config["keep_solver_state"] = options.keep_solver_state
     return field, state0, times, origin, config
 
 
@@ -624,3 +652,50 @@ def gradient_flow(
     options = FlowOptions(**options)
     sol = solve_flow(*prepare(objective, params0, t1, options))
     return check(sol, throw=throw, what="gradient flow")
+
+
+def continue_flow(
+    objective: Callable, sol: FlowSolution, t1: float, *, throw: bool = True, **options
+) -> FlowSolution:
+    """Continue a gradient flow that `sol` ended at its `t1`, to a later `t1`, from the solver
+    and controller state it stopped with: the step size, an explicit solver's last stage, the
+    implicit solver's tracked eigenvectors of ∇²L (no warm-up). With the same options the
+    steps are those one solve to the later `t1` takes, so a very long trajectory can be
+    computed (and saved: `FlowSolution` is a pytree, `eqx.tree_serialise_leaves` writes it)
+    piece by piece.
+
+    **Arguments:**
+
+    - `objective`: L, as for `gradient_flow`.
+    - `sol`: a `FlowSolution` from `gradient_flow(..., keep_solver_state=True)` that reached
+        its `t1` (not stopped at an event, not failed).
+    - `t1`: the new final time, later than `sol.stop_time`.
+    - `**options`: as for `gradient_flow`; they must be those `sol` was computed with
+        (solver, tolerances, `trainable`, ...); `t0` is `sol.stop_time`, `origin_defect` None.
+
+    **Returns:** the `FlowSolution` of the continuation (save times from `sol.stop_time`).
+    """
+    resume = sol.resume
+    if resume is None:
+        raise ValueError(
+            "`sol` has no solver state: compute it with `gradient_flow(..., "
+            "keep_solver_state=True)`."
+        )
+    if np.ndim(sol.stop_time) != 0:
+        raise ValueError("`sol` must be one trajectory (index a sweep's solution first).")
+    stopped, end = float(sol.stop_time), float(resume["t1"])
+    if not (bool(sol.result == RESULTS.successful) and stopped == end):
+        raise ValueError(
+            f"`sol` stopped at t = {stopped:g} before its t1 = {end:g} (an event or a failure): "
+            "continue it with `gradient_flow(objective, sol.final_params, t1, t0=...)` instead."
+        )
+    for name in ("t0", "origin_defect"):
+        if options.get(name) is not None:
+            raise ValueError(f"`{name}` is set by the continuation; do not pass it.")
+    options = FlowOptions(**dict(options, t0=stopped, keep_solver_state=True))
+    field, state0, times, origin, config = prepare(objective, sol.final_params, t1, options)
+    times["resume"] = dict(
+        solver_state=resume["solver_state"], controller_state=resume["controller_state"]
+    )
+    out = solve_flow(field, state0, times, origin, config)
+    return check(out, throw=throw, what="gradient flow")

@@ -81,11 +81,18 @@ class FlowOptions(eqx.Module):
         O(log(max_steps)) checkpoints — the choice for a gradient with respect to many inputs
         (a target matrix, all of θ̃). `diffrax.ForwardMode()`: forward mode, no stored steps —
         cheaper for `jax.jvp`/`jax.jacfwd` with respect to a few inputs (α, γ).
-        `diffrax.DirectAdjoint()` supports both, at more memory. `BacksolveAdjoint` is refused:
+        `diffrax.DirectAdjoint()` supports both, at more memory. Reverse mode recomputes
+        more the larger `max_steps` is (its checkpoints are spread over `max_steps`): set
+        `max_steps` near the steps the solve takes (`sol.stats["num_steps"]`), or pass
+        `RecursiveCheckpointAdjoint(checkpoints=n)`, for a cheaper gradient. `BacksolveAdjoint` is refused:
         it cannot differentiate computed save values or events, which every flow here has.
         Implicit steps differentiate their linear solves implicitly (one more CG solve per
         stage and tangent); the auto solver's switch is not differentiated, its steps are.
         Event times are differentiated by the implicit function theorem at the event.
+    - `keep_solver_state`: also return the solver's and step-size controller's state where the
+        solve stopped (`sol.resume`), so that `continue_flow` can take the trajectory further
+        with the same steps (off by default: under `sweep` it is per trajectory, and an
+        implicit solver's state holds its tracked eigenvectors of ∇²L).
     - `progress`: show progress (a per-step meter for one flow, a line per finished chunk in a
         sweep).
     """
@@ -107,6 +114,7 @@ class FlowOptions(eqx.Module):
     origin_defect: float | None = None
     progress: bool = False
     adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint()
+    keep_solver_state: bool = False
 
     def __check_init__(self):
         if isinstance(self.solver, str):

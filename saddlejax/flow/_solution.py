@@ -33,6 +33,8 @@ class FlowSolution(eqx.Module):
         saddlejax's solvers add their own counters (`max_cg_iterations`,
         `explicit_steps_accepted`, `implicit_steps_accepted`, …).
     - `result`: a `RESULTS` code; check `sol.result == RESULTS.successful`.
+    - `resume`: with `keep_solver_state=True`, the solver and controller state where the solve
+        stopped (for `continue_flow`); None otherwise.
     """
 
     ts: Float[Array, " n_save"]
@@ -48,6 +50,7 @@ class FlowSolution(eqx.Module):
     stats: dict[str, Array]
     result: RESULTS
     static: PyTree = eqx.field(default=None)
+    resume: dict | None = None
 
     def params_at(self, i: int | Int[Array, ""]):
         """The full model (trainable part at save index i, combined with the frozen part)."""
