@@ -145,6 +145,7 @@ from .theory import (
     FixedPointSolution as FixedPointSolution,
     HessianEigenpairs as HessianEigenpairs,
     NCFKKTPoints as NCFKKTPoints,
+    NeumannSeries as NeumannSeries,
     Path as Path,
     StrictnessTest as StrictnessTest,
     TaylorTerm as TaylorTerm,

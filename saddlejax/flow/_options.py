@@ -84,8 +84,9 @@ class FlowOptions(eqx.Module):
         `diffrax.DirectAdjoint()` supports both, at more memory. Reverse mode recomputes
         more the larger `max_steps` is (its checkpoints are spread over `max_steps`): set
         `max_steps` near the steps the solve takes (`sol.stats["num_steps"]`), or pass
-        `RecursiveCheckpointAdjoint(checkpoints=n)`, for a cheaper gradient. `BacksolveAdjoint` is refused:
-        it cannot differentiate computed save values or events, which every flow here has.
+        `RecursiveCheckpointAdjoint(checkpoints=n)`, for a cheaper gradient.
+        `BacksolveAdjoint` is refused: it cannot differentiate computed save values or events,
+        which every flow here has.
         Implicit steps differentiate their linear solves implicitly (one more CG solve per
         stage and tangent); the auto solver's switch is not differentiated, its steps are.
         Event times are differentiated by the implicit function theorem at the event.

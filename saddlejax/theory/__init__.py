@@ -1,7 +1,8 @@
 """The theory's objects as pure functions: homogeneous Taylor terms and the H-flow, escape
 directions and speeds on the sphere and the curvature there, the neural correlation function,
 escape paths, the contraction map Φ and the bijection Ψ (Jacot et al., Kumar & Haupt;
-SPEC §4–§7)."""
+SPEC §4–§7). Escape speeds and directions and the fixed points of Φ are differentiable in the
+data by the implicit function theorem."""
 
 from ._bijection import (
     closeness as closeness,
@@ -43,6 +44,7 @@ from ._h_flow import (
     h_flow as h_flow,
     lemma13_error as lemma13_error,
 )
+from ._implicit import NeumannSeries as NeumannSeries
 from ._ncf import (
     NCF as NCF,
     NCFKKTPoints as NCFKKTPoints,

@@ -40,7 +40,9 @@ def psi(
     """Ψ(x₀): the escape path of C = `loss` that is closest to the escape path x₀ of H.
 
     Jacot et al. Thm 22 (Thm 5): iterate Φ_C from x₀ (`fixed_point_iteration`, whose keyword
-    arguments — `tail`, `exponent`, `rtol`, `atol`, `max_steps`, `throw` — pass through).
+    arguments — `tail`, `exponent`, `rtol`, `atol`, `max_steps`, `throw`, `adjoint` — pass
+    through). Ψ(x₀) is differentiable in the data of C and H and in x₀ by the implicit function
+    theorem on x = Φ_C(x) (not through the iterations; see `fixed_point_iteration`).
 
     **Arguments:**
 

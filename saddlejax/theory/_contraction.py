@@ -26,6 +26,13 @@ Numerics (SPEC §7, our choices):
   integrand is replaced by its cubic interpolant through the 4 nearest grid points (one-sided at
   the ends), integrated exactly. On the grids of `escape_times` its error is tested against paths
   with known integrals (tests/test_contraction.py).
+
+Derivatives of the fixed point (with respect to the data in C, the starting path x₀, H) come
+from the implicit function theorem on the discrete equation x* = Φ(x*; p):
+dx* = (I − ∂_xΦ)⁻¹ ∂_pΦ·dp, one matrix-free linear solve on Jacobian-vector products of
+Φ (optimistix's `ImplicitAdjoint`), not from the iterations. The solve is the Neumann series
+dx* = Σ_n (∂_xΦ)ⁿ ∂_pΦ·dp (`NeumannSeries`): it converges because Φ contracts, as the
+iteration does.
 """
 
 from collections.abc import Callable
@@ -35,10 +42,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 from jaxtyping import Array, Float, Int, PyTree
 from optimistix import two_norm
 
 from .._results import RESULTS, check
+from ._implicit import FIXED_POINT_ADJOINT, as_pytree, check_adjoint
 from ._paths import Path
 
 _TAILS = ("h_path", "leading", "none")
@@ -305,10 +314,10 @@ class FixedPointSolution(eqx.Module):
         return r[: max(int(self.stats["num_steps"]) - 1, 0)]
 
 
-@eqx.filter_jit
-def _iterate(
-    loss, reference, reference_loss, tail, next_order, speed, exponent, rtol, atol, max_steps
-):
+def _fixed_point_primal(inputs):
+    """The iteration x_{n+1} = Φ(x_n) from x_0 = the reference path, with its record."""
+    loss, reference, reference_loss, speed, exponent, rtol, atol, options, while_loop = inputs
+    tail, next_order, max_steps = options
     quad = _interval_weights(reference.ts)
     ref_grad = _path_gradients(reference_loss, reference)
     nan = jnp.full((max_steps,), jnp.nan, reference.ts.dtype)
@@ -330,7 +339,48 @@ def _iterate(
         return (i < max_steps) & ~done & finite
 
     init = (jnp.zeros((), int), reference.xs, nan, nan, jnp.array(False), jnp.array(True))
-    i, x, cw, cs, done, finite = jax.lax.while_loop(cond, body, init)
+    i, x, cw, cs, done, finite = while_loop(cond, body, init, max_steps=max_steps)
+    return x, (i, cw, cs, done, finite)
+
+
+def _fixed_point_rewrite(x, _, inputs):
+    """Φ(x) − x: zero at the fixed point; the implicit function theorem solves
+    (I − ∂_xΦ) dx = ∂_pΦ dp with it."""
+    loss, reference, reference_loss, speed, _, _, _, options, _ = inputs
+    tail, next_order, _ = options
+    quad = _interval_weights(reference.ts)
+    ref_grad = _path_gradients(reference_loss, reference)
+    phi = _phi(loss, x, reference, ref_grad, quad, tail, next_order, speed)
+    return jax.tree_util.tree_map(jnp.subtract, phi, x)
+
+
+@eqx.filter_jit
+def _iterate(
+    loss,
+    reference,
+    reference_loss,
+    tail,
+    next_order,
+    speed,
+    exponent,
+    rtol,
+    atol,
+    max_steps,
+    adjoint,
+):
+    inputs = (
+        loss,
+        reference,
+        reference_loss,
+        speed,
+        exponent,
+        rtol,
+        atol,
+        (tail, next_order, max_steps),
+    )
+    x, (i, cw, cs, done, finite) = adjoint.apply(
+        _fixed_point_primal, _fixed_point_rewrite, inputs, frozenset()
+    )
     result = RESULTS.where(
         finite,
         RESULTS.where(done, RESULTS.successful, RESULTS.fixed_point_not_converged),
@@ -363,6 +413,7 @@ def fixed_point_iteration(
     atol: float = 0.0,
     max_steps: int = 300,
     throw: bool = True,
+    adjoint: optx.AbstractAdjoint = FIXED_POINT_ADJOINT,
 ) -> FixedPointSolution:
     """Iterate x_{n+1} = Φ_C(x_n) from x_0 = `reference` to the escape path of C near it.
 
@@ -374,8 +425,10 @@ def fixed_point_iteration(
     only the last iterate and a step count, while the point here is the per-iteration record —
     the correction ‖x_{n+1} − x_n‖ in the weighted norm and the observed contraction ratio —
     which optimistix offers no hook to collect (carrying it inside the iterate would put it under
-    optimistix's convergence test). The loop is a `jax.lax.while_loop` with a fixed-size record;
-    the tests check that `optx.fixed_point` finds the same fixed point.
+    optimistix's convergence test). The loop is a `while_loop` with a fixed-size record, run
+    through optimistix's adjoint machinery (`adjoint.apply`, as `optx.fixed_point` does) so
+    that it is differentiated as optimistix differentiates its own fixed points; the tests
+    check that `optx.fixed_point` finds the same fixed point.
 
     **Arguments:**
 
@@ -391,6 +444,21 @@ def fixed_point_iteration(
         (a pointwise test: the weighted norm down-weights the end of the window).
     - `max_steps`: cap on iterations; reaching it is a failure (`result`).
     - `throw`: raise a RuntimeError on failure (default).
+    - `adjoint`: how `path` is differentiated. `optimistix.ImplicitAdjoint` (default, with a
+        `NeumannSeries` solve at rtol 1e−12; a failed solve raises): the implicit function
+        theorem at the fixed point x* = Φ(x*; p), dx* = (I − ∂_xΦ)⁻¹ ∂_pΦ·dp, forward and
+        reverse mode.
+        `optimistix.RecursiveCheckpointAdjoint`: reverse mode through the iterations (as
+        converged as the last iterate; for comparison).
+
+    **Differentiation:** `path` (and `ode_residual`) are differentiable with respect to the
+    arrays of `loss` (e.g. the data of a `MatrixCompletion`; closures are converted so that
+    the arrays they capture count too), of `reference` (the starting path x₀: its values and
+    grid), of `reference_loss` and `speed` (which enters Φ only with `tail="leading"`); p
+    above is all of them. Under `ImplicitAdjoint` the diagnostics (`corrections`,
+    `contraction_ratios`, …) are not differentiated (zero tangents; reverse mode through them
+    is an error). Jit- and vmap-compatible (e.g. `jax.vmap(jax.grad(f))` over data sets of
+    the same shapes).
 
     **Returns:** a `FixedPointSolution`.
     """
@@ -406,10 +474,12 @@ def fixed_point_iteration(
     dtype = reference.ts.dtype
     if exponent is None:
         exponent = default_exponent(reference.order, next_order, speed)
+    check_adjoint(adjoint, what="the fixed point of Φ", unrolled_ok=True)
+    example = jax.tree_util.tree_map(lambda v: v[0], reference.xs)
     sol = _iterate(
-        loss,
+        as_pytree(loss, example),
         reference,
-        reference_loss,
+        as_pytree(reference_loss, example),
         tail,
         next_order,
         jnp.asarray(speed, dtype),
@@ -417,5 +487,6 @@ def fixed_point_iteration(
         jnp.asarray(rtol, dtype),
         jnp.asarray(atol, dtype),
         max_steps,
+        adjoint,
     )
     return check(sol, throw=throw, what="the fixed-point iteration of Φ")

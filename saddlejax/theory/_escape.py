@@ -5,6 +5,14 @@ speed; then H(ρ) = −s/k by Euler's identity. The optimal one minimises H on t
 s* = −k·H(ρ*). Random restarts of Riemannian descent, polished by Riemannian Newton steps
 (`saddlejax.theory._sphere`), are batched with `jax.vmap` and deduplicated modulo the network's
 symmetries. (A Euclidean L-BFGS on H(x/‖x‖) stalls on deep DLNs, hence a solver on the sphere.)
+
+Derivatives with respect to the data in H (the arrays of an `eqx.Module` H, or those a closure
+captures) do not go through the solvers' loops. The speed uses the envelope theorem: with
+∇H(ρ*) = μρ* and ρ* on the sphere, every change of ρ* is orthogonal to ∇H(ρ*), so
+ds* = −k·∂_pH(ρ*; p)·dp at fixed ρ*. The direction uses the implicit function theorem on the
+KKT system (`implicit_direction`): Hess_R(ρ*) dρ* = −P∂_p∇H(ρ*; p)·dp, dρ* ⊥ ρ*, solved by
+least squares, so that where symmetries make Hess_R singular dρ* is the minimum-norm solution
+(orthogonal to the symmetry orbit).
 """
 
 from collections.abc import Callable
@@ -15,13 +23,16 @@ import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
 import numpy as np
+import optimistix as optx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from .._results import RESULTS
+from ._implicit import ESCAPE_ADJOINT, as_pytree, check_adjoint, stop_gradient
 from ._sphere import (
     DEFAULT_LINEAR_SOLVER,
     flatten,
+    implicit_direction,
     kkt,
     riemannian_descent,
     riemannian_newton,
@@ -44,6 +55,9 @@ class EscapeDirections(eqx.Module):
     - `result`: a `RESULTS` code.
     - `stats`: per restart `descent_steps`, `newton_steps_accepted` and `relative_kkt`
         (‖grad_R H‖/‖∇H‖); `n_converged`; `measured_order`, log₂(H(2ρ*)/H(ρ*)).
+
+    Differentiable in the arrays of H: `speed` and `speeds` (envelope theorem), `direction`
+    (implicit function theorem; see the module docstring). The other fields are constants.
     """
 
     direction: PyTree
@@ -66,6 +80,8 @@ class EscapeDirection(eqx.Module):
     **Fields:** `direction` ρ (unit norm, shaped like the guess), `speed` s = −k·H(ρ),
     `kkt_residual` ‖∇H(ρ) − (ρᵀ∇H(ρ))ρ‖, `result` (a `RESULTS` code), `stats`
     (`newton_steps_accepted`, `relative_kkt`, `measured_order` log₂(H(2ρ)/H(ρ))).
+    `speed` (envelope theorem) and `direction` (implicit function theorem) are differentiable
+    in the arrays of H.
     """
 
     direction: PyTree
@@ -147,6 +163,18 @@ def _order_error(order, measured, where) -> ValueError:
     )
 
 
+def _live_and_frozen(H, like):
+    """(h, h₀, x, unravel): h = H on R^P with its arrays as leaves (closures converted, so that
+    the arrays they capture carry derivatives), h₀ = h with those leaves stop-gradiented (what
+    the solvers run on), x = the flattened, stop-gradiented parameters of `like`."""
+    _, flat, unravel = flatten(H, like)
+    h, _, _ = flatten(as_pytree(H, unravel(flat)), like)
+    return h, stop_gradient(h), stop_gradient(flat), unravel
+
+
+_ESCAPE = "escape directions (whose solvers' loops are not differentiated)"
+
+
 def _check_escape_args(order, n_restarts, max_steps, n_polish):
     if order < 2:
         raise ValueError(
@@ -200,6 +228,7 @@ def optimal_escape(
     speed_rtol: float = 1e-7,
     direction_atol: float = 1e-4,
     starts: PyTree | None = None,
+    adjoint: optx.ImplicitAdjoint = ESCAPE_ADJOINT,
 ) -> EscapeDirections:
     """The optimal escape direction ρ* = argmin_{S^{P−1}} H and speed s* = −k·H(ρ*) (SPEC §5).
 
@@ -230,6 +259,19 @@ def optimal_escape(
     - `kkt_rtol`, `invariant`, `speed_rtol`, `direction_atol`: convergence and deduplication.
     - `starts`: optional starting directions (pytree shaped like `like` with a leading restart
         axis) used instead of random starts.
+    - `adjoint`: how `direction` is differentiated: an `optimistix.ImplicitAdjoint` whose
+        `linear_solver` solves the implicit-function-theorem system (default LSMR at rtol
+        1e−12: the minimum-norm solution where symmetries make it singular). A failed solve
+        raises when the derivative is computed (e.g. at a nearly degenerate ρ*, σ_1(G) ≈
+        σ_2(G); see `implicit_direction`); the speed's derivative does not need the solve:
+        `escape_speed(H, k, jax.lax.stop_gradient(esc.direction))`.
+
+    **Differentiation:** `speed`, `speeds` and `direction` are differentiable with respect to
+    the arrays of H (the data of a `dln_taylor_term(G)`, of a `TaylorTerm`'s loss, or arrays a
+    closure captures), in forward and reverse mode, by the envelope theorem and the implicit
+    function theorem at the solution (module docstring); the restarts themselves are not
+    differentiated. This function reads concrete values (deduplication), so it runs under
+    `jax.grad`/`jax.jvp` but not under `jit` or `vmap`; `refine_escape_direction` does.
 
     **Returns:** an `EscapeDirections`. Its `result` is `escape_not_converged` if no restart
     converged, `no_escape_direction` if H ≥ 0 on the sphere (s* ≤ `speed_rtol`·max|s|: the
@@ -246,13 +288,16 @@ def optimal_escape(
     esc = saddlejax.optimal_escape(taylor.H, taylor.order, origin, key=jr.key(0),
                                    invariant=saddlejax.dln_invariant)
     esc.speed, esc.direction
+    jax.grad(lambda g: saddlejax.optimal_escape(saddlejax.dln_taylor_term(g), L, like,
+                                                key=jr.key(0)).speed)(G)  # ∂s*/∂G
     ```
     """
     _check_escape_args(order, n_restarts, max_steps, n_polish)
-    h, flat, unravel = flatten(H, like)
-    x0 = _starting_points(key, flat, n_restarts, starts)
+    check_adjoint(adjoint, what=_ESCAPE, unrolled_ok=False)
+    h, h0, flat, unravel = _live_and_frozen(H, like)
+    x0 = _starting_points(key, flat, n_restarts, stop_gradient(starts))
     rho, residuals, gnorms, values, doubled, steps, accepted = _solve_restarts(
-        h,
+        h0,
         x0,
         max_steps=max_steps,
         descent_rtol=descent_rtol,
@@ -273,12 +318,16 @@ def optimal_escape(
     scale = float(np.max(np.abs(finite))) if finite.size else 0.0
     if result == RESULTS.successful and not float(speeds[best]) > speed_rtol * scale:
         result = RESULTS.no_escape_direction
+    if _traced(h):
+        direction, live_speeds = _differentiable(h, rho[best], rho[idx], order, adjoint)
+    else:
+        direction, live_speeds = rho[best], speeds[idx]
     return EscapeDirections(
-        direction=unravel(rho[best]),
-        speed=speeds[best],
+        direction=unravel(direction),
+        speed=live_speeds[0],
         kkt_residual=residuals[best],
         directions=jax.vmap(unravel)(rho[idx]),
-        speeds=speeds[idx],
+        speeds=live_speeds,
         kkt_residuals=residuals[idx],
         multiplicities=jnp.asarray(counts),
         restart_speeds=speeds,
@@ -296,6 +345,19 @@ def optimal_escape(
 
 
 @eqx.filter_jit
+def _differentiable(h, best, others, order, adjoint):
+    """ρ = `best` with its implicit derivative, and −k·h at `others` (leading axis) with their
+    envelope derivative: the live h at the frozen directions."""
+    return implicit_direction(h, best, adjoint), -order * jax.vmap(h)(others)
+
+
+def _traced(tree) -> bool:
+    """Whether any leaf is a tracer: without one (no transformation around the call) there is
+    nothing to differentiate, and the frozen values are returned as they are."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+
+
+@eqx.filter_jit
 def _newton(h, rho, max_steps, linear_solver):
     return riemannian_newton(h, rho, max_steps, linear_solver, monotone=False)
 
@@ -308,13 +370,20 @@ def refine_escape_direction(
     max_steps: int = 20,
     linear_solver: lx.AbstractLinearSolver = DEFAULT_LINEAR_SOLVER,
     kkt_rtol: float = 1e-8,
+    adjoint: optx.ImplicitAdjoint = ESCAPE_ADJOINT,
 ) -> EscapeDirection:
     """Newton's method on S^{P−1} for ∇H(ρ) = −sρ from `guess`: converges to the nearby escape
     direction of any index — minimum, saddle or maximum of H on the sphere (SPEC §5).
 
     **Arguments:** `H`, `order` (k), `guess` (a pytree, normalised first); `max_steps` Newton
     steps, each solved by `linear_solver`; `kkt_rtol`: the relative KKT residual
-    ‖∇H − (ρᵀ∇H)ρ‖/‖∇H‖ below which the result is successful.
+    ‖∇H − (ρᵀ∇H)ρ‖/‖∇H‖ below which the result is successful; `adjoint`: as in
+    `optimal_escape`.
+
+    **Differentiation:** `speed` and `direction` are differentiable with respect to the arrays
+    of H (envelope and implicit function theorems at the refined ρ, not through the Newton
+    steps), in forward and reverse mode, under `jit` and `vmap` (e.g. `jax.vmap(jax.grad(f))`
+    over data sets, each refined from its own guess). The guess carries no derivative.
 
     **Returns:** an `EscapeDirection` with s = −k·H(ρ) (negative at a critical point of H on
     the sphere where H > 0: a KKT point that is not an escape direction).
@@ -322,11 +391,12 @@ def refine_escape_direction(
     **Raises:** `ValueError` if H(2ρ) ≠ 2^k·H(ρ) at the refined ρ (H is not `order`-homogeneous;
     under a user's `jit` the result is `order_mismatch` instead).
     """
-    h, flat, unravel = flatten(H, guess)
-    rho, accepted = _newton(h, flat / jnp.linalg.norm(flat), max_steps, linear_solver)
-    residual, gnorm, _ = kkt(h, rho)
+    check_adjoint(adjoint, what=_ESCAPE, unrolled_ok=False)
+    h, h0, flat, unravel = _live_and_frozen(H, guess)
+    rho, accepted = _newton(h0, flat / jnp.linalg.norm(flat), max_steps, linear_solver)
+    residual, gnorm, _ = kkt(h0, rho)
     rel = _relative(residual, gnorm)
-    value, doubled = h(rho), h(2 * rho)
+    value, doubled = h0(rho), h0(2 * rho)
     matches = order_matches(order, value, doubled, gnorm)
     if not isinstance(matches, jax.core.Tracer) and not bool(matches):
         raise _order_error(order, measured_order(value, doubled), "the refined direction")
@@ -341,11 +411,21 @@ def refine_escape_direction(
         "relative_kkt": rel,
         "measured_order": measured_order(value, doubled),
     }
-    return EscapeDirection(unravel(rho), -order * value, residual, result, stats)
+    if _traced(h):
+        rho, speed = _differentiable(h, rho, rho[None], order, adjoint)
+        speed = speed[0]
+    else:
+        speed = -order * value
+    return EscapeDirection(unravel(rho), speed, residual, result, stats)
 
 
 def escape_speed(H: Callable, order: int, direction: PyTree) -> Scalar:
-    """s = −k·H(ρ/‖ρ‖) (SPEC §5)."""
+    """s = −k·H(ρ/‖ρ‖) (SPEC §5).
+
+    Differentiable in H's arrays and in `direction`. At an escape direction the derivative in
+    `direction` vanishes (∇H(ρ) ∥ ρ), so at a solver's ρ* this is the envelope theorem:
+    ds* = −k·∂_pH(ρ*; p)·dp, e.g. `jax.grad(lambda g: escape_speed(dln_taylor_term(g), L, ρ*))`.
+    """
     h, flat, _ = flatten(H, direction)
     return -order * h(flat / jnp.linalg.norm(flat))
 

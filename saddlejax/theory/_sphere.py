@@ -12,6 +12,9 @@ raveled (`jax.flatten_util.ravel_pytree`). Two solvers, both matrix-free:
     Hess_R v = P∇²h(ρ)Pv − (ρᵀ∇h(ρ))Pv, P = I − ρρᵀ. It converges to the nearby critical point of
     any index; GMRES copes with the singular directions that symmetries (DLN rotations,
     permutations) create.
+
+`implicit_direction` differentiates a converged escape direction with respect to the arrays of h
+by the implicit function theorem on the same KKT system (see its docstring).
 """
 
 from collections.abc import Callable
@@ -20,6 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import optimistix as optx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PyTree, Scalar
 
@@ -216,3 +220,56 @@ def riemannian_newton(
         cond, body, (rho, zero, zero, jnp.array(max_steps <= 0))
     )
     return rho, accepted
+
+
+# ---------------------------------------------------------------------------------------------
+# the implicit function theorem at an escape direction
+
+
+def _given_root(inputs):
+    # The root was found before (by a solver that need not be differentiable); `implicit_jvp`
+    # only needs it returned, and a copy of it as the "residual" the rewrite reads.
+    rho = inputs[1]
+    return rho, rho
+
+
+def _kkt_rewrite(x, rho, inputs):
+    """F(x) = P(∇h(x) − μx) + ρ(ρᵀx − 1), P = I − ρρᵀ, μ = ρᵀ∇h(ρ), with ρ the root.
+
+    F(ρ) = grad_R h(ρ) = 0 at an escape direction. ∂_xF(ρ) = P∇²h(ρ) − μP + ρρᵀ is the Riemannian
+    Hessian on the tangent space and the identity on span(ρ) (up to (k−1)·grad_R h(ρ)ρᵀ, zero at
+    the root); ∂_pF(ρ) = P∂_p∇h(ρ), since ∂_pμ multiplies Pρ = 0.
+    """
+    h = inputs[0]
+    mu = jnp.dot(rho, jax.grad(h)(rho))
+    v = jax.grad(h)(x) - mu * x
+    return v - jnp.dot(rho, v) * rho + (jnp.dot(rho, x) - 1) * rho
+
+
+def implicit_direction(
+    h: Callable, rho: Float[Array, " P"], adjoint: optx.ImplicitAdjoint
+) -> Float[Array, " P"]:
+    """ρ, a converged escape direction of h, differentiable in the arrays of h by the implicit
+    function theorem (SPEC §5).
+
+    The KKT system ∇h(ρ; p) = μρ, ‖ρ‖ = 1 differentiates to Hess_R(ρ) dρ = −P ∂_p∇h(ρ; p) dp with
+    dρ ⊥ ρ, solved by `adjoint.linear_solver` on Hessian-vector products. Continuous symmetries
+    of h (the hidden-layer rotations of a DLN) make Hess_R singular, with the right-hand side
+    orthogonal to its null space (h(·; p) is invariant for every p); a least-squares solver
+    (LSMR, SVD) then returns the minimum-norm solution: the derivative of ρ orthogonal to the
+    orbit of the symmetry group, the one a quotient by the group defines. Invariant functions
+    of ρ (A_ρ of a DLN) have the same derivative whatever the choice. Where Hess_R is singular
+    beyond the symmetries (σ_1(G) repeated: the optimal directions form a larger family) the
+    derivative does not exist: LSMR then returns the minimum-norm least-squares solution of an
+    inconsistent system, and where Hess_R is nearly so (condition above LSMR's `conlim`, 1e8:
+    a gap σ_1 − σ_2 ≲ 1e−8·σ_1) the solve fails and raises.
+
+    **Arguments:** `h` (a function on R^P whose array leaves carry the tangents, e.g. a
+    `FlatFunction`), `rho` (the unit root, found by any solver; its own tangent is ignored: the
+    converged point does not depend on where the solver started), `adjoint`.
+
+    **Returns:** ρ with its implicit derivative.
+    """
+    rho = jax.lax.stop_gradient(rho)
+    out, _ = adjoint.apply(_given_root, _kkt_rewrite, (h, rho), frozenset())
+    return out
