@@ -15,15 +15,33 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from ._validate import check_real
 
 
 def scale(params, alpha):
     """θ₀ = α·θ̃: multiply every inexact array of `params` by `alpha` (Jacot §5; SPEC §1).
 
-    `alpha` may be a traced scalar, so that sweeps over α do not retrace.
+    `alpha` may be a traced scalar, so that sweeps over α do not retrace; a concrete one must be
+    a positive finite real number, small enough that α·θ̃ is finite (ValueError otherwise: θ₀
+    with ∞ or NaN entries has no flow).
     """
-    if isinstance(alpha, int | float) and not alpha > 0:
-        raise ValueError(f"`alpha` must be positive, got {alpha}.")
+    if isinstance(alpha, jax.core.Tracer):
+        return _scaled(params, alpha)
+    alpha = check_real("alpha", alpha, low=0.0, low_open=True)
+    scaled = _scaled(params, alpha)
+    for before, after in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(scaled)):
+        if eqx.is_inexact_array(after) and not isinstance(after, jax.core.Tracer):
+            if not np.all(np.isfinite(after)) and np.all(np.isfinite(before)):
+                raise ValueError(
+                    f"`alpha` = {alpha:g} overflows {after.dtype} (the largest entry of θ̃ is "
+                    f"{float(np.max(np.abs(before))):.3g}): θ₀ = α·θ̃ would be infinite."
+                )
+    return scaled
+
+
+def _scaled(params, alpha):
     return jax.tree_util.tree_map(lambda x: alpha * x if eqx.is_inexact_array(x) else x, params)
 
 

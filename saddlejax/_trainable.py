@@ -5,6 +5,8 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 
+from ._validate import describe
+
 
 def freeze(model, where: Callable) -> object:
     """A filter spec marking every inexact array of `model` trainable except those in `where`.
@@ -40,7 +42,10 @@ def split_trainable(params, trainable=eqx.is_inexact_array):
         ) from e
     leaves = jax.tree_util.tree_leaves(state)
     if not leaves:
-        raise ValueError("`params0` has no trainable floating-point arrays: nothing would move.")
+        raise ValueError(
+            f"`trainable` = {describe(trainable)} selects no floating-point array of `params0`: "
+            "nothing would move; pass a filter that selects some (default `eqx.is_inexact_array`)."
+        )
     for leaf in leaves:
         if not eqx.is_inexact_array(leaf):
             raise ValueError(

@@ -327,3 +327,17 @@ def test_ncf_kkt_points_include_minima():
     assert float(jnp.linalg.norm(kkt.points[1] - refined.direction)) <= 1e-8
     assert abs(float(kkt.values[1]) - float(n_j(refined.direction))) <= 1e-10 * kkt.values[0]
     assert abs(float(kkt.values[1]) - values[grid_min]) <= 1e-6 * kkt.values[0]
+
+
+def test_tuple_of_events_locates_the_one_that_fired():
+    """With `event=(EscapeRadius(r), LossBelow(ℓ))` the first condition to change sign stops
+    the flow at its own time: that of the same event alone (to the root find's 1e−10)."""
+    loss, p0 = ScalarDLN(jnp.asarray(1.0)), jnp.full(4, 0.1)
+    kw = dict(solver=TSIT5, n_save=4, rtol=1e-10)
+    exact = _scalar_dln_escape_time(0.1, 1.0)
+    alone = sj.gradient_flow(loss, p0, 2 * exact, event=sj.EscapeRadius(1.0), **kw)
+    both = sj.gradient_flow(
+        loss, p0, 2 * exact, event=(sj.LossBelow(-1e3), sj.EscapeRadius(1.0)), **kw
+    )
+    assert float(both.event_time) == pytest.approx(float(alone.event_time), rel=1e-10)
+    assert [bool(m) for m in both.event_mask] == [False, True]

@@ -1,9 +1,13 @@
 """Neural correlation functions and their KKT points (Kumar & Haupt; SPEC §5, §6)."""
 
+import re
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 import pytest
 
 import saddlejax as sj
@@ -87,3 +91,59 @@ def test_ncf_shape_error(getkey):
     """A label array with the wrong number of rows is refused with a ValueError naming `y`."""
     with pytest.raises(ValueError, match="`y`"):
         sj.ncf(sj.nn.SquaredReLU(2, 1, key=getkey()), jnp.zeros((5, 2)), jnp.zeros((4, 1)))
+
+
+def test_kkt_residual_above_tolerance_warns():
+    """`ncf_kkt_points` returns only points whose relative KKT residual is below `kkt_rtol`;
+    when no maximising restart gets there, the maximiser's estimate (`escape.direction`) is
+    above it: `escape_not_converged` and a `NumericalWarning` giving that residual. Built to
+    trigger it: the squared-ReLU toy's neuron NCF in float32, where kkt_rtol = 1e−8 is below
+    roundoff (eps = 1.2e−7; the warning says so), and in float64 with one descent step and no
+    Newton polish. The same NCF in float64 with the default settings does not warn."""
+    prob = sj.squared_relu_toy_problem(jr.key(0))
+    n_j = sj.neuron_ncf(sj.squared_relu_neuron, prob.x, prob.y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sj.NumericalWarning)
+        kkt = sj.ncf_kkt_points(n_j, 2, jnp.zeros(2), key=jr.key(1), n_restarts=8)
+    assert kkt.result == sj.RESULTS.successful and kkt.values.shape[0] >= 1
+
+    x32, y32 = prob.x.astype(jnp.float32), prob.y.astype(jnp.float32)
+    n_32 = sj.neuron_ncf(sj.squared_relu_neuron, x32, y32)
+    with pytest.warns(sj.NumericalWarning, match=r"`kkt_rtol`.*roundoff alone exceeds it"):
+        kkt = sj.ncf_kkt_points(n_32, 2, jnp.zeros(2, jnp.float32), key=jr.key(1), n_restarts=8)
+    assert kkt.result == sj.RESULTS.escape_not_converged
+    assert float(sj.ncf_kkt_residual(n_32, kkt.escape.direction)) > 0
+
+    with pytest.warns(sj.NumericalWarning, match=r"relative KKT residual (\S+), is not") as rec:
+        kkt = sj.ncf_kkt_points(
+            n_j, 2, jnp.zeros(2), key=jr.key(1), n_restarts=8, max_steps=1, n_polish=0
+        )
+    assert kkt.result == sj.RESULTS.escape_not_converged
+    reported = float(re.search(r"residual ([0-9.e+-]+), is not", str(rec[0].message)).group(1))
+    direction = kkt.escape.direction
+    grad = jax.grad(n_j)(direction)
+    relative = jnp.linalg.norm(grad - jnp.dot(direction, grad) * direction) / jnp.linalg.norm(grad)
+    assert reported > 1e-8 and abs(reported - float(relative)) <= 1e-2 * float(relative)
+
+
+def test_kkt_points_arguments_are_named():
+    """Arguments of the wrong type or out of range raise a ValueError naming them, before any
+    solver is compiled."""
+    n_j = sj.neuron_ncf(sj.squared_relu_neuron, jnp.eye(2), jnp.ones(2))
+    for name, value in (
+        ("order", 2.5),
+        ("order", "2"),
+        ("n_restarts", 0),
+        ("n_restarts", 10**20),
+        ("max_steps", np.inf),
+        ("n_polish", -1),
+        ("n_newton", None),
+        ("kkt_rtol", 0.0),
+        ("speed_rtol", "tight"),
+        ("key", 0),
+    ):
+        kwargs = dict(order=2, key=jr.key(0), n_restarts=2)
+        kwargs[name] = value
+        order = kwargs.pop("order")
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            sj.ncf_kkt_points(n_j, order, jnp.zeros(2), **kwargs)

@@ -44,7 +44,13 @@ GROUPS = [
         record_steps=True,
         progress=True,
     ),
-    dict(solver=diffrax.Tsit5(), n_save=16, origin_defect=1e-4),
+    dict(
+        solver=diffrax.Tsit5(),
+        n_save=16,
+        origin_defect=1e-4,
+        adjoint=diffrax.ForwardMode(),
+        keep_solver_state=True,
+    ),
 ]
 
 

@@ -1,5 +1,7 @@
 """Plateau detection on log-log loss curves (SPEC §8)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,61 @@ def test_plateau_shorter_than_the_window_is_found():
     np.testing.assert_array_equal(stairs.changes, [1, 1])
     coarse = sj.detect_plateaus(ts, loss, refine=1)
     assert coarse.n_plateaus == 2  # what the refinement adds
+
+
+def _plateau_indices(ts, stairs, per_plateau, elsewhere=np.inf):
+    """A `saddle_index` series: `per_plateau[k]` on plateau k, `elsewhere` off the plateaus."""
+    index = np.full(ts.shape, elsewhere)
+    for start, end, value in zip(stairs.starts, stairs.ends, per_plateau):
+        index[(ts >= start) & (ts <= end)] = value
+    return index
+
+
+def test_saddle_with_index_zero_warns():
+    """With `saddle_index` (the Hessian index recorded at the save times), each plateau gets
+    the largest index seen on it. A plateau followed by a drop is a saddle visit (SPEC §8); one
+    whose save points all have index 0 has no direction of negative curvature, so it is a
+    minimum or degenerate to second order: a `NumericalWarning` names it. The last plateau (the
+    minimum the flow ends in) and plateaus with a negative eigenvalue do not warn; non-finite
+    index entries (save times after a stop) are ignored."""
+    ts = default_save_times(0.0, 1e5, 256)
+    levels = np.array([3.0, 1.0, 0.2])
+    loss = _staircase(levels, [3.0, 7.0], ts, 1e-3, 2)
+    plain = sj.detect_plateaus(ts, loss)
+    assert plain.n_plateaus == 3 and np.all(np.isnan(plain.saddle_indices))
+
+    normal = _plateau_indices(ts, plain, [2.0, 1.0, 0.0])
+    normal[-1] = np.nan  # an unrecorded point on the last plateau
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sj.NumericalWarning)
+        stairs = sj.detect_plateaus(ts, loss, saddle_index=normal)
+    np.testing.assert_array_equal(stairs.saddle_indices, [2.0, 1.0, 0.0])
+    np.testing.assert_array_equal(stairs.levels, plain.levels)
+
+    degenerate = _plateau_indices(ts, plain, [2.0, 0.0, 0.0], elsewhere=1.0)
+    with pytest.warns(sj.NumericalWarning, match=r"plateau 1 .*`saddle_index` 0") as record:
+        stairs = sj.detect_plateaus(ts, loss, saddle_index=degenerate)
+    assert len(record) == 1
+    np.testing.assert_array_equal(stairs.saddle_indices, [2.0, 0.0, 0.0])
+
+
+def test_plateau_arguments_are_named():
+    """Arguments of the wrong type or out of range raise a ValueError naming them."""
+    ts = default_save_times(0.0, 1e5, 64)
+    loss = _staircase(np.array([3.0, 1.0]), [5.0], ts, 0.0, 0)
+    for name, value in (
+        ("slope_threshold", "0.1"),
+        ("window", -1.0),
+        ("min_points", 2.5),
+        ("merge_rtol", np.nan),
+        ("peak_prominence", 2.0),
+        ("floor", None),
+        ("refine", 0.5),
+        ("refine_points", 0),
+        ("saddle_index", np.ones(3)),
+        ("grad_norm", "abc"),
+    ):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            sj.detect_plateaus(ts, loss, **{name: value})
+    with pytest.raises(ValueError, match="`ts`"):
+        sj.detect_plateaus([1 + 2j, 3.0], loss[:2])

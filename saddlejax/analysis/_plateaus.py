@@ -1,9 +1,14 @@
 """Plateaus of a loss curve on log-log axes, with the drops between them (SPEC §8, Conjecture 3)."""
 
+import warnings
+
 import equinox as eqx
 import numpy as np
 import scipy.signal
 from jaxtyping import Array, Bool, Float, Int
+
+from .._results import NumericalWarning
+from .._validate import check_int, check_real, describe
 
 
 class LossStaircase(eqx.Module):
@@ -21,6 +26,8 @@ class LossStaircase(eqx.Module):
     - `saddle_times`: per plateau, the save time of least ‖∇L‖ on it, NaN without `grad_norm`.
     - `changes`: per drop, the number of level changes seen in it (peaks of |d log L/d log t|).
     - `resolved`: per drop, `changes == 1`.
+    - `saddle_indices`: per plateau, the largest Hessian saddle index (number of negative
+        eigenvalues) over its save points, NaN without `saddle_index`.
     """
 
     starts: Float[np.ndarray, " k"]
@@ -29,6 +36,7 @@ class LossStaircase(eqx.Module):
     saddle_times: Float[np.ndarray, " k"]
     changes: Int[np.ndarray, " k-1"]
     resolved: Bool[np.ndarray, " k-1"]
+    saddle_indices: Float[np.ndarray, " k"]
 
     @property
     def n_plateaus(self) -> int:
@@ -79,6 +87,7 @@ def detect_plateaus(
     loss: Float[Array, " n"],
     *,
     grad_norm: Float[Array, " n"] | None = None,
+    saddle_index: Float[Array, " n"] | None = None,
     slope_threshold: float = 0.05,
     window: float = 0.1,
     min_points: int = 2,
@@ -108,6 +117,12 @@ def detect_plateaus(
 
     - `ts`, `loss`: one trajectory's save times and losses (`sol.ts`, `sol.loss`).
     - `grad_norm`: ‖∇L‖ at the save times (optional), to locate the saddle visits.
+    - `saddle_index`: the Hessian's saddle index at the save times (optional), e.g.
+        `sol.params["saddle_index"]` of a flow observed with `spectrum_observable`, or
+        `trajectory_spectra(...).saddle_index`. A plateau followed by a drop is a saddle visit
+        (SPEC §8); if no save point on it has a negative Hessian eigenvalue (index 0), a
+        `NumericalWarning` says that the point visited is, to second order, a local minimum
+        or degenerate (see **Warns**). Nothing is computed here: pass what was recorded.
     - `refine`, `refine_points`: between the plateaus found, look again with the window divided
         by `refine` for plateaus of at least `refine_points` save points (shorter than the
         window; `refine=1` turns this off).
@@ -117,6 +132,16 @@ def detect_plateaus(
 
     **Returns:** a `LossStaircase`. Runs outside `jit` (the number of plateaus is data).
 
+    **Warns:** `NumericalWarning`, with `saddle_index`, for a plateau followed by a drop whose
+    save points all have saddle index 0. A strict saddle has a negative eigenvalue (k = 2 in
+    SPEC §4), so the point is either degenerate — a saddle of order k > 2, e.g. the origin of
+    a network of depth ≥ 3 at small α, whose escape directions have zero curvature — or its
+    negative eigenvalues are below `index_tol` or unconverged, or the plateau is not a saddle
+    (a local minimum left only through noise, or a plateau that the grid cut in two). Check
+    the leading Taylor term there (`taylor_term`, `optimal_escape`).
+
+    **Raises:** `ValueError` for an argument of the wrong type or out of range, naming it.
+
     **Example:**
 
     ```python
@@ -125,28 +150,29 @@ def detect_plateaus(
     stairs.levels  # the losses of the saddles visited
     ```
     """
-    if not slope_threshold > 0 or not window > 0 or not merge_rtol >= 0 or not floor >= 0:
-        raise ValueError(
-            "`slope_threshold` and `window` must be positive, `merge_rtol` and `floor` "
-            f"non-negative; got {slope_threshold}, {window}, {merge_rtol}, {floor}."
-        )
-    if not (isinstance(min_points, int) and min_points >= 1):
-        raise ValueError(f"`min_points` must be an int ≥ 1, got {min_points!r}.")
-    ts = np.asarray(ts, dtype=float)
-    loss = np.asarray(loss, dtype=float)
-    gn = None if grad_norm is None else np.asarray(grad_norm, dtype=float)
-    if ts.ndim != 1 or loss.shape != ts.shape or (gn is not None and gn.shape != ts.shape):
-        raise ValueError(
-            "`ts`, `loss` (and `grad_norm`) must be 1-D of one length; got shapes "
-            f"{ts.shape}, {loss.shape}" + ("" if gn is None else f", {gn.shape}") + "."
-        )
+    slope_threshold = check_real("slope_threshold", slope_threshold, low=0.0, low_open=True)
+    window = check_real("window", window, low=0.0, low_open=True)
+    min_points = check_int("min_points", min_points)
+    merge_rtol = check_real("merge_rtol", merge_rtol, low=0.0)
+    peak_prominence = check_real("peak_prominence", peak_prominence, low=0.0, high=1.0)
+    floor = check_real("floor", floor, low=0.0)
+    refine = check_real("refine", refine, low=1.0)
+    refine_points = check_int("refine_points", refine_points)
+    ts = _series("ts", ts)
+    loss = _series("loss", loss)
+    gn = None if grad_norm is None else _series("grad_norm", grad_norm)
+    index = None if saddle_index is None else _series("saddle_index", saddle_index)
+    for name, x in (("loss", loss), ("grad_norm", gn), ("saddle_index", index)):
+        if x is not None and x.shape != ts.shape:
+            raise ValueError(
+                f"`{name}` must have the length of `ts` ({ts.size}), got shape {x.shape}."
+            )
     keep = np.isfinite(ts) & np.isfinite(loss) & (ts > 0) & (loss > 0)
-    ts, loss = ts[keep], loss[keep]
-    gn = None if gn is None else gn[keep]
-    order = np.argsort(ts, kind="stable")
-    ts, loss = ts[order], loss[order]
-    gn = None if gn is None else gn[order]
-    empty = LossStaircase(*(np.zeros(0),) * 4, np.zeros(0, int), np.zeros(0, bool))
+    order = np.argsort(ts[keep], kind="stable")
+    ts, loss = ts[keep][order], loss[keep][order]
+    gn = None if gn is None else gn[keep][order]
+    index = None if index is None else index[keep][order]
+    empty = LossStaircase(*(np.zeros(0),) * 4, np.zeros(0, int), np.zeros(0, bool), np.zeros(0))
     if ts.size < 3:
         return empty
     x, y = np.log(ts), np.log(loss)
@@ -170,8 +196,9 @@ def detect_plateaus(
         return empty
 
     if refine > 1:
-        merged = _refine(x, y, loss, merged, window / refine, slope_threshold, refine_points,
-                         merge_rtol)
+        merged = _refine(
+            x, y, loss, merged, window / refine, slope_threshold, refine_points, merge_rtol
+        )
         levels = np.array([np.median(loss[i : j + 1]) for i, j in merged])
 
     changes = []
@@ -184,6 +211,12 @@ def detect_plateaus(
         saddle_times = np.full(len(merged), np.nan)
     else:
         saddle_times = np.array([ts[i + np.argmin(gn[i : j + 1])] for i, j in merged])
+    saddle_indices = np.full(len(merged), np.nan)
+    if index is not None:
+        for k, (i, j) in enumerate(merged):
+            seen = index[i : j + 1][np.isfinite(index[i : j + 1])]
+            saddle_indices[k] = seen.max() if seen.size else np.nan
+        _warn_minimum_saddles(merged, ts, levels, saddle_indices)
     return LossStaircase(
         starts=np.array([ts[i] for i, _ in merged]),
         ends=np.array([ts[j] for _, j in merged]),
@@ -191,4 +224,34 @@ def detect_plateaus(
         saddle_times=saddle_times,
         changes=changes,
         resolved=changes == 1,
+        saddle_indices=saddle_indices,
     )
+
+
+def _series(name: str, values) -> np.ndarray:
+    """`values` as a 1-D float array, or a ValueError naming the argument."""
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`{name}` must be a 1-D array of real numbers, got {describe(values)}."
+        ) from None
+    if array.ndim != 1:
+        raise ValueError(f"`{name}` must be a 1-D array, got shape {array.shape}.")
+    return array
+
+
+def _warn_minimum_saddles(plateaus, ts, levels, indices) -> None:
+    """`NumericalWarning` for every plateau followed by a drop whose saddle index is 0."""
+    for k, ((i, j), level, index) in enumerate(zip(plateaus[:-1], levels[:-1], indices[:-1])):
+        if index == 0:
+            warnings.warn(
+                f"plateau {k} (t ∈ [{ts[i]:.3g}, {ts[j]:.3g}], L ≈ {level:.3g}) is followed by "
+                "a drop, but the Hessian has no negative eigenvalue at any of its save points "
+                "(`saddle_index` 0): the point visited is, to second order, a local minimum or "
+                "degenerate — a saddle of order k > 2 (e.g. the origin of a network of depth "
+                "≥ 3), negative eigenvalues below `index_tol` or not converged, or not a saddle "
+                "at all. Check its leading Taylor term (`taylor_term`, `optimal_escape`).",
+                NumericalWarning,
+                stacklevel=3,
+            )

@@ -13,6 +13,7 @@ from jaxtyping import PyTree
 from .._results import RESULTS, check
 from .._trainable import split_trainable
 from .._tree import tree_all_finite
+from .._validate import check_int, check_real
 from .._vector_field import GradientField
 from ._flow import first_nonfinite_save, observation
 from ._solution import FlowSolution, solution_from
@@ -109,10 +110,10 @@ def gradient_descent(
     A run that diverges is `nonfinite_trajectory`, with `sol.stats["nonfinite_time"]` the first
     saved time kη with a NaN/Inf (+inf otherwise).
     """
-    if isinstance(learning_rate, int | float) and not learning_rate > 0:
-        raise ValueError(f"`learning_rate` must be positive, got {learning_rate}.")
-    if not isinstance(steps, int | np.integer) or steps <= 0:
-        raise ValueError(f"`steps` must be a positive int, got {steps!r}.")
+    if not isinstance(learning_rate, jax.core.Tracer):  # a traced η is the user's to check
+        check_real("learning_rate", learning_rate, low=0.0, low_open=True)
+    # The largest int32 (JAX's default int): the scan's length; also bounds the divisor search.
+    steps = check_int("steps", steps, maximum=2**31 - 1)
     save_every = _default_save_every(int(steps)) if save_every is None else save_every
     if not isinstance(save_every, int | np.integer) or save_every <= 0 or steps % save_every:
         raise ValueError(

@@ -11,6 +11,8 @@ import optimistix as optx
 from jaxtyping import Array, Scalar
 from optimistix import two_norm
 
+from .._validate import check_real
+
 
 class AbstractFlowEvent(eqx.Module):
     """A scalar condition g(θ) whose sign change marks the event.
@@ -29,8 +31,8 @@ class EscapeRadius(AbstractFlowEvent):
     radius: float | Array
 
     def __init__(self, radius):
-        if isinstance(radius, int | float) and not radius > 0:
-            raise ValueError(f"`radius` must be positive, got {radius}.")
+        if not isinstance(radius, jax.core.Tracer):  # a traced radius is the user's to check
+            check_real("radius", radius, low=0.0, low_open=True)
         # An array, not a Python float: a new radius must not recompile the solve.
         self.radius = jnp.asarray(radius, dtype=float)
 
@@ -45,6 +47,8 @@ class LossBelow(AbstractFlowEvent):
     level: float | Array
 
     def __init__(self, level):
+        if not isinstance(level, jax.core.Tracer):  # a traced level is the user's to check
+            check_real("level", level)
         self.level = jnp.asarray(level, dtype=float)  # an array: no recompile per level
 
     def __call__(self, state, loss_fn):
@@ -87,6 +91,7 @@ class _BracketState(eqx.Module):
     g_upper: Scalar
     side: Array  # which end the last step moved: −1 lower, +1 upper, 0 none yet
     error: Scalar  # g at the last evaluated time
+    which: Array  # the condition located, among several
 
 
 def _secant(lower, upper, g_lower, g_upper):
@@ -121,17 +126,30 @@ class ResolvedBracket(optx.AbstractRootFinder):
     ulps: float = RESOLUTION_ULPS
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
-        dtype = f_struct.dtype
+        dtype = jnp.result_type(y)
         lower = jnp.asarray(options["lower"], dtype)
         upper = jnp.asarray(options["upper"], dtype)
-        g_lower, _ = fn(lower, args)
-        g_upper, _ = fn(upper, args)
+        ends = (fn(lower, args)[0], fn(upper, args)[0])
+        # Several conditions (a tuple of events): diffrax zeroes all but the ones that fired;
+        # the first with a sign change across the step is located.
+        lows, highs = (
+            jnp.stack([jnp.asarray(x, dtype) for x in jax.tree_util.tree_leaves(e)]) for e in ends
+        )
+        which = jnp.argmax(jnp.sign(lows) != jnp.sign(highs))
         return _BracketState(
-            lower, upper, g_lower, g_upper, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, dtype)
+            lower,
+            upper,
+            lows[which],
+            highs[which],
+            jnp.zeros((), jnp.int32),
+            jnp.asarray(jnp.inf, dtype),
+            which,
         )
 
     def step(self, fn, y, args, options, state, tags):
-        g, aux = fn(y, args)
+        values, aux = fn(y, args)
+        leaves = [jnp.asarray(x, state.error.dtype) for x in jax.tree_util.tree_leaves(values)]
+        g = jnp.stack(leaves)[state.which]
         done = jnp.abs(g) <= self.atol
         same_as_lower = jnp.sign(g) == jnp.sign(state.g_lower)
         # Illinois: an end kept twice in a row has its value halved (no one-sided stalling).
@@ -143,7 +161,7 @@ class ResolvedBracket(optx.AbstractRootFinder):
         g_lower = jnp.where(~same_as_lower & (state.side == 1), 0.5 * g_lower, g_lower)
         side = jnp.where(same_as_lower, -1, 1).astype(jnp.int32)
         new_y = jnp.where(done, y, _secant(lower, upper, g_lower, g_upper))
-        return new_y, _BracketState(lower, upper, g_lower, g_upper, side, g), aux
+        return new_y, _BracketState(lower, upper, g_lower, g_upper, side, g, state.which), aux
 
     def terminate(self, fn, y, args, options, state, tags):
         width = jnp.abs(state.upper - state.lower)
@@ -233,6 +251,11 @@ def check_event(event) -> None:
     `diffrax.Event`."""
     if event is None or isinstance(event, diffrax.Event):
         return
+    if isinstance(event, list | tuple) and not event:
+        raise ValueError(
+            f"`event` = {event!r} holds no event: pass None for none, or one or more of "
+            "`EscapeRadius`, `LossBelow`."
+        )
     for e in tuple(event) if isinstance(event, list | tuple) else (event,):
         if not isinstance(e, AbstractFlowEvent):
             raise ValueError(

@@ -9,13 +9,19 @@ import jax
 import numpy as np
 from jaxtyping import ArrayLike
 
+from .._validate import check_int, check_real, describe
 from ..solvers import AutoStiff
 from ._events import check_event
 
+# Caps of the static counts: above them a solve cannot run (memory, int32 step counters).
+MAX_SAVE = 10**7
+MAX_STEPS = 2**31 - 1
+
 
 def _positive_or_traced(name: str, value, *, allow_none: bool = False) -> None:
-    """A ValueError unless `value` is a positive finite number or array of them. A traced
-    value (under a user's `jit`/`vmap`) is checked inside the solve (`invalid_tolerance`)."""
+    """A ValueError unless `value` is a positive finite scalar (one number for all parameters:
+    an array would be broadcast against the state inside the solve). A traced value (under a
+    user's `jit`/`vmap`) is checked inside the solve (`invalid_tolerance`)."""
     if value is None:
         if allow_none:
             return
@@ -24,13 +30,28 @@ def _positive_or_traced(name: str, value, *, allow_none: bool = False) -> None:
         return
     is_array = isinstance(value, np.ndarray | jax.Array)
     if isinstance(value, bool) or not (isinstance(value, int | float | np.floating) or is_array):
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+        raise ValueError(f"`{name}` must be a positive number, got {describe(value)}.")
     array = np.asarray(value)
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+        raise ValueError(f"`{name}` must be a positive number, got {describe(value)}.")
+    if array.ndim != 0:
+        raise ValueError(
+            f"`{name}` must be a positive scalar, got an array of shape {array.shape}: pass "
+            "one number (it applies to every parameter)."
+        )
     array = array.astype(float)
     if not np.all(np.isfinite(array) & (array > 0)):
         raise ValueError(f"`{name}` must be positive and finite, got {value}.")
+
+
+def _static_count(name: str, value, minimum: int, maximum: int, why: str) -> None:
+    """A ValueError unless `value` is a Python int in [`minimum`, `maximum`] (a static argument
+    of the compiled solve: a NumPy or JAX integer would be hashed or traced)."""
+    check_int(name, value, minimum=minimum)
+    if not isinstance(value, int):
+        raise ValueError(f"`{name}` must be a Python int, got {describe(value)}: pass int(...).")
+    if value > maximum:
+        raise ValueError(f"`{name}` must be at most {maximum} ({why}), got {value}.")
 
 
 class FlowOptions(eqx.Module):
@@ -145,16 +166,17 @@ class FlowOptions(eqx.Module):
         _positive_or_traced("atol", self.atol, allow_none=True)
         _positive_or_traced("dt0", self.dt0, allow_none=True)
         _positive_or_traced("origin_defect", self.origin_defect, allow_none=True)
-        if not np.isfinite(self.t0):
-            raise ValueError(f"`t0` must be finite, got {self.t0}.")
-        if (
-            not isinstance(self.max_steps, int)
-            or isinstance(self.max_steps, bool)
-            or (self.max_steps <= 0)
-        ):
-            raise ValueError(f"`max_steps` must be a positive int, got {self.max_steps!r}.")
-        if not isinstance(self.n_save, int) or self.n_save < 4:
-            raise ValueError(f"`n_save` must be an int ≥ 4, got {self.n_save!r}.")
+        check_real("t0", self.t0)
+        _static_count(
+            "max_steps", self.max_steps, 1, MAX_STEPS, "the largest int32, JAX's default int"
+        )
+        _static_count(
+            "n_save",
+            self.n_save,
+            4,
+            MAX_SAVE,
+            "each save holds a copy of the saved state: save fewer times",
+        )
         check_event(self.event)
         if not isinstance(self.require_event, bool):
             raise ValueError(f"`require_event` must be a bool, got {self.require_event!r}.")
@@ -175,9 +197,19 @@ class FlowOptions(eqx.Module):
                     "saved quantities use `observe=`, for per-step scalars `record_steps=True`."
                 )
             saveat = subs.ts
-        ts = np.asarray(saveat, dtype=float)
+        try:
+            ts = np.asarray(saveat)
+            if not (np.issubdtype(ts.dtype, np.integer) or np.issubdtype(ts.dtype, np.floating)):
+                raise TypeError
+            ts = ts.astype(float)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(
+                f"`saveat` must be a 1-D array of real times, got {describe(saveat)}."
+            ) from None
         if ts.ndim != 1 or ts.size == 0:
             raise ValueError(f"`saveat` must be a 1-D array of times, got shape {ts.shape}.")
+        if not np.all(np.isfinite(ts)):
+            raise ValueError(f"`saveat` times must be finite, got {describe(saveat)}.")
         # Times within a few float spacings of the ends (np.geomspace(a, t1) can end at
         # t1·(1 + ε)) are the ends.
         slack = 8 * np.spacing(np.maximum(abs(t0), abs(t1)))
@@ -199,15 +231,28 @@ def default_save_times(t0: float, t1: float, n_save: int) -> np.ndarray:
     span = t1 - t0
     geo = t0 + np.geomspace(span * 1e-6, span, n_save // 2)
     uni = np.linspace(t0, t1, n_save - n_save // 2)
-    return np.sort(np.concatenate([geo, uni]))
+    # t0 + (t1 − t0) can round past t1 (t0 = −7.9, t1 = 1): the grid's end is t1.
+    return np.clip(np.sort(np.concatenate([geo, uni])), t0, t1)
 
 
 def check_t1(t0: float, t1) -> float:
-    """`t1` as a float greater than `t0`, or a ValueError."""
+    """`t1` as a float greater than `t0` by a finite span whose save grid does not underflow,
+    or a ValueError."""
     try:
         t1 = float(t1)
     except (TypeError, ValueError):
         raise ValueError(f"`t1` must be a number, got {t1!r}.") from None
     if not np.isfinite(t1) or not t1 > t0:
         raise ValueError(f"`t1` must be finite and greater than `t0` = {t0}, got {t1}.")
+    span = t1 - t0
+    if not np.isfinite(span):
+        raise ValueError(
+            f"`t1` − `t0` = {t1:g} − {t0:g} overflows: choose `t0` and `t1` less than "
+            f"{np.finfo(float).max:.3g} apart."
+        )
+    if span * 1e-6 == 0:
+        raise ValueError(
+            f"`t1` − `t0` = {span:g} is too small: the default save grid, which starts at "
+            "10⁻⁶·(t1 − t0), underflows to 0; choose a `t1` with t1 − t0 ≥ 1e-317."
+        )
     return t1

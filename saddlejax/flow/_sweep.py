@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec
 from .._init_scale import scale
 from .._results import RESULTS, check, failure_messages
 from .._trainable import split_trainable
+from .._validate import check_int, check_real, describe
 from .._vector_field import GradientField
 from ._checkpoint import SweepCheckpoint, sweep_fingerprint
 from ._devices import map_over_devices, on_device, resolve_batching
@@ -75,7 +76,8 @@ def _one(objective, draw, key, alpha, times, origin, config, trainable, default_
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(state0))
     times = {k: None if v is None else v.astype(dtype) for k, v in times.items()}
     if default_grid is not None:  # the default save grid, scaled to this α's [t0, t1]
-        times["ts"] = times["t0"] + (times["t1"] - times["t0"]) * default_grid.astype(dtype)
+        ts = times["t0"] + (times["t1"] - times["t0"]) * default_grid.astype(dtype)
+        times["ts"] = jnp.clip(ts, times["t0"], times["t1"])  # t0 + (t1 − t0) may round past t1
     return solve_flow(GradientField(objective, static), state0, times, origin, config)
 
 
@@ -139,14 +141,37 @@ def _chunk_runner(objective, draw, origin, setup, devices, batching):
     return looped
 
 
+def _entries(name: str, values, what: str, check) -> list:
+    """`check(entry)` of every entry of `values` (a number or an array-like of them), or a
+    ValueError naming `name` that says `what` each entry must be."""
+    try:
+        entries = np.asarray(values).reshape(-1)
+        if entries.size == 0:
+            raise ValueError
+        return [check(x) for x in entries]
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(
+            f"`{name}` must be a non-empty sequence of {what}, got {describe(values)}."
+        ) from None
+
+
+def _seed(x) -> int:
+    """A seed: an int, or an integral float (2.0, not 2.5)."""
+    if isinstance(x, float | np.floating) and np.isfinite(x) and x == int(x):
+        x = int(x)
+    return check_int("seeds", x, minimum=-(2**63), maximum=2**63 - 1)
+
+
 def _grid(alphas, seeds):
-    alphas = np.asarray(alphas, dtype=float).reshape(-1)
-    seeds = np.asarray(seeds, dtype=int).reshape(-1)
-    if alphas.size == 0 or seeds.size == 0:
-        raise ValueError("`alphas` and `seeds` must each hold at least one value.")
-    if np.any(~(alphas > 0)):
-        raise ValueError(f"every α in `alphas` must be positive, got {alphas.tolist()}.")
-    return alphas, seeds
+    """The validated grid: `alphas` as floats, `seeds` as int64."""
+    alphas = _entries(
+        "alphas",
+        alphas,
+        "finite positive real numbers (initial scales)",
+        lambda x: check_real("alphas", x, low=0.0, low_open=True),
+    )
+    seeds = _entries("seeds", seeds, "integers in [−2⁶³, 2⁶³) (keys of `jax.random.key`)", _seed)
+    return np.asarray(alphas, dtype=float), np.asarray(seeds, dtype=np.int64)
 
 
 def _setup(objective, draw, t1_of, alphas, options: FlowOptions):
@@ -155,7 +180,11 @@ def _setup(objective, draw, t1_of, alphas, options: FlowOptions):
     for alpha in alphas:
         t1 = check_t1(float(options.t0), t1_of(alpha))
         options.save_times(t1)  # validates `saveat` against every α's horizon
-    like = scale(draw(jr.key(0)), float(alphas[0]))
+    first = draw(jr.key(0))
+    try:
+        like = scale(first, float(alphas[0]))
+    except ValueError as e:  # an α that overflows θ̃ (the user passed `alphas`, not `alpha`)
+        raise ValueError(f"in `alphas`: {e}") from None
     _, _, times, origin, config = prepare(objective, like, t1_of(alphas[0]), options)
     config["progress"] = False  # per-step meters of many trajectories would interleave
     grid = None
@@ -223,14 +252,14 @@ def sweep(
     **Returns:** a `SweepResult`.
     """
     alphas, seeds = _grid(alphas, seeds)
+    chunk = seeds.size if chunk_size is None else check_int("chunk_size", chunk_size)
+    if not isinstance(batching, str):  # (an array would fail `in` before naming `batching`)
+        raise ValueError(f"`batching` must be 'auto', 'vmap' or 'loop', got {describe(batching)}.")
     options.setdefault("progress", True)
     options = FlowOptions(**options)
     t1_of = t1 if callable(t1) else (lambda _: t1)
     times, origin, setup = _setup(objective, draw, t1_of, alphas, options)
     devices = list(jax.devices() if devices is None else devices)
-    chunk = seeds.size if chunk_size is None else int(chunk_size)
-    if chunk <= 0:
-        raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
     batching = resolve_batching(batching, devices)
     if batching == "vmap":  # one batch per chunk, split evenly over the devices
         chunk = math.ceil(chunk / len(devices)) * len(devices)

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import equinox as eqx
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._validate import check_real
 from ._layers import check_std, check_widths, default_std, gaussian_matrices, leaky_relu
 
 
@@ -32,10 +33,10 @@ class DeepReLU(eqx.Module):
         dtype=None,
     ):
         widths = check_widths(widths)
-        if not 0.0 <= negative_slope < 1.0:
-            raise ValueError(
-                f"`negative_slope` must lie in [0, 1) (0 is ReLU), got {negative_slope}."
-            )
+        # [0, 1): 0 is ReLU
+        negative_slope = check_real(
+            "negative_slope", negative_slope, low=0.0, high=1.0, high_open=True
+        )
         std = check_std(default_std(widths) if std is None else std, len(widths) - 1)
         shapes = [(n_out, n_in) for n_in, n_out in zip(widths[:-1], widths[1:])]
         self.weights = gaussian_matrices(key, shapes, std, dtype)

@@ -2,9 +2,17 @@
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, PRNGKeyArray
+
+from .._validate import check_key, check_real, describe
+
+# The largest layer size accepted. Larger sizes fail inside JAX (beyond int64) or exhaust
+# memory long before; a width of 2³¹ neurons is never meant.
+MAX_WIDTH = 2**31 - 1
 
 
 def default_std(widths: Sequence[int]) -> float:
@@ -21,7 +29,7 @@ def check_widths(widths: Sequence[int], *, name: str = "widths", min_len: int = 
     try:
         widths = tuple(widths)
         ints = tuple(int(w) for w in widths)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"`{name}` must be a sequence of positive ints, got {widths!r}.") from e
     if any(w != i for w, i in zip(widths, ints)):
         # int(2.5) == 2 would silently build a different network.
@@ -33,19 +41,22 @@ def check_widths(widths: Sequence[int], *, name: str = "widths", min_len: int = 
         )
     if any(w <= 0 for w in widths):
         raise ValueError(f"every entry of `{name}` must be a positive int, got {widths}.")
+    if any(w > MAX_WIDTH for w in widths):
+        raise ValueError(
+            f"every entry of `{name}` must be at most 2³¹ − 1 = {MAX_WIDTH}, got {widths}."
+        )
     return widths
 
 
 def check_std(std, n: int) -> tuple[float, ...]:
-    """Broadcast `std` (a float or one float per layer) to n positive floats."""
-    if isinstance(std, int | float):
-        std = (float(std),) * n
-    std = tuple(float(s) for s in std)
-    if len(std) != n:
-        raise ValueError(f"`std` must be a float or a sequence of {n} floats, got {len(std)}.")
-    if any(not s > 0 for s in std):
-        raise ValueError(f"`std` must be positive, got {std}.")
-    return std
+    """Broadcast `std` (a float or one float per layer) to n positive finite floats."""
+    if isinstance(std, list | tuple) or (isinstance(std, np.ndarray | jax.Array) and std.ndim == 1):
+        if len(std) != n:
+            raise ValueError(
+                f"`std` must be a float or a sequence of {n} floats, got {describe(std)}."
+            )
+        return tuple(check_real("std", s, low=0.0, low_open=True) for s in std)
+    return (check_real("std", std, low=0.0, low_open=True),) * n
 
 
 def gaussian_matrices(
@@ -53,7 +64,15 @@ def gaussian_matrices(
 ) -> tuple[Array, ...]:
     """One N(0, std_ℓ²) matrix per shape, each from its own split of `key`."""
     dtype = jnp.result_type(float) if dtype is None else dtype
-    keys = jr.split(key, len(shapes))
+    # A normal draw of the dtype stays within 10 standard deviations (inverse-CDF sampling of a
+    # uniform bounded away from 0 and 1), so std·10 must be finite.
+    largest = float(jnp.finfo(dtype).max) / 10
+    if any(s > largest for s in std):
+        raise ValueError(
+            f"`std` = {max(std):g} overflows {jnp.dtype(dtype).name}: entries of the draw would "
+            f"be infinite; use a `std` below {largest:.3g}."
+        )
+    keys = jr.split(check_key("key", key), len(shapes))
     return tuple(
         s * jr.normal(k, shape, dtype=dtype) for k, shape, s in zip(keys, shapes, std, strict=True)
     )

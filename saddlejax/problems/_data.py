@@ -6,17 +6,26 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
+from .._validate import check_int, check_key, check_real, describe
+from ..nn._layers import MAX_WIDTH
 from ._objectives import MatrixCompletion, SquareLoss
 
 
-def _fraction(name, p):
-    if not 0 < p <= 1:
-        raise ValueError(f"`{name}` must lie in (0, 1], got {p}.")
+def _fraction(name, p) -> float:
+    return check_real(name, p, low=0.0, high=1.0, low_open=True)
+
+
+def _shape(shape) -> tuple[int, int]:
+    if not isinstance(shape, list | tuple) or len(shape) != 2:
+        raise ValueError(f"`shape` must be a pair (n_rows, n_cols), got {describe(shape)}.")
+    return tuple(check_int("shape", n, maximum=MAX_WIDTH) for n in shape)
 
 
 def random_mask(key: PRNGKeyArray, shape: tuple[int, int], observed: float):
     """A 0/1 mask with exactly round(observed · size) ones at uniformly random positions."""
-    _fraction("observed", observed)
+    observed = _fraction("observed", observed)
+    shape = _shape(shape)
+    key = check_key("key", key)
     size = shape[0] * shape[1]
     n_obs = max(1, round(observed * size))
     order = jr.permutation(key, size)
@@ -31,9 +40,11 @@ def matrix_completion_problem(
     Jacot et al. Fig. 1/4 use n = 10, rank 3 (SPEC §11; 50 % observed as in PERF-NOTES);
     Fig. 3 uses n = 30, rank 1, 20 % observed.
     """
-    n_in = n if n_in is None else n_in
-    if not 1 <= rank <= min(n, n_in):
-        raise ValueError(f"`rank` must lie in [1, {min(n, n_in)}], got {rank}.")
+    key = check_key("key", key)
+    n = check_int("n", n, maximum=MAX_WIDTH)
+    n_in = n if n_in is None else check_int("n_in", n_in, maximum=MAX_WIDTH)
+    rank = check_int("rank", rank, maximum=min(n, n_in))
+    observed = _fraction("observed", observed)
     ku, kv, km = jr.split(key, 3)
     u = jr.normal(ku, (n, rank))
     v = jr.normal(kv, (n_in, rank))

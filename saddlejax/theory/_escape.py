@@ -28,6 +28,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from .._results import RESULTS
+from .._validate import check_int
 from ._implicit import ESCAPE_ADJOINT, as_pytree, check_adjoint, stop_gradient
 from ._sphere import (
     DEFAULT_LINEAR_SOLVER,
@@ -37,7 +38,7 @@ from ._sphere import (
     riemannian_descent,
     riemannian_newton,
 )
-from ._taylor import _params
+from ._taylor import MAX_ORDER, _params
 
 
 class EscapeDirections(eqx.Module):
@@ -176,13 +177,18 @@ _ESCAPE = "escape directions (whose solvers' loops are not differentiated)"
 
 
 def _check_escape_args(order, n_restarts, max_steps, n_polish):
-    if order < 2:
+    """A ValueError naming the first integer setting of `optimal_escape` that is not an int in
+    range: `order` in [2, `MAX_ORDER`] (the orders `taylor_term` reads), `n_restarts` at most
+    2¹⁶ (one batched solve)."""
+    if isinstance(order, int) and not isinstance(order, bool) and order < 2:
         raise ValueError(
             f"`order` must be ≥ 2 (the point must be critical, k = 1 has no escape directions), "
             f"got {order}."
         )
-    if n_restarts < 1 or max_steps < 1 or n_polish < 0:
-        raise ValueError("`n_restarts` and `max_steps` must be ≥ 1 and `n_polish` ≥ 0.")
+    check_int("order", order, minimum=2, maximum=MAX_ORDER)
+    check_int("n_restarts", n_restarts, maximum=2**16)
+    check_int("max_steps", max_steps, maximum=2**31 - 1)
+    check_int("n_polish", n_polish, minimum=0, maximum=2**31 - 1)
 
 
 def _starting_points(key, flat, n_restarts, starts):

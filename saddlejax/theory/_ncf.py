@@ -6,6 +6,7 @@ N_y(w) = yᵀf(X; w) = Σ_i ⟨y_i, f(x_i; w)⟩. For a per-sample loss near f =
 λ = k·N(w) ≥ 0, are exactly the escape directions of H = −N with H(ρ) ≤ 0, and λ is their speed.
 """
 
+import warnings
 from collections.abc import Callable
 
 import equinox as eqx
@@ -17,7 +18,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
-from .._results import RESULTS
+from .._results import RESULTS, NumericalWarning
+from .._validate import check_int, check_key, check_real
 from ._escape import (
     EscapeDirections,
     _dedup,
@@ -29,7 +31,10 @@ from ._escape import (
     optimal_escape,
 )
 from ._sphere import DEFAULT_LINEAR_SOLVER, flatten, kkt, riemannian_newton
-from ._taylor import _params
+from ._taylor import MAX_ORDER, _params
+
+# Beyond int32 the solvers' step counters overflow; no search needs 2³¹ steps.
+_MAX_STEPS = 2**31 - 1
 
 
 class NCF(eqx.Module):
@@ -186,12 +191,29 @@ def ncf_kkt_points(
     Where N vanishes on an open set of the sphere (e.g. a ReLU neuron that no input activates),
     every point there is a KKT point with λ = 0: those found are listed as they come.
 
+    Every point returned has relative KKT residual ‖∇N − (wᵀ∇N)w‖/‖∇N‖ ≤ `kkt_rtol` (only
+    converged restarts are kept). When no maximising restart converges, the best estimate of
+    the maximiser, `escape.direction`, is above that tolerance and is not among `points`: then
+    `result` is `escape_not_converged` and a `NumericalWarning` says so, with its residual.
+
     **Arguments:** as `optimal_escape` (`N` in place of H), and `n_newton`: Newton steps of
     the third search.
 
     **Returns:** an `NCFKKTPoints`.
+
+    **Raises:** `ValueError` for an argument of the wrong type or out of range, naming it.
+    **Warns:** `NumericalWarning` when no maximising restart reaches `kkt_rtol` (above).
     """
-    k_max, k_min, k_newton = jr.split(key, 3)
+    order, n_restarts, max_steps, n_polish, n_newton, kkt_rtol = _check_kkt_args(
+        order, n_restarts, max_steps, n_polish, n_newton, kkt_rtol
+    )
+    for name, value in (
+        ("descent_rtol", descent_rtol),
+        ("speed_rtol", speed_rtol),
+        ("direction_atol", direction_atol),
+    ):
+        check_real(name, value, low=0.0)
+    k_max, k_min, k_newton = jr.split(check_key("key", key), 3)
     esc = optimal_escape(
         _Signed(N, jnp.asarray(-1.0)),
         order,
@@ -249,6 +271,8 @@ def ncf_kkt_points(
         direction_atol,
     )
     idx = jnp.asarray(reps, dtype=jnp.int32)
+    if esc.result == RESULTS.escape_not_converged:
+        _warn_not_converged(h_max, esc.direction, kkt_rtol, len(reps), flat.dtype)
     return NCFKKTPoints(
         points=jax.vmap(unravel)(rho[idx]),
         values=values[idx],
@@ -256,6 +280,47 @@ def ncf_kkt_points(
         kkt_residuals=residuals[idx],
         escape=esc,
         stats=dict(esc.stats, n_points_by_search=n_found),
+    )
+
+
+def _check_kkt_args(order, n_restarts, max_steps, n_polish, n_newton, kkt_rtol):
+    """The validated integer settings and `kkt_rtol` of `ncf_kkt_points`."""
+    return (
+        check_int("order", order, minimum=2, maximum=MAX_ORDER),
+        check_int("n_restarts", n_restarts, maximum=2**16),
+        check_int("max_steps", max_steps, maximum=_MAX_STEPS),
+        check_int("n_polish", n_polish, minimum=0, maximum=_MAX_STEPS),
+        check_int("n_newton", n_newton, minimum=0, maximum=_MAX_STEPS),
+        check_real("kkt_rtol", kkt_rtol, low=0.0, low_open=True),
+    )
+
+
+@eqx.filter_jit
+def _relative_kkt(h, rho):
+    residual, gnorm, _ = kkt(h, rho / jnp.linalg.norm(rho))
+    return _relative(residual, gnorm)
+
+
+def _warn_not_converged(h, direction, kkt_rtol, n_points, dtype):
+    """`NumericalWarning`: the maximiser's estimate is above the KKT tolerance (SPEC §5)."""
+    flat = ravel_pytree(_params(direction))[0]
+    rel = float(_relative_kkt(h, flat))
+    eps = float(jnp.finfo(dtype).eps)
+    roundoff = (
+        f" `kkt_rtol` is below 100·eps of the {jnp.dtype(dtype).name} parameters "
+        f"(eps = {eps:.3g}): roundoff alone exceeds it."
+        if kkt_rtol < 100 * eps
+        else ""
+    )
+    warnings.warn(
+        f"No maximising restart of `ncf_kkt_points` reached the relative KKT residual "
+        f"`kkt_rtol` = {kkt_rtol:g}: the best estimate of the maximiser of N, "
+        f"`escape.direction`, has relative KKT residual {rel:.3g}, is not a KKT point to that "
+        f"tolerance and is not among the {n_points} `points` returned "
+        f"(`result` is `escape_not_converged`). Raise `max_steps` or `n_polish`, or loosen "
+        f"`kkt_rtol`.{roundoff}",
+        NumericalWarning,
+        stacklevel=3,
     )
 
 

@@ -30,6 +30,8 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree, Scalar
 from optax.tree_utils import tree_add_scale, tree_scale, tree_vdot
 from optimistix import two_norm
 
+from .._validate import check_int, check_key, check_real, describe
+
 # ---------------------------------------------------------------------------------------------
 # pytree plumbing
 
@@ -121,7 +123,7 @@ def ray_taylor_coefficients(loss: Callable, point: PyTree, delta: PyTree, max_or
     `jax.jvp`s are used instead (cost ≈ 2^K evaluations of L).
     """
     deltas = jax.tree_util.tree_map(lambda a: a[None], _params(delta))
-    return _coefficients(loss, point, deltas, max_order)[0]
+    return _coefficients(loss, point, deltas, _check_max_order(max_order, 1))[0]
 
 
 def _coefficients(loss, point, deltas, max_order):
@@ -211,15 +213,30 @@ def _homogeneity_degree(model, x, keys, max_order, rtol) -> int | None:
     return degrees.pop() if len(degrees) == 1 else None
 
 
+# The highest order read: orders up to 2L are needed (m = 2L at the origin of a depth-L net;
+# the escape experiment allows L ≤ 32), and 1/j! underflows float64 only past j = 170.
+MAX_ORDER = 64
+# More probes than this add nothing: an accidental zero of D^kL[δ^k] is a null event.
+MAX_PROBES = 2**16
+
+
+def _check_max_order(max_order, minimum: int = 2) -> int:
+    return check_int("max_order", max_order, minimum=minimum, maximum=MAX_ORDER)
+
+
 def _check_taylor_args(method, max_order, n_probes, radius, rtol, atol):
-    if method not in ("auto", "ray", "outputs"):
-        raise ValueError(f"`method` must be 'auto', 'ray' or 'outputs', got {method!r}.")
-    if max_order < 2 or n_probes < 1:
-        raise ValueError(
-            f"`max_order` must be ≥ 2 and `n_probes` ≥ 1, got {max_order} and {n_probes}."
-        )
-    if not ((radius is None or radius > 0) and rtol >= 0 and atol >= 0):
-        raise ValueError("`radius` must be None or positive and `rtol`, `atol` non-negative.")
+    """The validated (max_order, n_probes, radius, rtol, atol) of `taylor_term`."""
+    if not (isinstance(method, str) and method in ("auto", "ray", "outputs")):
+        raise ValueError(f"`method` must be 'auto', 'ray' or 'outputs', got {describe(method)}.")
+    max_order = _check_max_order(max_order)
+    n_probes = check_int("n_probes", n_probes, maximum=MAX_PROBES)
+    if radius is not None:
+        radius = check_real("radius", radius, low=0.0, low_open=True)
+    # Sized coefficients are at most 1 (the first non-zero term is 1 at the scale r), so with
+    # rtol + atol ≥ 1 every order would count as zero.
+    rtol = check_real("rtol", rtol, low=0.0, high=1.0, high_open=True)
+    atol = check_real("atol", atol, low=0.0, high=1.0 - rtol, high_open=True)
+    return max_order, n_probes, radius, rtol, atol
 
 
 def _outputs_order(loss, point, keys, max_order) -> int | None:
@@ -275,10 +292,14 @@ def _ray_orders(raw, radius, rtol, atol) -> tuple[int, int | None]:
     sized = _sized_coefficients(raw, radius)
     nonzero = [j for j in range(1, max_order + 1) if not _is_zero(sized[j], 1.0, rtol, atol)]
     if not nonzero:
+        at = "" if radius is None else f" at `radius` = {radius:g}"
         raise ValueError(
-            f"every derivative of order 1…{max_order} vanished (relative tolerance {rtol}) on "
-            f"{raw.shape[0]} random directions: raise `max_order`, or, at the origin of a ReLU "
-            "network, pass a saddlejax objective so the 'outputs' route can be used."
+            f"every derivative of order 1…{max_order} vanished{at} (`rtol` = {rtol:g}, "
+            f"`atol` = {atol:g}) on {raw.shape[0]} random directions: raise `max_order` (or "
+            "lower the tolerances"
+            + ("" if radius is None else ", or use a radius where the terms do not underflow")
+            + "), or, at the origin of a ReLU network, pass a saddlejax objective so the "
+            "'outputs' route can be used."
         )
     return nonzero[0], (nonzero[1] if len(nonzero) > 1 else None)
 
@@ -331,7 +352,9 @@ def taylor_term(
     - `loss`: a callable `point -> scalar` (an objective of saddlejax, or any function).
     - `point`: θ*, any pytree (e.g. a `DeepLinear`); its inexact arrays are the parameters.
     - `key`: PRNG key for the probe directions (default `jr.key(0)`).
-    - `n_probes`, `max_order`, `radius`, `rtol`, `atol`: see above.
+    - `n_probes`, `max_order`, `radius`, `rtol`, `atol`: see above (ints 1 ≤ `n_probes` ≤ 2¹⁶
+        and 2 ≤ `max_order` ≤ 64, a positive finite `radius`, 0 ≤ `rtol`, `atol` with
+        `rtol` + `atol` < 1; anything else is a ValueError naming it).
     - `method`: "auto", "ray" or "outputs".
 
     **Returns:** a `TaylorTerm` with `.order`, `.next_order`, `.H`.
@@ -346,8 +369,10 @@ def taylor_term(
     taylor.H(net)                    # Tr[Gᵀ A_θ]
     ```
     """
-    _check_taylor_args(method, max_order, n_probes, radius, rtol, atol)
-    keys = list(jr.split(jr.key(0) if key is None else key, n_probes))
+    max_order, n_probes, radius, rtol, atol = _check_taylor_args(
+        method, max_order, n_probes, radius, rtol, atol
+    )
+    keys = list(jr.split(jr.key(0) if key is None else check_key("key", key), n_probes))
     value = loss(point)
     if method in ("auto", "outputs"):
         k = _outputs_order(loss, point, keys, max_order)
@@ -357,7 +382,7 @@ def taylor_term(
             return TaylorTerm(k, m, value, coeffs, point, loss, "outputs")
         if method == "outputs":
             raise ValueError(
-                "`method='outputs'` needs `loss` to be an objective with `from_outputs` and `x`, "
+                "`method`='outputs' needs `loss` to be an objective with `from_outputs` and `x`, "
                 "and `point` a network whose outputs vanish there and which is positively "
                 "homogeneous in its parameters (e.g. the origin of a bias-free ReLU net). "
                 "Use method='ray' otherwise."
