@@ -727,7 +727,7 @@ def test_fixed_violations_are_refused_naming_the_argument(arg, call):
 def test_fuzz_summary(capsys):
     """How many inputs the fuzzers above tried, per API (printed; at least one per example)."""
     if not TRIED:
-        pytest.skip("no fuzzer ran in this session")
+        pytest.skip("no fuzzer ran in this test run")
     with capsys.disabled():
         total = sum(TRIED.values())
         detail = ", ".join(f"{api} {n}" for api, n in sorted(TRIED.items()))
