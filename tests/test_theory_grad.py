@@ -10,21 +10,10 @@ import jax.random as jr
 import numpy as np
 import optimistix as optx
 import pytest
+from _dln_cases import _g_with_spectrum, _like
 
 import saddlejax as sj
 from saddlejax.nn._layers import matrix_chain
-
-
-def _like(widths):
-    return tuple(jnp.zeros((b, a)) for a, b in zip(widths[:-1], widths[1:]))
-
-
-def _g_with_spectrum(key, n_out, n_in, sigmas):
-    ku, kv = jr.split(key)
-    u = jnp.linalg.qr(jr.normal(ku, (n_out, n_out)))[0]
-    v = jnp.linalg.qr(jr.normal(kv, (n_in, n_in)))[0]
-    r = len(sigmas)
-    return u[:, :r] @ jnp.diag(jnp.asarray(sigmas)) @ v[:, :r].T
 
 
 def _speed_formula(g, depth):
