@@ -24,7 +24,7 @@ def _run(*args, timeout=600, cwd=None):
 def test_help_lists_every_command():
     """`saddlejax --help` works and lists every sub-command."""
     out = _run("--help")
-    for name in ("run", "escape", "escape-path", "bench"):
+    for name in ("run", "reproduce", "escape", "escape-path", "bench"):
         assert name in out
 
 

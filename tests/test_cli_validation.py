@@ -31,7 +31,7 @@ from saddlejax.experiments import (
     MatrixCompletionConfig,
 )
 
-RUNNERS = ("run_matrix_completion", "run_escape", "run_escape_path", "run_bench")
+RUNNERS = ("execute", "run_escape", "run_escape_path", "run_bench")
 
 
 class Ran(Exception):
@@ -43,7 +43,7 @@ class Ran(Exception):
 
 def _stub(name):
     def runner(config, *args, **kwargs):
-        raise Ran(name, config)
+        raise Ran(name, getattr(config, "config", config))  # `execute` is given a `Job`
 
     return runner
 
@@ -161,7 +161,7 @@ def test_no_parser_allows_abbreviations():
     """allow_abbrev=False on the main parser and on every sub-command's parser."""
     parser = build_parser()
     subs = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(subs) == {"run", "escape", "escape-path", "bench"}
+    assert set(subs) == {"run", "reproduce", "escape", "escape-path", "bench"}
     for p in [parser, *subs.values()]:
         assert p.allow_abbrev is False, p.prog
 
@@ -210,7 +210,7 @@ def test_good_output_paths_pass_and_create_nothing(tmp_path, stubs):
     """Valid output paths pass the check, which leaves no file or folder behind (folders are
     made only when the results are written)."""
     code, ran, _, err = cli(["run", "--quick", "--out", str(tmp_path / "new" / "run")])
-    assert code == "ran" and ran.runner == "run_matrix_completion", err
+    assert code == "ran" and ran.runner == "execute", err
     code, ran, _, err = cli(["bench", "--json", str(tmp_path / "b" / "bench.json")])
     assert code == "ran" and ran.runner == "run_bench", err
     assert list(tmp_path.iterdir()) == []
@@ -394,28 +394,23 @@ def test_escape_radius_bounds_follow_the_draws():
 
 
 def test_run_warns_when_radius_not_reached(tmp_path, monkeypatch):
-    """A seed that never reached ‖θ‖ = r (t_α = inf) gives a warning line naming α and the
-    options to change (a failed seed is reported as a failure instead); the results are still
+    """An experiment's warnings (here: a seed that never reached ‖θ‖ = r) are lines on stderr
+    naming the settings to change, its failed solves `FAILED` lines; the results are still
     written and the exit status says whether any seed failed."""
+    from saddlejax.experiments._config import EXPERIMENTS, load_experiments
+    from saddlejax.experiments._record import Outcome
+
+    load_experiments()
     config = MatrixCompletionConfig(alphas=(0.1, 0.05), seeds=(0, 1))
-    summary = {
-        "config": dataclasses.asdict(config),
-        "rows": [
-            dict(alpha=a, escape_time=t, scaled_escape_time=t * a**2, plateaus=1,
-                 final_loss=1e-3, final_rank=3, steps=10, wall_time=0.1)
-            for a, t in ((0.1, 50.0), (0.05, math.inf))
-        ],
-        "trajectories": {
-            "alphas": np.array([0.1, 0.05]),
-            "event_time": np.array([[50.0, np.nan], [200.0, np.inf]]),
-            "ts": np.zeros((2, 2, 3)),
-            "loss": np.ones((2, 2, 3)),
-        },
-        "failures": [(0.1, 1, "max_steps reached")],  # its t_α is NaN: reported, not warned
-        "wall_time": 0.5,
-    }
-    monkeypatch.setattr(ex, "run_matrix_completion", lambda *a, **k: summary)
-    monkeypatch.setattr(ex, "has_matplotlib", lambda: False)
+    event = np.array([[50.0, np.nan], [200.0, np.inf]])
+    outcome = Outcome(
+        failures=["α = 0.1, seed 1: max_steps reached"],
+        warnings=ex._matrix_completion._unescaped(config, event, [(0.1, 1, "max_steps")]),
+    )
+    experiment = EXPERIMENTS["matrix-completion"]
+    monkeypatch.setitem(
+        EXPERIMENTS, "matrix-completion", dataclasses.replace(experiment, run=lambda c, p: outcome)
+    )
     out = tmp_path / "run"
     code, _, stdout, err = cli(
         ["run", "--alphas", "0.1", "0.05", "--seeds", "2", "--out", str(out)]
@@ -424,7 +419,7 @@ def test_run_warns_when_radius_not_reached(tmp_path, monkeypatch):
     assert "FAILED α = 0.1, seed 1" in stdout
     warnings = [line for line in err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "α = 0.05" in warnings[0] and "1 of 2 seeds" in warnings[0]
-    assert "--t1-factor" in warnings[0] and "--escape-radius" in warnings[0]
+    assert "t1_factor" in warnings[0] and "escape_radius" in warnings[0]
     assert (out / "summary.json").exists()
 
 
@@ -522,10 +517,10 @@ def _check_config(command, items, config):
     defaults, the preset or the --config file for the rest)."""
     given = _expected(command, items)
     if command == "run":
-        d = MatrixCompletionConfig()
         quick = given.get("quick", False)
-        assert config.alphas == ((0.2, 0.1) if quick else given.get("alphas", d.alphas))
-        assert config.seeds == tuple(range(2 if quick else given.get("seeds", len(d.seeds))))
+        d = ex.configure("jacot-fig1", quick=quick)[0].config
+        assert config.alphas == given.get("alphas", d.alphas)
+        assert config.seeds == (tuple(range(given["seeds"])) if "seeds" in given else d.seeds)
         for field in ("width", "depth", "solver", "rtol", "t1_factor", "escape_radius"):
             assert getattr(config, field) == given.get(field, getattr(d, field)), field
     elif command == "escape":
@@ -622,12 +617,12 @@ def test_fuzz_cli_never_tracebacks():
 def test_stale_checkpoint_folder_is_refused_in_one_line(tmp_path):
     """`run --checkpoint DIR` on a folder written by another configuration or version stops
     before any solve with one line naming `--checkpoint` (the sweep's fingerprint check), and
-    leaves the folder as it was."""
-    folder = tmp_path / "ck"
-    folder.mkdir()
+    leaves the folder as it was. DIR holds one folder per sweep of the experiment."""
+    folder = tmp_path / "ck" / "sweep"
+    folder.mkdir(parents=True)
     (folder / "sweep.json").write_text(json.dumps({"format": -1, "alphas": [0.1]}))
     before = (folder / "sweep.json").read_bytes()
-    code, ran, _, err = cli(["run", "--quick", "--width", "4", "--checkpoint", str(folder),
+    code, ran, _, err = cli(["run", "--quick", "--width", "4", "--checkpoint", str(folder.parent),
                              "--out", str(tmp_path / "out")])
     assert ran is None and code == 2, (code, err)
     lines = err.strip().splitlines()

@@ -1,16 +1,11 @@
-"""`saddlejax run`: the main job (Jacot et al. Fig. 1 problem at a few α, seeds batched); the
-computation is `saddlejax.experiments.run_matrix_completion`."""
+"""`saddlejax run [CONFIG] [key=value ...]`: an experiment from a config file or preset (default:
+the main job, the preset `jacot-fig1`), with command-line overrides; `key=a,b,c` runs a grid,
+one run folder per combination (Hydra's multirun). The computation is
+`saddlejax.experiments.execute`."""
 
-import sys
-from pathlib import Path
-
-import numpy as np
-
-# Output files of a run, in the --out folder.
-OUTPUTS = ("summary.json", "trajectories.npz", "run.png")
 MAX_SEEDS = 10_000
 
-# Config fields (and checks of this module) named by the options that set them.
+# Config fields named by the options that set them (for the messages of refused values).
 OPTIONS = {
     "alphas": "--alphas",
     "seeds": "--seeds",
@@ -21,153 +16,123 @@ OPTIONS = {
     "t1_factor": "--t1-factor",
     "escape_radius": "--escape-radius",
 }
+# Options that are shorthands for an override of the field of the same name.
+SHORTHANDS = ("width", "depth", "solver", "rtol", "t1_factor", "escape_radius")
+DEFAULT = "jacot-fig1"
 
 
 def add_parser(subparsers) -> None:
-    from ..experiments import MatrixCompletionConfig
+    from ..experiments import preset_names
     from ..solvers import SOLVER_NAMES
 
-    d = MatrixCompletionConfig()
     p = subparsers.add_parser(
         "run",
-        help="the default experiment: saddle-to-saddle dynamics of a deep linear network",
-        description="Gradient flow of a deep linear network (L = 4, w = 100) on 10×10 rank-3 "
-        "matrix completion from θ₀ = α·θ̃, for several α and seeds (Jacot et al. Fig. 1). "
-        "Prints per α: escape time t_α(r), α^{L−2}·t_α (→ constant as α → 0), plateaus, final "
-        "loss and rank; writes summary.json, trajectories.npz and (with matplotlib, the `plot` "
-        "extra) run.png. Every option is checked before the computation starts.",
+        help="run an experiment from a config (default: the main job, saddle-to-saddle "
+        "dynamics of a deep linear network)",
+        description="Run an experiment from a YAML config file or a preset name (default "
+        f"{DEFAULT}: a deep linear network, L = 4, w = 100, on 10×10 rank-3 matrix completion "
+        "from θ₀ = α·θ̃, Jacot et al. Fig. 1), with key=value overrides of its settings; "
+        "key=a,b,c runs one job per value (a grid over several keys runs every combination), "
+        "each in its own folder under --out. Each run folder holds config.yaml (the resolved "
+        "config), environment.json, results.npz with schema.json (arrays labelled by their "
+        "axes), summary.json (values and checks) and the figures; a folder that holds the same "
+        "run finished is skipped. Every setting is checked before any work. Presets: "
+        + ", ".join(preset_names()),
         allow_abbrev=False,
     )
     p.add_argument(
-        "--alphas",
-        type=float,
-        nargs="+",
-        default=None,
-        help="initialisation scales α, distinct, in (0, 1) (default: "
-        + " ".join(map(str, d.alphas))
-        + ")",
+        "words",
+        nargs="*",
+        metavar="[CONFIG] [key=value ...]",
+        help="a .yaml file or preset name, then overrides such as width=10 alphas=[0.1,0.01] "
+        "(width=10,100 for a grid)",
     )
+    p.add_argument("--quick", action="store_true", help="the config's quick mode (a smoke test)")
     p.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        help=f"number of seeds 0..n-1, 1 ≤ n ≤ {MAX_SEEDS:,} (default {len(d.seeds)})",
+        "--out", default=None,
+        help="output folder (default results/run, or results/<config name>; /quick appended "
+        "with --quick)",
     )
-    p.add_argument("--width", type=int, default=d.width, help="hidden width w ≥ 1")
-    p.add_argument("--depth", type=int, default=d.depth, help="number of layers L, 2 ≤ L ≤ 100")
-    p.add_argument("--solver", default=d.solver, choices=SOLVER_NAMES, help="ODE solver")
-    p.add_argument("--rtol", type=float, default=d.rtol, help="relative tolerance, in [1e-14, 1)")
+    p.add_argument("--force", action="store_true", help="recompute a finished run in --out")
     p.add_argument(
-        "--t1-factor", type=float, default=d.t1_factor, help="t1 = factor/α^(L-2), factor > 0"
+        "--checkpoint", default=None,
+        help="folder of the sweeps' finished chunks (default: the run folder's checkpoints/); "
+        "an interrupted run resumes from it",
     )
-    p.add_argument(
-        "--escape-radius",
-        type=float,
-        default=d.escape_radius,
-        help="r of t_α(r): above α‖θ̃‖ ≈ 14.8α for every α, below the final norm ≈ 6.2 "
-        "(for the default sizes)",
-    )
-    p.add_argument("--out", default="results/run", help="output folder (made if needed)")
-    p.add_argument(
-        "--checkpoint", default=None, help="folder to resume an interrupted run from"
-    )
-    p.add_argument(
-        "--quick", action="store_true", help="α = 0.2, 0.1 and two seeds: a smoke test"
-    )
+    g = p.add_argument_group("shorthands for the main job's settings (same as key=value)")
+    g.add_argument("--alphas", type=float, nargs="+", default=None,
+                   help="initialisation scales α, distinct, in (0, 1)")
+    g.add_argument("--seeds", type=int, default=None,
+                   help=f"number of seeds 0..n-1, 1 ≤ n ≤ {MAX_SEEDS:,}")
+    g.add_argument("--width", type=int, default=None, help="hidden width w ≥ 1")
+    g.add_argument("--depth", type=int, default=None, help="number of layers L, 2 ≤ L ≤ 100")
+    g.add_argument("--solver", default=None, choices=SOLVER_NAMES, help="ODE solver")
+    g.add_argument("--rtol", type=float, default=None, help="relative tolerance, in [1e-14, 1)")
+    g.add_argument("--t1-factor", type=float, default=None,
+                   help="t1 = factor/α^(L-2), factor > 0")
+    g.add_argument("--escape-radius", type=float, default=None,
+                   help="r of the escape time t_α(r), between the start and the final norm")
     p.set_defaults(func=main, check=check, options=OPTIONS, parser=p)
 
 
-# The command-line options that are fields of `MatrixCompletionConfig` as they are.
-SETTINGS = ("width", "depth", "solver", "rtol", "t1_factor", "escape_radius")
+def split_words(words):
+    """(CONFIG or None, overrides) of the positional words: the first word without `=` is the
+    config; every other word must be key=value."""
+    source, overrides = None, []
+    for i, word in enumerate(words):
+        if "=" in word:
+            overrides.append(word)
+        elif i == 0:
+            source = word
+        else:
+            raise ValueError(
+                f"{word!r} is not key=value; the config (a .yaml file or preset name) comes "
+                "first, then overrides such as width=10"
+            )
+    return source, overrides
+
+
+def _shorthand_overrides(args) -> list[str]:
+    from ..experiments._checks import check_int
+
+    out = []
+    if args.alphas is not None:
+        out.append("alphas=[" + ",".join(repr(a) for a in args.alphas) + "]")
+    if args.seeds is not None:
+        n = check_int("seeds", args.seeds, 1, MAX_SEEDS, why="the number of seeds")
+        out.append("seeds=[" + ",".join(map(str, range(n))) + "]")
+    for field in SHORTHANDS:
+        value = getattr(args, field)
+        if value is not None:
+            out.append(f"{field}={value!r}" if isinstance(value, float) else f"{field}={value}")
+    return out
 
 
 def check(args):
-    """The `MatrixCompletionConfig` of `args`, every option checked (the output folders too)."""
-    from ..experiments import MatrixCompletionConfig
-    from ..experiments._checks import check_int
+    """The jobs of the command line, every setting and output folder checked."""
+    from ..experiments import configure
+    from ._jobs import check_jobs, default_out
+
+    source, overrides = split_words(args.words)
+    if args.quick and (args.alphas is not None or args.seeds is not None):
+        raise ValueError("--quick sets the α and seeds of the config; drop --alphas and --seeds, "
+                         "or --quick")
+    shorthands = _shorthand_overrides(args)
+    given = {w.partition("=")[0] for w in overrides}
+    twice = sorted(given & {w.partition("=")[0] for w in shorthands})
+    if twice:
+        raise ValueError(f"`{twice[0]}` is set twice (an option and {twice[0]}=...); give it once")
+    jobs = configure(source, [*overrides, *shorthands], quick=args.quick, default=DEFAULT)
+    name = "run" if source is None else jobs[0].source
+    args.out = default_out(name, args.quick) if args.out is None else args.out
+    check_jobs(jobs, args.out, args.force)
     from ._main import check_output
 
-    if args.quick and (args.alphas is not None or args.seeds is not None):
-        raise ValueError(
-            "--quick sets α = 0.2, 0.1 and two seeds; drop --alphas and --seeds, or --quick"
-        )
-    d = MatrixCompletionConfig()
-    if args.quick:
-        alphas, n_seeds = (0.2, 0.1), 2
-    else:
-        alphas = d.alphas if args.alphas is None else tuple(args.alphas)
-        n_seeds = len(d.seeds) if args.seeds is None else args.seeds
-    check_int("seeds", n_seeds, 1, MAX_SEEDS, why="the number of seeds")
-    config = MatrixCompletionConfig(
-        alphas=alphas, seeds=tuple(range(n_seeds)), **{k: getattr(args, k) for k in SETTINGS}
-    )
-    out = check_output(args.out, "--out", folder=True)
-    for name in OUTPUTS:
-        if (out / name).is_dir():
-            raise ValueError(
-                f"--out {args.out!r} holds a folder {name!r} where the run writes a file; "
-                "give another --out"
-            )
     check_output(args.checkpoint, "--checkpoint", folder=True)
-    return config
+    return jobs
 
 
-def _save(summary: dict, out) -> list:
-    """summary.json and trajectories.npz, and run.png when matplotlib is installed (a missing
-    figure does not discard minutes of computation)."""
-    from ..experiments import has_matplotlib, plot_matrix_completion, save_matrix_completion
+def main(args, jobs) -> int:
+    from ._jobs import run_jobs
 
-    paths = save_matrix_completion(summary, out)
-    if has_matplotlib():
-        paths.append(plot_matrix_completion(summary, out / "run.png"))
-    else:
-        print("no run.png: matplotlib is not installed (pip install 'saddlejax[plot]')")
-    return paths
-
-
-def _warn_unescaped(summary: dict, config) -> None:
-    """A warning on stderr for each α where a seed that did not fail never reached ‖θ‖ = r
-    (t_α = inf: the radius is out of reach, or t1 too short)."""
-    event = np.asarray(summary["trajectories"]["event_time"])
-    failed = {(float(alpha), int(seed)) for alpha, seed, _ in summary["failures"]}
-    r = config.escape_radius
-    for i, alpha in enumerate(np.asarray(summary["trajectories"]["alphas"], float)):
-        missed = [
-            seed
-            for j, seed in enumerate(config.seeds)
-            if not np.isfinite(event[i, j]) and (alpha, seed) not in failed
-        ]
-        if missed:
-            print(
-                f"saddlejax run: warning: t_α(r = {r:g}) = inf at α = {alpha:g} for "
-                f"{len(missed)} of {len(config.seeds)} seeds: the flow did not reach ‖θ‖ = {r:g} "
-                f"by t1 = {config.t1(alpha):.4g}; raise --t1-factor, or lower --escape-radius "
-                f"(the flow ends near ‖θ‖ ≈ {config.final_norm:.2g})",
-                file=sys.stderr,
-            )
-
-
-def main(args, config) -> int:
-    from ..experiments import matrix_completion_table, run_matrix_completion
-    from ..flow import CheckpointMismatch
-    from ._main import error_line
-
-    print(
-        f"saddlejax run: deep linear net L = {config.depth}, w = {config.width}, "
-        f"{config.n}×{config.n} rank-{config.rank} completion ({config.observed:.0%} observed); "
-        f"α ∈ {list(config.alphas)}, {len(config.seeds)} seeds, solver {config.solver}",
-        flush=True,
-    )
-    try:
-        summary = run_matrix_completion(config, progress=True, checkpoint=args.checkpoint)
-    except CheckpointMismatch as e:  # raised before any solve
-        sys.stderr.write(error_line("saddlejax run", f"--checkpoint: {e}"))
-        return 2
-    print()
-    print(matrix_completion_table(summary))
-    for alpha, seed, message in summary["failures"]:
-        print(f"FAILED α = {alpha:g}, seed {seed}: {message}")
-    _warn_unescaped(summary, config)
-    paths = _save(summary, Path(args.out).expanduser())
-    print(f"\ntotal {summary['wall_time']:.1f} s; wrote " + ", ".join(str(p) for p in paths))
-    return 1 if summary["failures"] else 0
+    return run_jobs("saddlejax run", jobs, args.out, force=args.force, checkpoint=args.checkpoint)

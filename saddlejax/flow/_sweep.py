@@ -206,6 +206,7 @@ def sweep(
     devices: Sequence | None = None,
     checkpoint: str | Path | None = None,
     throw: bool = False,
+    on_chunk: Callable[[dict], None] | None = None,
     **options,
 ) -> SweepResult:
     """Gradient flows from θ₀ = α·θ̃(seed) for every α × seed (SPEC §1, §8).
@@ -246,6 +247,10 @@ def sweep(
         chunk file is moved aside (`<name>.corrupt`, with a warning) and its chunk recomputed.
     - `throw`: raise after the whole sweep if any trajectory failed (default False: read
         `SweepResult.failures()` and `SweepResult.failure_summary()`).
+    - `on_chunk`: called after each finished chunk with a dict: `alpha`, `seeds` (a list),
+        `loaded` (read from the checkpoint), `t` (the time each seed reached), `loss` (its loss
+        there), `steps` (the most steps of a seed) and `failed` (how many failed); what a
+        progress display shows (`saddlejax.experiments` draws a tqdm bar from it).
     - `**options`: every field of `FlowOptions`, as for `gradient_flow`. `progress` (default
         True here) prints a line per finished chunk and the failure summary at the end.
 
@@ -301,6 +306,7 @@ def sweep(
                 batching,
                 start,
                 options.progress,
+                on_chunk,
             )
             for lo in range(0, seeds.size, chunk)
         ]
@@ -320,7 +326,7 @@ def sweep(
 
 
 def _run_chunk(
-    runner, store, likes, i, alpha, times, chunk_seeds, chunk, batching, start, progress
+    runner, store, likes, i, alpha, times, chunk_seeds, chunk, batching, start, progress, on_chunk
 ):
     """One chunk of seeds at one α and whether it was loaded: from the checkpoint when it is
     there and intact, else solved (and checkpointed). Under "vmap" the chunk is padded to its
@@ -349,7 +355,27 @@ def _run_chunk(
             + (f", {n_bad} failed" if n_bad else ""),
             flush=True,
         )
+    if on_chunk is not None:
+        on_chunk(_chunk_report(sol, alpha, chunk_seeds, loaded))
     return sol, loaded
+
+
+def _chunk_report(sol, alpha, chunk_seeds, loaded) -> dict:
+    """What `on_chunk` receives: per seed the last time reached with a finite loss there."""
+    ts, loss = np.asarray(sol.ts), np.asarray(sol.loss)
+    last = np.where(np.isfinite(ts) & np.isfinite(loss), np.arange(ts.shape[-1]), -1).max(-1)
+    take = np.maximum(last, 0)[:, None]
+    reached = np.take_along_axis(ts, take, -1)[:, 0]
+    at = np.take_along_axis(loss, take, -1)[:, 0]
+    return dict(
+        alpha=float(alpha),
+        seeds=[int(s) for s in chunk_seeds],
+        loaded=loaded,
+        t=np.where(last >= 0, reached, np.nan),
+        loss=np.where(last >= 0, at, np.nan),
+        steps=int(np.max(np.asarray(sol.stats["num_steps"]))),
+        failed=len(failure_messages(sol.result)),
+    )
 
 
 def _concat(parts):
