@@ -1,8 +1,13 @@
+import os
 import random
 
-import jax
-import jax.random as jr
-import pytest
+# The suite runs in several processes (pytest-xdist); on a GPU each would otherwise reserve
+# most of its memory at start.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import jax.random as jr  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

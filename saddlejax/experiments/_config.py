@@ -116,6 +116,7 @@ def preset_path(name: str) -> Path:
 
 def _read(source: str | Path) -> tuple[dict, str]:
     """The mapping of a config file or preset name, and the name runs are filed under."""
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -132,7 +133,7 @@ def _read(source: str | Path) -> tuple[dict, str]:
         raise ValueError(f"CONFIG {text!r}: no such file; give a .yaml path or a preset name")
     try:
         data = OmegaConf.to_container(OmegaConf.load(path))
-    except (OmegaConfBaseException, ValueError, OSError, UnicodeDecodeError) as e:
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as e:
         raise ValueError(f"CONFIG {text!r} is not valid YAML ({_first_line(e)})") from None
     if not isinstance(data, dict):
         raise ValueError(

@@ -340,7 +340,8 @@ def _claims(config, arrays, plateaus, greedy) -> list:
                 f"greedy saddles visited at α = {alphas[i]:g} (median over seeds)",
                 float(np.median(visited)), len(saddles),
                 note=f"a plateau within {config.greedy_rtol:g} of each greedy saddle's loss "
-                f"ϑ⁰…ϑ^{len(saddles) - 1} (Conjecture 3, §5.3)",
+                f"ϑ⁰…ϑ^{len(saddles) - 1} (Conjecture 3, §5.3); fewer when α is too large for "
+                "the plateaus to separate",
             )
         )
     return checks

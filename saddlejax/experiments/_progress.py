@@ -7,6 +7,7 @@ run folder) keeps every finished chunk of a sweep, so an interrupted run loses n
 work."""
 
 import contextlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,7 +42,8 @@ class RunContext:
                     unit=unit,
                     disable=None,  # off when stderr is not a terminal
                     file=sys.stderr,
-                    dynamic_ncols=True,
+                    # the terminal's width, 100 columns where it reports none
+                    ncols=shutil.get_terminal_size((100, 20)).columns or 100,
                     leave=True,
                 )
         task = Task(bar)
