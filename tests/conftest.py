@@ -4,6 +4,9 @@ import random
 # The suite runs in several processes (pytest-xdist); on a GPU each would otherwise reserve
 # most of its memory at start.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# The CLI keeps compiled code in a user cache folder; the tests (and the CLI processes they
+# start) compile afresh, as on a new machine.
+os.environ.setdefault("SADDLEJAX_CACHE_DIR", "off")
 
 import jax  # noqa: E402
 import jax.random as jr  # noqa: E402

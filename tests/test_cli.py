@@ -115,6 +115,27 @@ def test_cli_exposes_host_devices(xla_flags, expected):
     assert int(proc.stdout.strip()) == expected
 
 
+@pytest.mark.parametrize("setting", ["folder", "off"])
+def test_cli_compilation_cache(tmp_path, setting):
+    """The CLI keeps compiled code in $SADDLEJAX_CACHE_DIR (a compilation slower than 0.1 s is
+    written there), and "off" keeps none."""
+    folder = tmp_path / "cache"
+    code = (
+        "from saddlejax.cli._main import use_compilation_cache; import jax, jax.numpy as jnp\n"
+        "used = use_compilation_cache()\n"
+        "f = jax.jit(lambda x: sum(jnp.sin(x * i).sum() for i in range(400)))\n"
+        "f(jnp.ones(3)).block_until_ready(); print(used)\n"
+    )
+    env = dict(os.environ, SADDLEJAX_CACHE_DIR=str(folder) if setting == "folder" else "off")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if setting == "off":
+        assert proc.stdout.strip() == "None" and not folder.exists()
+    else:
+        assert proc.stdout.strip() == str(folder)
+        assert any("jit_" in p.name for p in folder.iterdir())
+
+
 def test_runs_without_matplotlib(tmp_path):
     """matplotlib is the `plot` extra: with it absent, saddlejax and its CLI import, the parser
     builds, `escape-path --png` stops at once (exit 2) naming the extra, and drawing raises an
