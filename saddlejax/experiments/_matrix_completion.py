@@ -388,11 +388,11 @@ def matrix_completion_table(rows: list[dict], config: MatrixCompletionConfig) ->
 
 
 def plot_matrix_completion(arrays: dict, config: MatrixCompletionConfig, fig) -> None:
-    """Train (solid) and test (dashed) loss, rank and ‖∇L‖ against α^{L−2}·t for every α and
-    seed, the greedy saddles' losses as dotted levels (Jacot et al. Fig. 1), drawn into `fig`."""
+    """Train loss, test loss (unobserved entries), rank and ‖∇L‖ against α^{L−2}·t for every α
+    and seed, the greedy saddles' losses as dotted levels (Jacot et al. Fig. 1), into `fig`."""
     depth = config.depth
-    fig.set_size_inches(15, 4.2)
-    axes = fig.subplots(1, 3)
+    fig.set_size_inches(19, 4.2)
+    axes = fig.subplots(1, 4)
     alphas = arrays["alphas"].values
     colors = colormap("viridis")(np.linspace(0, 0.85, len(alphas)))
     get = {k: a.values for k, a in arrays.items()}
@@ -403,15 +403,17 @@ def plot_matrix_completion(arrays: dict, config: MatrixCompletionConfig, fig) ->
             label = f"α = {alpha:g}" if j == 0 else None
             kw = dict(color=colors[i], lw=1.2, alpha=0.8)
             axes[0].semilogy(t, get["loss"][i, j], label=label, **kw)
-            axes[0].semilogy(t, get["test_loss"][i, j], ls="--", **kw)
-            axes[1].plot(t, get["rank"][i, j], label=label, **kw)
-            axes[2].semilogy(t, np.maximum(get["grad_norm"][i, j], 1e-16), **kw)
+            axes[1].semilogy(t, get["test_loss"][i, j], **kw)
+            axes[2].plot(t, get["rank"][i, j], label=label, **kw)
+            axes[3].semilogy(t, np.maximum(get["grad_norm"][i, j], 1e-16), **kw)
     for k, level in enumerate(get.get("greedy_loss", [])):
         label = "greedy saddles" if k == 0 else None
         axes[0].axhline(level, color="0.4", ls=":", lw=1, label=label)
-    for ax, name in zip(
-        axes, ("loss (train —, test --)", f"rank (tol {config.rank_tol:g})", "‖∇L‖")
-    ):
+    titles = (
+        "training loss", "test loss (unobserved entries)", f"rank (tol {config.rank_tol:g})",
+        "‖∇L‖",
+    )
+    for ax, name in zip(axes, titles):
         ax.set_xlabel(f"α^{depth - 2} · t")
         ax.set_title(name)
         ax.grid(alpha=0.3)
