@@ -47,15 +47,17 @@ def main() -> None:
               f"{len(summary['checks'])} checks passed, {summary['wall_time']:.0f} s", flush=True)
     table.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
     (gallery / "checks.md").write_text(markdown(rows, ex.preset_names()))
+    (gallery / "summary.md").write_text(summary_table(rows, ex.preset_names()))
 
 
 def _fmt(x) -> str:
+    """A table cell: numbers to 4 digits, long lists cut, `|` escaped for markdown."""
     if isinstance(x, float):
         return f"{x:.4g}"
     if isinstance(x, list):
         shown = ", ".join(_fmt(v) for v in x[:6])
         return f"[{shown}{', …' if len(x) > 6 else ''}]"
-    return str(x)
+    return str(x).replace("|", "\\|")
 
 
 def markdown(rows: dict, order) -> str:
@@ -73,10 +75,24 @@ def markdown(rows: dict, order) -> str:
             tol = "" if c["tolerance"] is None else _fmt(c["tolerance"])
             mark = "pass" if c["passed"] else "**FAIL**"
             lines.append(
-                f"| {head} | {c['quantity']} | {_fmt(c['measured'])} | {_fmt(c['expected'])} "
+                f"| {head} | {_fmt(c['quantity'])} | {_fmt(c['measured'])} | {_fmt(c['expected'])} "
                 f"| {tol} | {mark} |"
             )
             head = ""
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(rows: dict, order) -> str:
+    """One line per preset: mode, checks passed, wall time (the README's table)."""
+    lines = ["| preset | mode | checks passed | wall s |", "|---|---|---|---|"]
+    for name in order:
+        if name in rows:
+            row = rows[name]
+            n = sum(c["passed"] for c in row["checks"])
+            lines.append(
+                f"| `{name}` | {row['mode']} | {n} / {len(row['checks'])} | "
+                f"{row['wall_time']:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
