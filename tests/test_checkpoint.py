@@ -251,8 +251,9 @@ def test_failure_summary_counts_per_message():
 
 def test_main_job_checkpoints_per_chunk(monkeypatch):
     """The main job passes one seed per host device as the chunk (the unit of checkpointing)
-    on CPUs, so a run killed mid-α loses at most one chunk."""
-    from saddlejax.experiments import MatrixCompletionConfig, run_matrix_completion
+    on CPUs, so a run killed mid-α loses at most one chunk, and checkpoints into the run's
+    checkpoint folder."""
+    from saddlejax.experiments import MatrixCompletionConfig, RunContext, run_matrix_completion
 
     seen = {}
 
@@ -265,5 +266,8 @@ def test_main_job_checkpoints_per_chunk(monkeypatch):
 
     monkeypatch.setattr(sj, "sweep", fake_sweep)
     with pytest.raises(Stop):
-        run_matrix_completion(MatrixCompletionConfig(seeds=tuple(range(8))), checkpoint="x")
+        run_matrix_completion(
+            MatrixCompletionConfig(seeds=tuple(range(8))), RunContext(False, "x")
+        )
     assert seen["chunk_size"] == len(jax.devices()) < 8
+    assert str(seen["checkpoint"]) == str(Path("x") / "sweep")
