@@ -111,8 +111,8 @@ class ResolvedBracket(optx.AbstractRootFinder):
 
     It uses values of g only, never dg/dt: diffrax's event condition carries no derivative
     with respect to the flow's inputs (the event time is differentiated exactly by
-    `differentiable_event_time`), and the slope of the dense output is not the flow's (a
-    straight line across an implicit step). Superlinear like the secant method, and the
+    `differentiable_event_time`), and the slope of the dense output is only an approximation
+    of the flow's (a polynomial across the step). Superlinear like the secant method, and the
     bracket always holds the root. Stops, successfully, when |g| ≤ `atol`, or when the bracket
     is below `ulps` float spacings of t: at t ≈ 7·10⁹ one spacing is ≈ 10⁻⁶ and ‖θ‖/r − 1 of an
     escaping DLN (L = 4, α = 10⁻⁵) moves by ≈ 7·10⁻¹⁰ per spacing, so |g| ≤ 10⁻¹⁰ alone may not
