@@ -11,6 +11,7 @@ import numpy as np
 from jaxtyping import PyTree
 from optimistix import rms_norm
 
+from .._cacheable import cacheable_errors
 from .._results import RESULTS, NumericalWarning, check, from_diffrax
 from .._trainable import split_trainable
 from .._tree import tree_all_finite, tree_dot
@@ -650,7 +651,8 @@ def gradient_flow(
     ```
     """
     options = FlowOptions(**options)
-    sol = solve_flow(*prepare(objective, params0, t1, options))
+    with cacheable_errors():
+        sol = solve_flow(*prepare(objective, params0, t1, options))
     return check(sol, throw=throw, what="gradient flow")
 
 
@@ -697,5 +699,6 @@ def continue_flow(
     times["resume"] = dict(
         solver_state=resume["solver_state"], controller_state=resume["controller_state"]
     )
-    out = solve_flow(field, state0, times, origin, config)
+    with cacheable_errors():
+        out = solve_flow(field, state0, times, origin, config)
     return check(out, throw=throw, what="gradient flow")

@@ -230,19 +230,21 @@ class AutoStiff(AbstractMatrixFreeSolver):
             fresh = self.explicit.init(terms, t1, t1, y1, args)
             return y1, err, dense, fresh, state, v, lam, n, jnp.zeros((), jnp.int32)
 
-        shape_e = eqx.filter_eval_shape(explicit_step)
-        shape_i = eqx.filter_eval_shape(implicit_step)
+        # Each step is traced once, to a jaxpr: the branches replay it, and its output shapes
+        # give the other branch's zeros (tracing is most of a cold start's time).
+        explicit_step = eqx.filter_closure_convert(explicit_step)
+        implicit_step = eqx.filter_closure_convert(implicit_step)
         zeros = lambda tree: jax.tree_util.tree_map(  # noqa: E731
             lambda s: jnp.zeros(s.shape, s.dtype), tree
         )
 
         def explicit_branch():
             y1, err, dense, *rest = explicit_step()
-            return (y1, err, dense, zeros(shape_i[2]), *rest)
+            return (y1, err, dense, zeros(implicit_step.out_struct[2]), *rest)
 
         def implicit_branch():
             y1, err, dense, *rest = implicit_step()
-            return (y1, err, zeros(shape_e[2]), dense, *rest)
+            return (y1, err, zeros(explicit_step.out_struct[2]), dense, *rest)
 
         return explicit_branch, implicit_branch
 
