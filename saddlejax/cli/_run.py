@@ -55,6 +55,14 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--force", action="store_true", help="recompute a finished run in --out")
     p.add_argument(
+        "--distributed", action="store_true",
+        help="one of several processes (jax.distributed.initialize() detects SLURM, Open MPI, "
+        "cloud TPU); without it, the environment variables SADDLEJAX_COORDINATOR=host:port, "
+        "SADDLEJAX_NUM_PROCESSES and SADDLEJAX_PROCESS_ID, when set, start it. The sweeps' "
+        "chunks are split between the processes; process 0 writes --out (put it, and "
+        "--checkpoint, on a shared filesystem)",
+    )
+    p.add_argument(
         "--checkpoint", default=None,
         help="folder of the sweeps' finished chunks (default: the run folder's checkpoints/); "
         "an interrupted run resumes from it",
@@ -111,8 +119,10 @@ def _shorthand_overrides(args) -> list[str]:
 def check(args):
     """The jobs of the command line, every setting and output folder checked."""
     from ..experiments import configure
+    from ..flow._distributed import initialize_from_env
     from ._jobs import check_jobs, default_out
 
+    initialize_from_env(auto=args.distributed)  # before JAX computes anything
     source, overrides = split_words(args.words)
     if args.quick and (args.alphas is not None or args.seeds is not None):
         raise ValueError("--quick sets the α and seeds of the config; drop --alphas and --seeds, "

@@ -123,7 +123,7 @@ def _sweep(problem, width, alphas_cl, seeds, t1_rate, config, context, name, des
             seeds=seeds,
             # On CPUs one seed per host device per chunk (all devices busy, and the unit of
             # checkpointing); on accelerators an α's seeds are one vmapped batch.
-            chunk_size=len(jax.devices()) if jax.default_backend() == "cpu" else None,
+            chunk_size=jax.local_device_count() if jax.default_backend() == "cpu" else None,
             solver=sj.solvers.solver_from_name(config.solver),
             rtol=config.rtol,
             n_save=config.n_save,

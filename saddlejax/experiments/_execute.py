@@ -5,6 +5,8 @@ import shutil
 import time
 from pathlib import Path
 
+import jax
+
 from ._config import Job, configure
 from ._progress import RunContext
 from ._record import Outcome, finished_config, write_run
@@ -63,7 +65,9 @@ def execute(
     already holds it finished. The folder's `summary.json` is written last: a run interrupted
     before it is redone next time, and its sweeps resume from the finished chunks kept in
     `checkpoints` (default: the run folder's `checkpoints/`); a finished run is never
-    recomputed."""
+    recomputed. Under `jax.distributed` every process runs the job (the sweeps split their
+    chunks) and process 0 alone writes the folder, which should be on a shared filesystem so
+    that every process skips the same finished jobs."""
     folder = run_folder(job, out)
     if check_folder(job, folder, force):
         return RunRecord(job, folder, None, True)
@@ -74,7 +78,9 @@ def execute(
     context = RunContext(progress, folder / "checkpoints" if own else checkpoints)
     outcome = job.experiment.run(job.config, context)
     wall = time.perf_counter() - start
-    paths = write_run(folder, job.experiment.name, job.resolved(), job.yaml(), outcome, wall)
+    paths = []
+    if jax.process_index() == 0:  # the files' temporary names are not per process
+        paths = write_run(folder, job.experiment.name, job.resolved(), job.yaml(), outcome, wall)
     if own:
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return RunRecord(job, folder, outcome, False, wall, paths)

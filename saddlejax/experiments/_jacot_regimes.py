@@ -177,7 +177,7 @@ def _flow_options(config, t1s, observe=_matrix, **extra) -> dict:
         progress=False,
         # On CPUs seeds are looped over the host devices (one per device and chunk, the unit of
         # checkpointing); on accelerators an α's seeds form one vmapped batch.
-        chunk_size=len(jax.devices()) if jax.default_backend() == "cpu" else None,
+        chunk_size=jax.local_device_count() if jax.default_backend() == "cpu" else None,
         **extra,
     )
 

@@ -194,7 +194,7 @@ def _sweep(objective, width, stds, t1, config, context, name, desc, **options):
             t1,
             alphas=stds,
             seeds=config.seeds,
-            chunk_size=len(jax.devices()) if jax.default_backend() == "cpu" else None,
+            chunk_size=jax.local_device_count() if jax.default_backend() == "cpu" else None,
             solver=sj.solvers.solver_from_name(config.solver),
             rtol=config.rtol,
             saveat=np.linspace(0.0, t1, config.n_save),

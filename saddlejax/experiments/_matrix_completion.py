@@ -208,7 +208,7 @@ def run_matrix_completion(config: MatrixCompletionConfig, context: RunContext | 
             # device keeps them all busy and makes it the unit of checkpointing, so a run
             # killed mid-α loses at most one chunk. On accelerators an α's seeds form one
             # vmapped batch.
-            chunk_size=len(jax.devices()) if jax.default_backend() == "cpu" else None,
+            chunk_size=jax.local_device_count() if jax.default_backend() == "cpu" else None,
             solver=sj.solvers.solver_from_name(config.solver),
             rtol=config.rtol,
             n_save=config.n_save,

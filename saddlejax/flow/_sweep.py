@@ -13,6 +13,7 @@ import jax.random as jr
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from .._cacheable import cacheable_errors
 from .._init_scale import scale
 from .._results import RESULTS, check, failure_messages
 from .._trainable import split_trainable
@@ -20,6 +21,13 @@ from .._validate import check_int, check_real, describe
 from .._vector_field import GradientField
 from ._checkpoint import SweepCheckpoint, sweep_fingerprint
 from ._devices import map_over_devices, on_device, resolve_batching
+from ._distributed import (
+    check_same_sweep,
+    first_then_others,
+    gather_chunks,
+    local_devices,
+    process_share,
+)
 from ._flow import prepare, solve_flow
 from ._options import FlowOptions, check_t1, default_save_times
 from ._solution import FlowSolution
@@ -31,7 +39,8 @@ class SweepResult(eqx.Module):
     **Fields:** `alphas` (n_alpha,), `seeds` (n_seed,), `solution` (a `FlowSolution`),
     `result` (its `RESULTS`, shape (n_alpha, n_seed)), `stats` (`wall_time`: seconds per α,
     compilation included for the first chunk; `n_failed`; `chunks_loaded`: chunks read from
-    the checkpoint folder instead of solved).
+    the checkpoint folder instead of solved). In a multi-process sweep every process holds the
+    whole `solution` and `n_failed`; `wall_time` and `chunks_loaded` count its own chunks.
     """
 
     alphas: np.ndarray
@@ -235,8 +244,8 @@ def sweep(
         solve (default: all); under "vmap" the last chunk is padded.
     - `batching`: "vmap", "loop" (one compiled single-trajectory solve per seed, spread over
         the devices) or "auto": loop on CPUs, vmap on accelerators.
-    - `devices`: the devices to use (default: all of `jax.devices()`); under "vmap" the chunk
-        size is rounded up to a multiple of their number.
+    - `devices`: the devices to use (default: all of `jax.local_devices()`); under "vmap" the
+        chunk size is rounded up to a multiple of their number.
     - `checkpoint`: a folder; each finished (α, chunk of seeds) is written there and loaded
         instead of solved when the sweep is run again, so an interrupted sweep (even one killed
         mid-write) resumes where it stopped and returns bit for bit what an uninterrupted one
@@ -254,6 +263,12 @@ def sweep(
     - `**options`: every field of `FlowOptions`, as for `gradient_flow`. `progress` (default
         True here) prints a line per finished chunk and the failure summary at the end.
 
+    Under `jax.distributed` (`jax.process_count() > 1`) every process must make the same call:
+    process p solves the chunks k ≡ p (mod process count), numbering the chunks α by α, on its
+    own devices, checkpoints them (the folder may be shared), reports them to `on_chunk`, and
+    then every process receives all chunks (`multihost_utils.process_allgather`) and returns
+    the same `SweepResult` as a single process would.
+
     **Returns:** a `SweepResult`.
     """
     alphas, seeds = _grid(alphas, seeds)
@@ -264,10 +279,12 @@ def sweep(
     options = FlowOptions(**options)
     t1_of = t1 if callable(t1) else (lambda _: t1)
     times, origin, setup = _setup(objective, draw, t1_of, alphas, options)
-    devices = list(jax.devices() if devices is None else devices)
+    devices = local_devices(devices)
     batching = resolve_batching(batching, devices)
     if batching == "vmap":  # one batch per chunk, split evenly over the devices
         chunk = math.ceil(chunk / len(devices)) * len(devices)
+    if jax.process_count() > 1:
+        check_same_sweep(alphas, seeds, chunk, batching)
     store = None
     if checkpoint is not None:
         fingerprint = sweep_fingerprint(
@@ -281,20 +298,26 @@ def sweep(
             devices=devices,
             options=options,
         )
-        store = SweepCheckpoint(checkpoint, fingerprint)
+        # Process 0 writes sweep.json before the others read it (in a shared folder).
+        store = first_then_others(lambda: SweepCheckpoint(checkpoint, fingerprint))
         n_found = store.n_chunks()
         if options.progress and n_found:
             print(f"  resuming from {str(checkpoint)!r}: {n_found} chunk files found", flush=True)
     runner = _chunk_runner(objective, draw, origin, setup, devices, batching)
-    per_alpha, wall, n_loaded = [], [], 0
+    starts = range(0, seeds.size, chunk)
+    mine = set(process_share(len(alphas) * len(starts)))  # all of them in a single process
+    parts, wall, n_loaded = [], [], 0
     likes = {}  # the solution's shapes per chunk size, traced once (a loaded chunk's template)
     for i, alpha in enumerate(alphas):
         start = time.perf_counter()
         alpha_times = dict(times, t1=jnp.asarray(float(t1_of(alpha))))
         if options.saveat is not None:
             alpha_times["ts"] = jnp.asarray(options.save_times(float(t1_of(alpha))))
-        parts = [
-            _run_chunk(
+        for lo in starts:
+            if len(parts) not in mine:
+                parts.append(None)
+                continue
+            sol, loaded = _run_chunk(
                 runner,
                 store,
                 likes,
@@ -308,11 +331,15 @@ def sweep(
                 options.progress,
                 on_chunk,
             )
-            for lo in range(0, seeds.size, chunk)
-        ]
-        n_loaded += sum(loaded for _, loaded in parts)
-        per_alpha.append(_concat([sol for sol, _ in parts]))
+            parts.append(sol)
+            n_loaded += loaded
         wall.append(time.perf_counter() - start)
+    if jax.process_count() > 1:
+        n = chunk if batching == "vmap" else min(chunk, seeds.size)  # the runner's batch
+        like = _like(runner, likes, np.resize(seeds, n), alphas[0], alpha_times)
+        sizes = [seeds[lo : lo + chunk].size for lo in starts] * len(alphas)
+        parts = gather_chunks(parts, like, sizes)
+    per_alpha = [_concat(parts[i : i + len(starts)]) for i in range(0, len(parts), len(starts))]
     solution = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_alpha)
     stats = dict(
         wall_time=np.asarray(wall),
@@ -320,7 +347,7 @@ def sweep(
         chunks_loaded=n_loaded,
     )
     result = SweepResult(alphas, seeds, solution, stats)
-    if options.progress:
+    if options.progress and jax.process_index() == 0:
         print("  " + result.failure_summary().replace("\n", "\n  "), flush=True)
     return check(result, throw=throw, what="the sweep")
 
@@ -337,13 +364,12 @@ def _run_chunk(
     path = None if store is None else store.path(i, alpha, chunk_seeds)
     sol = None
     if path is not None and path.exists():
-        if padded.size not in likes:
-            likes[padded.size] = eqx.filter_eval_shape(runner, *args)
-        sol = store.load(path, likes[padded.size])
+        sol = store.load(path, _like(runner, likes, padded, alpha, times))
     loaded = sol is not None
     status = "loaded from checkpoint"
     if not loaded:
-        sol = jax.block_until_ready(runner(*args))
+        with cacheable_errors():
+            sol = jax.block_until_ready(runner(*args))
         if path is not None:
             store.save(path, sol)
         status = f"{time.perf_counter() - start:.1f}s"
@@ -358,6 +384,14 @@ def _run_chunk(
     if on_chunk is not None:
         on_chunk(_chunk_report(sol, alpha, chunk_seeds, loaded))
     return sol, loaded
+
+
+def _like(runner, likes, chunk_seeds, alpha, times):
+    """The shapes of `runner`'s solution for a chunk of this size, traced once per size."""
+    if chunk_seeds.size not in likes:
+        args = (jax.vmap(jr.key)(jnp.asarray(chunk_seeds)), jnp.asarray(alpha), times)
+        likes[chunk_seeds.size] = eqx.filter_eval_shape(runner, *args)
+    return likes[chunk_seeds.size]
 
 
 def _chunk_report(sol, alpha, chunk_seeds, loaded) -> dict:
