@@ -136,6 +136,31 @@ def test_cli_compilation_cache(tmp_path, setting):
         assert any("jit_" in p.name for p in folder.iterdir())
 
 
+def test_solves_are_kept_in_the_compilation_cache(tmp_path):
+    """A gradient flow (default solver) and a sweep are written to JAX's persistent cache, which
+    refuses programs holding host callbacks (diffrax's argument checks, traced as NaN
+    substitution by saddlejax), and a failing solve is still reported as one."""
+    folder = tmp_path / "cache"
+    code = (
+        "import jax, jax.random as jr, saddlejax\n"
+        "from saddlejax.cli._main import use_compilation_cache\n"
+        "jax.config.update('jax_enable_x64', True); use_compilation_cache()\n"
+        "problem = saddlejax.matrix_completion_problem(jr.key(0), n=3, rank=1)\n"
+        "net = saddlejax.init.scale(saddlejax.nn.DeepLinear((3, 4, 3), key=jr.key(1)), 0.1)\n"
+        "saddlejax.gradient_flow(problem, net, 5.0, n_save=8)\n"
+        "bad = saddlejax.gradient_flow(problem, net, 5.0, n_save=8, max_steps=2, throw=False)\n"
+        "print(bad.result == saddlejax.RESULTS.max_steps_reached)\n"
+    )
+    env = dict(os.environ, SADDLEJAX_CACHE_DIR=str(folder), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"
+    # Without the NaN substitution JAX logs "not caching" and writes no solve_flow entry.
+    assert any(p.name.startswith("jit_solve_flow") for p in folder.iterdir()), sorted(
+        p.name for p in folder.iterdir()
+    )
+
+
 def test_runs_without_matplotlib(tmp_path):
     """matplotlib is the `plot` extra: with it absent, saddlejax and its CLI import, the parser
     builds, `escape-path --png` stops at once (exit 2) naming the extra, and drawing raises an
