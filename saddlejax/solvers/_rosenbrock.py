@@ -163,6 +163,11 @@ def _grad_evals_per_step(tableau: RosenbrockTableau) -> int:
     return n
 
 
+def _every_stage_evaluates(tableau: RosenbrockTableau) -> bool:
+    """Whether every stage after the first evaluates f at a new argument."""
+    return _grad_evals_per_step(tableau) == len(tableau.m)
+
+
 def _combine(coeffs, vecs, base=None):
     """base + Σ cⱼ·vecⱼ over the nonzero cⱼ (pytrees; the coefficients are static)."""
     out = base
@@ -283,23 +288,64 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
 
     def _stages(self, f, y0, f0, matvec, scale, precondition, hg):
         """The stage increments Kᵢ, each from one CG solve; stage 1 records its directions for
-        the later stages (recycling). **Returns:** (Kᵢ, products, max CG count, all converged)."""
+        the later stages (recycling). When every later stage evaluates f (RODAS4) they run as
+        one `lax.scan` over the tableau's rows, so the stage — CG loop, linear-solve rule and
+        all — is traced and compiled once rather than s − 1 times (most of a cold start).
+        **Returns:** (Kᵢ, products, max CG count, all converged)."""
         tab = self.tableau
-        ks, stage_f, prev_row = [], f0, ()
-        n_hvp = max_cg = jnp.zeros((), jnp.int32)
-        ok = jnp.asarray(True)
-        recycled = None
-        for i in range(len(tab.m)):
+        n_stages = len(tab.m)
+        k1, (n_hvp, ok, recycled) = self._solve(
+            matvec, tree_scale(hg, f0), scale, precondition, self.recycle, None
+        )
+        n_hvp = jnp.asarray(n_hvp, jnp.int32)
+        if not _every_stage_evaluates(tab):
+            return self._unrolled_stages(
+                f, y0, f0, k1, n_hvp, ok, recycled, matvec, scale, precondition, hg
+            )
+        dtype = jnp.result_type(*jax.tree_util.tree_leaves(y0))
+
+        def padded(rows, factor=1.0):
+            return jnp.asarray(
+                [[factor * x for x in row] + [0.0] * (n_stages - len(row)) for row in rows[1:]],
+                dtype,
+            )
+
+        def weighted(coeffs, stack):  # Σⱼ coeffsⱼ·Kⱼ over the stacked stages
+            return jax.tree_util.tree_map(lambda k: jnp.tensordot(coeffs, k, axes=1), stack)
+
+        def stage(carry, row):
+            stack, i = carry
+            a_i, c_i = row
+            stage_f = f(jax.tree_util.tree_map(jnp.add, y0, weighted(a_i, stack)))
+            # b = hγ·(f(stage) + Σ (cᵢⱼ/h) Kⱼ) = hγ·f(stage) + γ·Σ cᵢⱼ Kⱼ
+            b = tree_add_scale(weighted(c_i, stack), hg, stage_f)
+            k_i, (n_i, conv, _) = self._solve(matvec, b, scale, precondition, 0, recycled)
+            stack = jax.tree_util.tree_map(lambda s_, k: s_.at[i].set(k), stack, k_i)
+            return (stack, i + 1), (jnp.asarray(n_i, jnp.int32), conv)
+
+        stack = jax.tree_util.tree_map(
+            lambda k: jnp.zeros((n_stages,) + k.shape, k.dtype).at[0].set(k), k1
+        )
+        rows = (padded(tab.a), padded(tab.c, tab.gamma))
+        (stack, _), (n_i, conv) = jax.lax.scan(stage, (stack, 1), rows)
+        ks = [jax.tree_util.tree_map(lambda s_: s_[j], stack) for j in range(n_stages)]
+        max_cg = jnp.maximum(n_hvp, jnp.max(n_i))
+        return ks, n_hvp + jnp.sum(n_i, dtype=jnp.int32), max_cg, ok & jnp.all(conv)
+
+    def _unrolled_stages(
+        self, f, y0, f0, k1, n_hvp, ok, recycled, matvec, scale, precondition, hg
+    ):
+        """`_stages` for tableaus where some stage reuses the previous stage's f (RODAS3)."""
+        tab = self.tableau
+        ks, stage_f, prev_row = [k1], f0, tab.a[0]
+        max_cg = n_hvp
+        for i in range(1, len(tab.m)):
             row = tab.a[i]
-            if i > 0 and row != prev_row + (0.0,) * (len(row) - len(prev_row)):
+            if row != prev_row + (0.0,) * (len(row) - len(prev_row)):
                 stage_f = f(_combine(row, ks, y0))
             prev_row = row
-            # b = hγ·(f(stage) + Σ (cᵢⱼ/h) Kⱼ) = hγ·f(stage) + γ·Σ cᵢⱼ Kⱼ
             b = _combine([tab.gamma * c for c in tab.c[i]], ks, tree_scale(hg, stage_f))
-            record = self.recycle if i == 0 else 0
-            k_i, (n_i, conv, rec) = self._solve(matvec, b, scale, precondition, record, recycled)
-            if record > 0:
-                recycled = rec
+            k_i, (n_i, conv, _) = self._solve(matvec, b, scale, precondition, 0, recycled)
             ks.append(k_i)
             n_hvp = n_hvp + n_i
             max_cg = jnp.maximum(max_cg, n_i)
