@@ -273,6 +273,31 @@ def test_numerical_warnings():
         assert sol.ts.dtype == jnp.float32 and sol.result == sj.RESULTS.successful
 
 
+def test_tiny_initial_scales_warn_in_float64():
+    """Tiny α in float64 is never silently wrong. Depth 4 at α = 1e−9: the escape at
+    t ≈ α⁻² = 10¹⁸ spans less than a float64 spacing per time scale of the drop (raised as an
+    error before compiling). Depth 2 at α = 1e−30: the first escape grows the weights to O(1),
+    where directions still at α keep no digits, so the later escapes are seeded by rounding —
+    warned after the solve; at α = 1e−6 (≈ 8 digits kept) neither warning."""
+    problem = sj.matrix_completion_problem(jr.key(0), n=3, rank=2, observed=0.7)
+    deep = sj.nn.DeepLinear((3, 4, 4, 4, 3), key=jr.key(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sj.NumericalWarning)
+        with pytest.raises(sj.NumericalWarning, match="float64 carries time as one number"):
+            sj.gradient_flow(problem, sj.init.scale(deep, 1e-9), 1e19, solver=TSIT5, n_save=4)
+    shallow = sj.nn.DeepLinear((3, 6, 3), key=jr.key(1))
+    for alpha, expected in ((1e-30, 1), (1e-6, 0)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sol = sj.gradient_flow(
+                problem, sj.init.scale(shallow, alpha), 200.0, solver=TSIT5, n_save=16
+            )
+        assert sol.result == sj.RESULTS.successful
+        assert float(sol.loss[-1]) < 0.1 * float(sol.loss[0])  # it escaped
+        found = [w for w in caught if "seeded by rounding" in str(w.message)]
+        assert len(found) == expected, [str(w.message) for w in caught]
+
+
 class CubicPlusQuadratic(eqx.Module):
     """H(θ) = a·Σθᵢ³ + b·‖θ‖²: min over the unit sphere is −a (at −eᵢ) for b = 0 and b for
     a = 0."""

@@ -470,6 +470,11 @@ def _check_finite_params(params0) -> None:
 # 0.4 spacings per time scale (α = 2e−3) and the solve fails from 0.25 (α = 1.5e−3); 3 warns
 # ten times before that, and not at α = 1e−2 (10.7 spacings).
 MIN_TIME_RESOLUTION = 3.0
+# Below this initial scale the float64 time-resolution check is evaluated (`_numerical_warnings`).
+TINY_SCALE = 1e-6
+# Digits that a direction at the initial scale must keep after the state has grown
+# (`_precision_warning`): two keep a later escape's time to ≈ 1 %.
+MIN_DIGITS = 2.0
 
 
 @eqx.filter_jit
@@ -485,9 +490,9 @@ def _time_scales(field: GradientField, state0):
     return tau(state0), tau(unit)
 
 
-def _warn(message: str) -> None:
+def _warn(message: str, stacklevel: int = 5) -> None:
     # user code → gradient_flow → prepare → _numerical_warnings → _warn
-    warnings.warn(message, NumericalWarning, stacklevel=5)
+    warnings.warn(message, NumericalWarning, stacklevel=stacklevel)
 
 
 def _numerical_warnings(field: GradientField, state0, options: FlowOptions, dtype) -> None:
@@ -502,8 +507,10 @@ def _numerical_warnings(field: GradientField, state0, options: FlowOptions, dtyp
         critical point escapes after a time of order τ₀ = ‖θ₀‖/‖∇L(θ₀)‖ ∝ α^{−(k−2)}, and then
         moves on the time scale τ̃ of the unit-scale state θ₀/RMS(θ₀); at t ≈ τ₀ one float
         spacing is ε·τ₀, so the escape is resolved only if τ̃ ≥ `MIN_TIME_RESOLUTION`·ε·τ₀.
-        (Not evaluated for float64, where it fires only for α^{k−2} ≲ 10⁻¹⁵: it costs two
-        gradients.)
+        For float64 it is evaluated (two gradients) only below RMS(θ₀) = `TINY_SCALE`, since it
+        fires only for α^{k−2} ≲ 10⁻¹⁵ (a depth-4 DLN below α ≈ 10⁻⁸). `origin_defect` gives
+        the first escape time exactly (Lemma 13's rescaled clock), but the drop after it still
+        happens at t ≈ τ₀ on the solver's one float clock.
     """
     eps = float(jnp.finfo(dtype).eps)
     name = jnp.dtype(dtype).name
@@ -519,12 +526,9 @@ def _numerical_warnings(field: GradientField, state0, options: FlowOptions, dtyp
     atol = _largest(options.atol)
     low_precision = eps > 1e-10
     leaves = jax.tree_util.tree_leaves(state0)
-    if not (atol is not None or low_precision) or not leaves:
-        return  # (the default float64 path computes nothing here)
-    if not all(map(_is_concrete, leaves)):
+    if not leaves or not all(map(_is_concrete, leaves)):
         return
-    flat = np.concatenate([np.ravel(np.asarray(x, dtype=np.float64)) for x in leaves])
-    scale = float(np.sqrt(np.mean(flat**2)))  # RMS(θ₀), on the host
+    scale = _rms(leaves)  # RMS(θ₀), on the host
     if atol is not None and scale > 0 and atol > max(1e-3, rtol or 0.0) * scale:
         _warn(
             f"`atol` = {atol:g} is not well below the initial scale RMS(θ₀) = {scale:.3g}: the "
@@ -532,7 +536,7 @@ def _numerical_warnings(field: GradientField, state0, options: FlowOptions, dtyp
             "near θ₀ are not resolved. Use the default `atol=None` (rtol·RMS(θ₀)) or "
             "atol ≤ 1e−3·RMS(θ₀)."
         )
-    if not (low_precision and scale > 0):
+    if not (scale > 0 and (low_precision or scale < TINY_SCALE)):
         return
     tau0, tau_unit = (float(x) for x in _time_scales(field, state0))
     if np.isfinite(tau0) and np.isfinite(tau_unit) and tau_unit < MIN_TIME_RESOLUTION * eps * tau0:
@@ -541,7 +545,43 @@ def _numerical_warnings(field: GradientField, state0, options: FlowOptions, dtyp
             f"it: the flow escapes after t ≈ {tau0:.3g}, where one float spacing of t "
             f"({eps * tau0:.3g}) is not small against the time scale {tau_unit:.3g} of the "
             "escape itself, so the escape (and events near it) cannot be resolved. Use a larger "
-            "initial scale" + x64_hint + " before creating arrays."
+            "initial scale"
+            + (x64_hint + " before creating arrays." if low_precision else
+               " (float64 carries time as one number; `origin_defect` gives the first escape "
+               "time exactly, but not the drops after it).")
+        )
+
+
+def _rms(leaves) -> float:
+    flat = np.concatenate([np.ravel(np.asarray(x, dtype=np.float64)) for x in leaves])
+    return float(np.sqrt(np.mean(flat**2)))
+
+
+def _precision_warning(state0, sol: FlowSolution, trainable) -> None:
+    """Warn (`NumericalWarning`) when the state grew so far beyond its initial scale that
+    components still at that scale fell below its float resolution: after the first escape the
+    weights hold O(S) entries, and a direction that is still at the initial scale RMS(θ₀) is
+    stored in the same entries with log₁₀(RMS(θ₀)/(ε·S)) digits. Later escapes start from those
+    directions, so below `MIN_DIGITS` their times are set by rounding, not by θ₀ (concrete
+    arguments only)."""
+    leaves = jax.tree_util.tree_leaves(state0)
+    final = jax.tree_util.tree_leaves(split_trainable(sol.final_params, trainable)[0])
+    if not leaves or not all(map(_is_concrete, leaves + final)):
+        return
+    eps = float(jnp.finfo(jnp.result_type(*leaves)).eps)
+    scale = _rms(leaves)
+    reached = max(float(np.max(np.abs(np.asarray(x)))) for x in final)
+    if not (0 < scale and reached > 1e3 * scale):
+        return
+    digits = np.log10(scale / (eps * reached))
+    if digits < MIN_DIGITS:
+        _warn(
+            f"The state grew from RMS(θ₀) = {scale:.3g} to entries of {reached:.3g}: directions "
+            f"still at the initial scale keep {max(digits, 0.0):.1f} digits in "
+            f"{jnp.result_type(*leaves)} (eps = {eps:.3g}), so escapes after the first are "
+            "seeded by rounding and their times do not follow θ₀'s scale. Use a larger initial "
+            "scale (in float64 RMS(θ₀) ≳ 1e−12·max|θ| keeps two digits).",
+            stacklevel=4,  # user code → gradient_flow → _precision_warning → _warn
         )
 
 
@@ -653,6 +693,7 @@ def gradient_flow(
     options = FlowOptions(**options)
     with cacheable_errors():
         sol = solve_flow(*prepare(objective, params0, t1, options))
+    _precision_warning(split_trainable(params0, options.trainable)[0], sol, options.trainable)
     return check(sol, throw=throw, what="gradient flow")
 
 
