@@ -559,28 +559,34 @@ def _rms(leaves) -> float:
 
 def _precision_warning(state0, sol: FlowSolution, trainable) -> None:
     """Warn (`NumericalWarning`) when the state grew so far beyond its initial scale that
-    components still at that scale fell below its float resolution: after the first escape the
-    weights hold O(S) entries, and a direction that is still at the initial scale RMS(θ₀) is
-    stored in the same entries with log₁₀(RMS(θ₀)/(ε·S)) digits. Later escapes start from those
+    components still at that scale fell below its float resolution: after the first escape of
+    a deep linear net the typical (median) weight entry is O(S), and a direction that is still
+    at the initial scale RMS(θ₀) is stored in the same entries with log₁₀(RMS(θ₀)/(ε·S))
+    digits. Later escapes start from those
     directions, so below `MIN_DIGITS` their times are set by rounding, not by θ₀ (concrete
     arguments only)."""
     leaves = jax.tree_util.tree_leaves(state0)
     final = jax.tree_util.tree_leaves(split_trainable(sol.final_params, trainable)[0])
-    if not leaves or not all(map(_is_concrete, leaves + final)):
+    if not leaves or not all(map(_is_concrete, leaves + final + [sol.result._value])):
         return
+    if not bool(np.all(np.asarray(sol.result._value) == RESULTS.successful._value)):
+        return  # a failed solve (e.g. a blow-up) reports its own cause
     eps = float(jnp.finfo(jnp.result_type(*leaves)).eps)
     scale = _rms(leaves)
-    reached = max(float(np.max(np.abs(np.asarray(x)))) for x in final)
+    # The typical entry: where only a few entries grew (separate neurons of a two-layer net)
+    # the others keep their own scale, and their precision with it.
+    reached = float(np.median(np.abs(np.concatenate([np.ravel(np.asarray(x)) for x in final]))))
     if not (0 < scale and reached > 1e3 * scale):
         return
     digits = np.log10(scale / (eps * reached))
     if digits < MIN_DIGITS:
         _warn(
-            f"The state grew from RMS(θ₀) = {scale:.3g} to entries of {reached:.3g}: directions "
+            f"The state grew from RMS(θ₀) = {scale:.3g} to a median entry of {reached:.3g}: "
+            "directions "
             f"still at the initial scale keep {max(digits, 0.0):.1f} digits in "
             f"{jnp.result_type(*leaves)} (eps = {eps:.3g}), so escapes after the first are "
             "seeded by rounding and their times do not follow θ₀'s scale. Use a larger initial "
-            "scale (in float64 RMS(θ₀) ≳ 1e−12·max|θ| keeps two digits).",
+            "scale (in float64 RMS(θ₀) ≳ 1e−12·median|θ| keeps two digits).",
             stacklevel=4,  # user code → gradient_flow → _precision_warning → _warn
         )
 
