@@ -12,9 +12,12 @@ Hairer & Wanner II, §IV.2). `AutoStiff` wraps one solver of each kind, as diffr
     explicit step and every implicit step, the vector kept across steps (a secant estimate
     ‖Δf‖/‖Δθ‖ sees only the soft curvature along the motion).
 - explicit → implicit when h·λ ≥ `to_implicit` (the step is near the stability boundary, so
-    it is stability-limited), after at least `min_explicit_steps`·2^b explicit steps, where b
-    counts the implicit stretches in a row that ended without reaching h·λ ≥ `to_explicit`
-    (at most 3: a back-off against flip-flopping in fast drops).
+    it is stability-limited) and the explicit step's own error estimate, before the stability
+    cap, would let an accuracy-limited step be at least `min_gain` times longer (else the
+    stiff stretch is too short or too fast for implicit steps, which cost tens of
+    Hessian-vector products, to pay), after at least `min_explicit_steps`·2^b explicit
+    steps, where b counts the implicit stretches in a row that ended without reaching
+    h·λ ≥ `to_explicit` (at most 3: a back-off against flip-flopping in fast drops).
 - implicit → explicit when h·λ < `to_explicit` and the step stopped growing (by 20 % a step),
     after at least `min_implicit_steps` implicit steps: an implicit try shorter than that often
     gave up just before its step took off, and whether it did hung on rounding.
@@ -80,7 +83,7 @@ class AutoStiff(AbstractMatrixFreeSolver):
         its Krylov options — deflation, recycling, CG tolerance — are set there).
     - `rtol`, `atol`: default `None`, the step-size controller's; passed on to `implicit`
         unless it sets its own, and used by the stability cap.
-    - `to_implicit`, `to_explicit`, `stability_cap`, `min_implicit_steps`,
+    - `to_implicit`, `to_explicit`, `min_gain`, `stability_cap`, `min_implicit_steps`,
         `min_explicit_steps`, `power_every`: the switch (module docstring).
     - `verbose`: print one line per attempted step (debugging).
 
@@ -102,6 +105,7 @@ class AutoStiff(AbstractMatrixFreeSolver):
     atol: jax.Array | float | None = None
     to_implicit: float = 2.5
     to_explicit: float = 15.0
+    min_gain: float = 4.0
     stability_cap: float = 3.7
     min_implicit_steps: int = eqx.field(static=True, default=6)
     min_explicit_steps: int = eqx.field(static=True, default=16)
@@ -188,9 +192,8 @@ class AutoStiff(AbstractMatrixFreeSolver):
         q = jax.tree_util.tree_map(lambda e, s: e / s, err, scale)
         norm = jnp.sqrt(tree_vdot(q, q) / tree_size(q))
         floor = (hl / self.stability_cap) ** self.error_order(terms)
-        return jax.tree_util.tree_map(
-            lambda e, s: jnp.where(norm < floor, floor * s, e), err, scale
-        )
+        err = jax.tree_util.tree_map(lambda e, s: jnp.where(norm < floor, floor * s, e), err, scale)
+        return err, norm
 
     def _branches(self, terms, t0, t1, y0, args, st, made_jump):
         """The explicit and the implicit step as `lax.cond` branches with equal outputs: each
@@ -215,11 +218,17 @@ class AutoStiff(AbstractMatrixFreeSolver):
             err = jax.tree_util.tree_map(
                 lambda e: jnp.where(result == diffrax.RESULTS.successful, e, jnp.inf), err
             )
-            err = self._stability_floor(terms, h * jnp.maximum(lam, st["lam"]), y0, y1, err)
+            err, norm = self._stability_floor(
+                terms, h * jnp.maximum(lam, st["lam"]), y0, y1, err
+            )
+            # The gain an accuracy-limited step would have over this one: the controller's
+            # proposal from the error before the stability cap, (1/‖err‖)^{1/q}.
+            q = self.error_order(terms)
+            gain = jax.lax.stop_gradient(jnp.maximum(norm, 1e-30) ** (-1.0 / q)).astype(h.dtype)
             grads = jnp.asarray(evals_per_step(self.explicit), jnp.int32)
             if _reuses_last_stage(self.explicit):
                 grads = grads + st["fresh"].astype(jnp.int32)
-            return y1, err, dense, state, st["implicit"], v, lam, n, grads
+            return y1, err, dense, state, st["implicit"], v, lam, n, grads, gain
 
         def implicit_step():
             y1, err, dense, state, _ = self.implicit.step(
@@ -228,7 +237,8 @@ class AutoStiff(AbstractMatrixFreeSolver):
             v, lam, n = power(st["v"])
             # The explicit solver starts afresh after an implicit step (its FSAL value is stale).
             fresh = self.explicit.init(terms, t1, t1, y1, args)
-            return y1, err, dense, fresh, state, v, lam, n, jnp.zeros((), jnp.int32)
+            gain = jnp.zeros((), jnp.result_type(h))
+            return y1, err, dense, fresh, state, v, lam, n, jnp.zeros((), jnp.int32), gain
 
         # Each step is traced once, to a jaxpr: the branches replay it, and its output shapes
         # give the other branch's zeros (tracing is most of a cold start's time).
@@ -253,14 +263,19 @@ class AutoStiff(AbstractMatrixFreeSolver):
         st = solver_state
         explicit_branch, implicit_branch = self._branches(terms, t0, t1, y0, args, st, made_jump)
         was_implicit = st["implicit_mode"]
-        y1, err, dense_e, dense_i, state_e, state_i, v, lam, n_hvp, grads = jax.lax.cond(
+        y1, err, dense_e, dense_i, state_e, state_i, v, lam, n_hvp, grads, gain = jax.lax.cond(
             was_implicit, implicit_branch, explicit_branch
         )
         hl = jnp.abs(h) * lam
         dwell = st["dwell"] + 1
         backoff = st["backoff"]
         explicit_wait = self.min_explicit_steps * 2 ** jnp.minimum(backoff, 3)
-        go_implicit = (~was_implicit) & (hl >= self.to_implicit) & (dwell >= explicit_wait)
+        go_implicit = (
+            (~was_implicit)
+            & (hl >= self.to_implicit)
+            & (dwell >= explicit_wait)
+            & (gain >= self.min_gain)
+        )
         growing = jnp.abs(h) > 1.2 * st["h"]
         go_explicit = (
             was_implicit & (dwell >= self.min_implicit_steps) & (hl < self.to_explicit) & ~growing
