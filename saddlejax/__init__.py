@@ -26,6 +26,9 @@ from . import (
 from ._results import RESULTS as RESULTS, NumericalWarning as NumericalWarning
 from .analysis import (
     BijectionCheck as BijectionCheck,
+    ChainBranch as ChainBranch,
+    ChainPath as ChainPath,
+    ChainSaddle as ChainSaddle,
     CLWDiagnostics as CLWDiagnostics,
     CLWMilestones as CLWMilestones,
     CLWScales as CLWScales,
@@ -39,6 +42,7 @@ from .analysis import (
     LimitingPaths as LimitingPaths,
     LossStaircase as LossStaircase,
     NeuronDirections as NeuronDirections,
+    SaddleChain as SaddleChain,
     SimulationComparison as SimulationComparison,
     balancedness as balancedness,
     balancedness_drift as balancedness_drift,
@@ -72,6 +76,7 @@ from .analysis import (
     numerical_rank as numerical_rank,
     procrustes_rotations as procrustes_rotations,
     rotate_hidden as rotate_hidden,
+    saddle_chain as saddle_chain,
     saddle_distance_bound as saddle_distance_bound,
     simulation_distances as simulation_distances,
     singular_values as singular_values,

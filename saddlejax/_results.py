@@ -78,8 +78,9 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "non-vanishing Taylor term (`taylor_term(...).order`)."
     )
     stage_not_converged = (
-        "A stage of the greedy algorithm reached its time horizon before a critical point "
-        "(‖∇L‖ ≤ `grad_tol`) or the loss floor: raise `horizon_factor` or loosen `grad_tol`."
+        "A greedy-algorithm stage or a saddle-chain path reached its time horizon before a "
+        "critical point (‖∇L‖ ≤ `grad_tol`) or the loss floor: raise `horizon_factor` or "
+        "loosen `grad_tol`."
     )
     fixed_point_not_converged = (
         "The fixed-point iteration of Φ did not converge within `max_steps`. Read "

@@ -50,6 +50,13 @@ from ._regimes import (
     ntk_change as ntk_change,
     saddle_distance_bound as saddle_distance_bound,
 )
+from ._saddle_chain import (
+    ChainBranch as ChainBranch,
+    ChainPath as ChainPath,
+    ChainSaddle as ChainSaddle,
+    SaddleChain as SaddleChain,
+    saddle_chain as saddle_chain,
+)
 from ._scaling import (
     EscapeTimeScaling as EscapeTimeScaling,
     escape_time_scaling as escape_time_scaling,

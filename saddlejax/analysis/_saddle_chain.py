@@ -1,0 +1,900 @@
+"""The α → 0 chain of saddles, computed without small-α simulation (Jacot et al. Conj. 3;
+SPEC §4, §5, §8), for any network and loss.
+
+From ϑ⁰ = 0: (1) the leading Taylor term at the saddle, on the directions the flow can leave
+by, and its escape direction; (2) the escape path from the saddle, i.e. the flow started on
+that direction at a small radius, to the next critical point; (3) its classification by the
+Hessian spectrum (HVPs); repeat while it is a saddle.
+
+**Which directions.** At a strict saddle (∇²L has a negative eigenvalue) H(δ) = ½δᵀ∇²Lδ,
+k = 2, and the escape directions are the bottom eigenvectors. Where ∇²L ⪰ 0 and ≠ 0 (a
+DLN's rank-r saddle for L > 2, Jacot et al. Remark 6) the flow can only leave through the
+null space N of ∇²L: the term is that of L restricted to N, H_N(δ) = (1/k!)D^kL(ϑ)[(P_Nδ)^k],
+k ≥ 3. At the origin of an L-homogeneous net (∇²L = 0 for L > 2) N is everything. A point
+whose term on N is ≥ 0 on the sphere (or vanishes to `max_order`) is a minimum.
+
+**Which direction is followed.** The flow from αθ̃ does not pick an arbitrary escape
+direction: it carries a small part u (at scale α; u = θ̃ at the origin). For k > 2 the chain
+integrates the H-flow of u to its blow-up (`blowup_time`); the direction it aligns with,
+polished by Newton's method, is followed, and the time T it takes is the plateau's length
+α^{−(k−2)}·T (Lemma 13). For k = 2 u is projected onto the bottom eigenspace (what e^{−t∇²L}
+does); the plateau's length is (e·log(1/α) − log|c|)/s with c the projection's size and e the
+exponent of α that u's component has when the flow arrives (1 at the origin; for later k = 2
+saddles, reduced by the growth it had at the earlier ones: the Rayleigh quotient of ∇²L there
+along the new direction — exact when that direction is an eigenvector at every earlier saddle,
+as for shallow DLNs). After an escape, u keeps its part transverse to the followed direction.
+"""
+
+import math
+import warnings
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, PRNGKeyArray, PyTree
+
+from .._results import RESULTS, NumericalWarning
+from .._trainable import split_trainable
+from .._validate import check_key
+from ..flow import CriticalPoint, LossBelow, gradient_flow
+from ..nn import DeepLinear, DeepReLU, TwoLayer
+from ..theory import (
+    blowup_time,
+    escape_speed,
+    h_flow,
+    kkt_residual,
+    optimal_escape,
+    refine_escape_direction,
+    strictness_test,
+    taylor_term,
+)
+from ..theory._taylor import _kth_ray_derivative
+from ._matrices import bottleneck_rank
+from ._ranks import numerical_rank
+from ._spectra import hessian_spectrum
+
+
+class ChainSaddle(eqx.Module):
+    """One critical point ϑ^j of a `SaddleChain` and how it is left.
+
+    **Fields:**
+
+    - `params`: ϑ^j (a pytree shaped like the initialisation).
+    - `loss`, `grad_norm`: L(ϑ^j), ‖∇L(ϑ^j)‖.
+    - `rank`: the model's rank (DLN: rank of A_ϑ; deep ReLU: bottleneck rank; two-layer net:
+        the number of distinct directions of its active neurons; or the `rank` callable's).
+    - `n_params`: P, the number of trainable parameters.
+    - `kind`: "saddle", "minimum", "loss_floor" (the chain reached `loss_floor` + `loss_tol`
+        and stopped there), "not_followed" (after `max_saddles`), or "not_reached" (the
+        path towards it failed; the point where it stopped).
+    - `hessian_index`: the number of negative eigenvalues of ∇²L(ϑ^j) (of those computed:
+        a lower bound when it equals `n_eig`); −1 when not computed.
+    - `n_positive`: the number of positive eigenvalues, −1 when not computed; `null_dim`
+        = P − `n_positive` − `hessian_index`, the null space's dimension (symmetry orbits and
+        continua of critical points included), when the Hessian was decomposed in full
+        (`hessian_index` < `n_eig`).
+    - `order`, `next_order`: k and m of the leading term on the allowed directions (module
+        docstring); None at a minimum.
+    - `restricted`: True when the term is that of L on the Hessian's null space.
+    - `speed`: s*, the optimal escape speed on the allowed directions (0 at a minimum).
+    - `direction`: ρ, the escape direction followed (unit, flat over the trainable
+        parameters); `direction_speed`: its speed s.
+    - `multiplicity`: k = 2: the dimension of the bottom eigenspace (≥, when every bottom
+        eigenvalue computed is in it); k > 2: the number of distinct optimal directions the
+        restarts found.
+    - `degenerate`: the escape direction is not unique (`multiplicity` > 1), or the followed
+        direction is slower than s*.
+    - `strict`: Prop. 14 at every non-optimal escape direction found (k > 2; None otherwise).
+    - `plateau`: how the plateau at ϑ^j lasts at scale α: ("power", k, T) for α^{−(k−2)}·T,
+        ("log", a, b) for a·log(1/α) + b; None at a minimum.
+    """
+
+    params: PyTree
+    loss: float
+    grad_norm: float
+    rank: int
+    n_params: int
+    kind: str
+    hessian_index: int
+    n_positive: int
+    order: int | None
+    next_order: int | None
+    restricted: bool
+    speed: float
+    direction: Array | None
+    direction_speed: float
+    multiplicity: int
+    degenerate: bool
+    strict: bool | None
+    plateau: tuple | None
+
+    @property
+    def null_dim(self) -> int | None:
+        if self.n_positive < 0 or self.hessian_index < 0:
+            return None
+        return self.n_params - self.n_positive - self.hessian_index
+
+
+class ChainPath(eqx.Module):
+    """The escape path from ϑ^j to ϑ^{j+1}, in its own clock τ: x(τ) − ϑ^j ≈ ρe^{sτ} (k = 2)
+    or ρ((k−2)s(−τ))^{−1/(k−2)} (k > 2) as τ → −∞ (SPEC §5), so that the flow from αθ̃ is
+    x(t − t_j) with t_j from the plateaus (`SaddleChain.escape_times`).
+
+    **Fields:** `ts` (τ at the saves), `loss`, `grad_norm`; `start_radius` r₀ and `start_time`
+    τ₀ where the flow was started on the H-path; `arrival_time` τ where the next critical
+    point was reached; `steps`; `result`.
+    """
+
+    ts: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    start_radius: float
+    start_time: float
+    arrival_time: float
+    steps: int
+    result: RESULTS
+
+
+class ChainBranch(eqx.Module):
+    """Another escape direction from the same saddle, followed to its critical point:
+    `direction`, `speed`, `loss` and `rank` of the point reached, `params` there, `path`."""
+
+    direction: Array
+    speed: float
+    loss: float
+    rank: int
+    params: PyTree
+    path: ChainPath
+
+
+class SaddleChain(eqx.Module):
+    """The output of `saddle_chain`: `saddles` ϑ⁰ = 0, ϑ¹, …, `paths` between them, `branches`
+    (per saddle, the other escape directions followed, if asked), `stop_reason`."""
+
+    saddles: list[ChainSaddle]
+    paths: list[ChainPath]
+    branches: list[list[ChainBranch]]
+    stop_reason: str
+
+    @property
+    def losses(self) -> np.ndarray:
+        return np.array([s.loss for s in self.saddles])
+
+    @property
+    def ranks(self) -> np.ndarray:
+        return np.array([s.rank for s in self.saddles])
+
+    @property
+    def orders(self) -> list:
+        return [s.order for s in self.saddles]
+
+    @property
+    def speeds(self) -> np.ndarray:
+        return np.array([s.speed for s in self.saddles])
+
+    def plateau_lengths(self, alpha: float) -> np.ndarray:
+        """Predicted time the flow from αθ̃ spends at each saddle that is left (SPEC §8):
+        α^{−(k−2)}·T for k > 2, a·log(1/α) + b for k = 2."""
+        if not 0 < alpha < 1:
+            raise ValueError(f"`alpha` must be in (0, 1), got {alpha}.")
+        out = []
+        for s in self.saddles[: len(self.paths)]:
+            kind, *c = s.plateau
+            if kind == "power":
+                k, T = c
+                out.append(alpha ** (-(k - 2)) * T)
+            else:
+                a, b = c
+                out.append(a * math.log(1 / alpha) + b)
+        return np.array(out)
+
+    def escape_times(self, alpha: float) -> np.ndarray:
+        """t_j: the flow time of each path's τ = 0 (the flow is x_j(t − t_j) near path j)."""
+        lengths = self.plateau_lengths(alpha)
+        t, out = 0.0, []
+        for j, length in enumerate(lengths):
+            t = t + length
+            out.append(t)
+            if j + 1 < len(lengths) and self.saddles[j + 1].plateau[0] == "log":
+                t = t + self.paths[j].arrival_time  # the next plateau starts on arrival
+        return np.array(out)
+
+    def drop_times(self, alpha: float) -> np.ndarray:
+        """Predicted time of each drop: where the loss is half-way between consecutive saddle
+        levels."""
+        out = []
+        for j, t_j in enumerate(self.escape_times(alpha)):
+            p = self.paths[j]
+            mid = 0.5 * (self.saddles[j].loss + self.saddles[j + 1].loss)
+            i = int(np.argmax(p.loss <= mid))
+            if i == 0:
+                out.append(t_j + p.ts[0])
+                continue
+            f = (p.loss[i - 1] - mid) / (p.loss[i - 1] - p.loss[i])
+            out.append(t_j + p.ts[i - 1] + f * (p.ts[i] - p.ts[i - 1]))
+        return np.array(out)
+
+    def staircase(self, alpha: float, ts) -> np.ndarray:
+        """The predicted loss of the flow from αθ̃ at times `ts`: the saddle levels, joined by
+        the paths' loss curves placed at `escape_times(alpha)`."""
+        ts = np.asarray(ts, float)
+        out = np.full(ts.shape, self.saddles[0].loss)
+        for j, t_j in enumerate(self.escape_times(alpha)):
+            p = self.paths[j]
+            tau = ts - t_j
+            inside = (tau >= p.ts[0]) & (tau <= p.ts[-1])
+            out[inside] = np.interp(tau[inside], p.ts, p.loss)
+            out[tau > p.ts[-1]] = self.saddles[j + 1].loss
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the model's rank
+
+
+def default_rank(params, rank_tol: float = 0.1) -> int:
+    """DLN: rank of A_θ; deep ReLU: bottleneck rank; two-layer net: the number of distinct
+    directions (cosine < 1 − 1e−3) among neurons with |a_j|·‖w_j‖ above `rank_tol` × the
+    largest; else −1 (unknown)."""
+    if isinstance(params, DeepLinear):
+        return int(numerical_rank(params.matrix(), rank_tol))
+    if isinstance(params, DeepReLU):
+        return int(bottleneck_rank(params.weights, rank_tol, relative=True))
+    if isinstance(params, TwoLayer):
+        size = np.linalg.norm(np.asarray(params.a), axis=0) * np.linalg.norm(
+            np.asarray(params.w), axis=1
+        )
+        if not size.max() > 0:
+            return 0
+        dirs = []
+        for j in np.flatnonzero(size > rank_tol * size.max()):
+            w = np.asarray(params.w[j]) / np.linalg.norm(params.w[j])
+            if not any(abs(float(w @ d)) > 1 - 1e-3 for d in dirs):
+                dirs.append(w)
+        return len(dirs)
+    return -1
+
+
+# ---------------------------------------------------------------------------------------------
+# the Hessian at a critical point
+
+
+class _Curvature(eqx.Module):
+    """Eigen-information of ∇²L(ϑ): the bottom pairs, the positive eigenspace (a basis, or
+    None when ∇²L = 0), its count, the negative count, and the scale max|λ|."""
+
+    bottom: np.ndarray
+    bottom_vectors: np.ndarray
+    positive: np.ndarray | None
+    n_positive: int
+    index: int
+    scale: float
+
+
+def _zero_tol(scale, hess_rtol, dtype) -> float:
+    """|λ| below this is 0: relative to max|λ|, with the rounding floor of `hessian_spectrum`
+    (so that a vanishing Hessian's ±1e−15 noise is not an index)."""
+    return max(hess_rtol * scale, 100 * float(np.finfo(dtype).eps) * (1 + scale))
+
+
+def _curvature(f, x, *, hess_rtol, dense_max, n_eig, max_positive, key) -> _Curvature:
+    n = x.size
+    if n <= dense_max:
+        lam, vecs = np.linalg.eigh(np.asarray(jax.hessian(f)(x)))
+        scale = float(np.max(np.abs(lam)))
+        tol = _zero_tol(scale, hess_rtol, lam.dtype)
+        if not scale > tol:
+            scale = 0.0
+        pos = vecs[:, lam > tol] if scale > 0 else None
+        m = min(n_eig, n)
+        return _Curvature(
+            lam[:m], vecs[:, :m], pos, int(np.sum(lam > tol)) if scale > 0 else 0,
+            int(np.sum(lam < -tol)) if scale > 0 else 0, scale,
+        )
+    objective = lambda y: f(y)  # noqa: E731
+    k = max(1, min(n_eig, (n - 1) // 5))
+    spec = hessian_spectrum(objective, x, k=k, which="both", key=key, index_tol=hess_rtol)
+    top = np.asarray(spec.top)
+    scale = float(max(np.max(np.abs(top)), np.max(np.abs(np.asarray(spec.bottom)))))
+    bottom = np.asarray(spec.bottom)
+    bottom_vectors = np.asarray(spec.bottom_vectors).T
+    tol = _zero_tol(scale, hess_rtol, bottom.dtype)
+    if not scale > tol:  # ∇²L = 0 to rounding (the origin of an L ≥ 3 network)
+        return _Curvature(bottom, bottom_vectors, None, 0, 0, 0.0)
+    index = int(np.sum(bottom < -tol))
+    # The positive eigenspace: more top pairs until the smallest found is ≈ 0.
+    while top[-1] > tol and 2 * k < min(max_positive, (n - 1) // 5) + 1:
+        k = min(2 * k, max_positive, (n - 1) // 5)
+        spec = hessian_spectrum(objective, x, k=k, which="top", key=key, index_tol=hess_rtol)
+        top = np.asarray(spec.top)
+    if top[-1] > tol and index == 0:
+        raise ValueError(
+            f"∇²L at the critical point has more than {k} positive eigenvalues: the null space "
+            "cannot be separated with `max_positive` top eigenpairs. Raise `max_positive` or "
+            "`dense_max` (the dense Hessian of P parameters is P² numbers)."
+        )
+    pos = np.asarray(spec.top_vectors).T[:, top > tol]
+    return _Curvature(bottom, bottom_vectors, pos, pos.shape[1], index, scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# one saddle: its term on the allowed directions and the direction followed
+
+
+class _Escape(eqx.Module):
+    order: int | None
+    next_order: int | None
+    restricted: bool
+    H: Callable | None
+    speed: float
+    rho: np.ndarray | None
+    rho_speed: float
+    multiplicity: int
+    strict: bool | None
+    blowup: float | None  # T of the H-flow from the carried part (k > 2)
+    coefficient: float | None  # |c|, the carried part's size along ρ (k = 2)
+    carried: np.ndarray | None = None  # the carried part when the plateau ends (k > 2)
+    others: tuple = ()  # other escape directions, for branches
+
+
+def _strict_escape(curv, u, degenerate_rtol) -> _Escape:
+    lam_min = float(curv.bottom[0])
+    in_space = curv.bottom <= lam_min * (1 - degenerate_rtol)
+    E = curv.bottom_vectors[:, in_space]
+    c = E.T @ u
+    size = float(np.linalg.norm(c))
+    rho = E @ c / size if size > 1e-12 * max(float(np.linalg.norm(u)), 1e-300) else E[:, 0]
+    others = [-rho] + [e for e in E.T if abs(float(e @ rho)) < 1 - 1e-6]
+    return _Escape(
+        2, None, False, None, -lam_min, rho, -lam_min, int(in_space.sum()), None, None,
+        max(size, 1e-300), None, tuple(others),
+    )
+
+
+class _FlatLoss(eqx.Module):
+    """L as a function of the raveled trainable parameters."""
+
+    objective: Callable
+    static: PyTree
+    unravel: Callable = eqx.field(static=True)
+
+    def params(self, y):
+        return eqx.combine(self.unravel(y), self.static)
+
+    def __call__(self, y):
+        return self.objective(self.params(y))
+
+
+class _OnNullSpace(eqx.Module):
+    """d ↦ L(ϑ + P_N d), P_N = I − VVᵀ the projection off the positive eigenspace (V's
+    columns, zero-padded to 64 or the next power of 2, so that the saddles share one compiled
+    set of solvers)."""
+
+    loss: _FlatLoss
+    point: Array
+    basis: Array
+
+    def project(self, d):
+        return d - self.basis @ (self.basis.T @ d)
+
+    def __call__(self, d):
+        return self.loss(self.point + self.project(d))
+
+
+class _RayTerm(eqx.Module):
+    """H(d) = (1/k!)·d^k/dt^k g(td) at t = 0 (SPEC §4), for g = L on the null space. Only the
+    order is static, so saddles with equal k share one compiled H."""
+
+    loss: _OnNullSpace
+    order: int = eqx.field(static=True)
+
+    def __call__(self, d):
+        return _kth_ray_derivative(self.loss, jnp.zeros_like(d), d, self.order)
+
+
+class _OriginH(eqx.Module):
+    """The objective's own Taylor term at the origin, on raveled parameters."""
+
+    term: eqx.Module
+    loss: _FlatLoss
+
+    def __call__(self, d):
+        return self.term.H(self.loss.params(d))
+
+
+def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _Escape | None:
+    """The term on the Hessian's null space and its escape; None at a minimum."""
+    count = 0 if curv.positive is None else curv.positive.shape[1]
+    width = min(x.size, max(64, 1 << max(count - 1, 0).bit_length()))
+    basis = np.zeros((x.size, width), x.dtype)
+    basis[:, :count] = curv.positive if count else 0.0
+    restricted = _OnNullSpace(f, x, jnp.asarray(basis))
+    P = restricted.project
+    if origin_term is not None:
+        term = origin_term
+        H = term.H
+    else:
+        term = taylor_term(
+            restricted, jnp.zeros_like(x), key=key, rtol=config["taylor_rtol"],
+            max_order=config["max_order"],
+        )
+        H = _RayTerm(restricted, term.order)
+        if term.order == 1:
+            raise ValueError(
+                "the point the path reached is not critical to `taylor_rtol` on the Hessian's "
+                "null space (order 1 found): lower `grad_rtol` or raise `taylor_rtol`."
+            )
+    k = term.order
+    if k == 2:  # the restriction left a non-zero quadratic: a rounding remnant of ∇²L
+        raise ValueError(
+            "the Hessian's null space has a non-zero quadratic term: raise `hess_rtol` so the "
+            "positive eigenspace takes those directions."
+        )
+    k1, k2, k3 = jr.split(key, 3)
+    esc = optimal_escape(
+        H, k, jnp.zeros_like(x), key=k1, n_restarts=config["n_restarts"],
+        invariant=None if invariant is None else invariant(k),
+    )
+    if esc.result == RESULTS.no_escape_direction or not float(esc.speed) > 0:
+        return None
+    s_star = float(esc.speed)
+    speeds = np.asarray(esc.speeds)
+    optimal = int(np.sum(np.abs(speeds - s_star) <= 1e-6 * s_star))
+    strict = None
+    if speeds.size > 1:
+        strict = all(
+            bool(strictness_test(H, esc.directions[i], s_star, key=k2).strict)
+            for i in range(speeds.size)
+            if speeds[i] < s_star * (1 - 1e-6)
+        )
+    pu = P(jnp.asarray(u))
+    blow = None
+    if float(jnp.linalg.norm(pu)) > 0:
+        blow = blowup_time(H, pu, order=k, throw=False)
+        if blow.result == RESULTS.max_steps_reached:  # kinks (ReLU): Dopri8 chatters at 1e−11
+            blow = blowup_time(H, pu, order=k, throw=False, rtol=1e-5, atol=1e-7)
+        if blow.result != RESULTS.successful:
+            blow = None
+    rho, rho_speed = _followed(H, k, blow, esc)
+    carried = np.asarray(pu)
+    if blow is not None:  # the part left behind when the escaping one blows up
+        end = np.asarray(h_flow(H, pu, float(blow.time) * (1 - config["carry_eta"])))
+        carried = end - float(end @ rho) * rho
+    others = tuple(
+        np.asarray(esc.directions[i])
+        for i in range(speeds.size)
+        if abs(speeds[i] - s_star) <= 1e-6 * s_star
+        and abs(float(np.asarray(esc.directions[i]) @ rho)) < 1 - 1e-6
+    )
+    return _Escape(
+        k, term.next_order, curv.positive is not None, H, s_star,
+        rho, rho_speed, optimal, strict,
+        None if blow is None else float(blow.time), None, carried, others,
+    )
+
+
+def _followed(H, k, blow, esc) -> tuple[np.ndarray, float]:
+    """The escape direction the carried part blows up along: the blow-up direction ŵ, polished
+    by Newton's method on the sphere when its relative KKT residual is above 1e−9 (and kept if
+    Newton does not converge from it); the optimal direction when nothing blows up."""
+    if blow is None:
+        return np.asarray(esc.direction), float(esc.speed)
+    w = blow.direction
+    g = jax.grad(H)(w)
+    rel = float(kkt_residual(H, w) / jnp.linalg.norm(g))
+    if rel > 1e-9:
+        ref = refine_escape_direction(H, k, w, max_steps=6)
+        if ref.result == RESULTS.successful and float(ref.speed) > 0:
+            return np.asarray(ref.direction), float(ref.speed)
+    return np.asarray(w), float(escape_speed(H, k, w))
+
+
+# ---------------------------------------------------------------------------------------------
+# following a path
+
+
+def _start_time(k, s, r0) -> float:
+    return math.log(r0) / s if k == 2 else -(r0 ** (-(k - 2))) / ((k - 2) * s)
+
+
+def _save_times(tau0, arrival, s, n) -> np.ndarray:
+    """Saves for a path: geometric after the start and towards the arrival, and uniform over
+    |τ| ≤ 30/s, where the H-path reaches O(1) (τ = 0) and the loss drops."""
+    span = arrival - tau0
+    a = tau0 + span * np.geomspace(1e-7, 1.0, n // 4)
+    b = arrival - span * np.geomspace(1.0, 1e-7, n // 4)
+    c = np.linspace(max(tau0, -30.0 / s), min(arrival, 30.0 / s), n - 2 * (n // 4))
+    ts = np.sort(np.concatenate([[tau0], a, b, c]))[: n + 1]
+    ts = np.clip(ts, tau0, arrival)
+    for i in range(1, ts.size):  # strictly increasing, as diffrax needs
+        ts[i] = max(ts[i], np.nextafter(ts[i - 1], np.inf))
+    return ts
+
+
+def _follow(objective, unravel_params, x, rho, k, s, loss0, config) -> tuple[PyTree, ChainPath]:
+    """The flow from ϑ + r₀ρ at τ₀ (on the H-path) to the next critical point: one solve to
+    find the arrival, one to save along the way."""
+    r0 = config["radius"]
+    tau0 = _start_time(k, s, r0)
+    horizon = config["horizon_factor"] * (abs(tau0) + 1.0 / s)
+    drop = config["min_drop"] * max(abs(loss0), 1e-300)
+    n = config["n_save"]
+    kwargs = dict(
+        t0=tau0,
+        event=(
+            CriticalPoint(config["grad_tol"], loss0 - drop),
+            LossBelow(config["loss_floor"] + config["loss_tol"]),
+        ),
+        stop_at_event=True,
+        throw=False,
+        **config["flow_options"],
+    )
+    start = unravel_params(x + r0 * rho)
+    sol = gradient_flow(objective, start, tau0 + horizon, n_save=n + 1, **kwargs)
+    fired = bool(jnp.isfinite(sol.event_time))
+    result = sol.result
+    if result == RESULTS.successful and not fired:
+        result = RESULTS.stage_not_converged
+    arrival = float(sol.event_time) if fired else float(sol.stop_time)
+    if result == RESULTS.successful:
+        ts = _save_times(tau0, arrival, s, n)
+        t1 = max(arrival + 1e-9 * max(1.0, abs(arrival)), ts[-1])
+        sol = gradient_flow(objective, start, t1, saveat=ts, **kwargs)
+        result = sol.result
+    keep = np.asarray(sol.ts) <= float(sol.stop_time)
+    end = sol.final_params
+    dip = _dip(np.asarray(sol.loss)[keep], np.asarray(sol.grad_norm)[keep], loss0 - drop)
+    if result == RESULTS.successful and dip is not None:
+        end, arrival = sol.params_at(dip), float(sol.ts[dip])
+        keep = np.asarray(sol.ts) <= arrival
+    path = ChainPath(
+        ts=np.asarray(sol.ts)[keep],
+        loss=np.asarray(sol.loss)[keep],
+        grad_norm=np.asarray(sol.grad_norm)[keep],
+        start_radius=r0,
+        start_time=tau0,
+        arrival_time=arrival,
+        steps=int(sol.stats["num_steps"]),
+        result=result,
+    )
+    return end, path
+
+
+def _dip(loss, grad, below, depth=1e-2) -> int | None:
+    """A save where ‖∇L‖ dipped below `depth` × its largest value along the path and rose
+    again ten-fold, after the loss fell `below`: the flow passed a saddle it did not settle
+    at (the parts that round-off seeds grow while a slow approach lasts). None if none."""
+    if grad.size < 3:
+        return None
+    top = np.maximum.accumulate(grad)
+    later = np.maximum.accumulate(grad[::-1])[::-1]
+    ok = (loss < below) & (grad < depth * top) & (later > 10 * grad)
+    ok[-1] = False
+    if not ok.any():
+        return None
+    i = j = int(np.argmax(ok))  # the first dip, at its deepest save
+    while ok[j + 1]:
+        j += 1
+    return i + int(np.argmin(grad[i : j + 1]))
+
+
+@eqx.filter_jit
+def _newton_step(f, x):
+    """x − ∇²L(x)⁺∇L(x): LSMR's minimum-norm least-squares step, so the symmetries' null space
+    of ∇²L (a continuum of critical points) does not move x along it."""
+    g = jax.grad(f)(x)
+    op = lx.FunctionLinearOperator(
+        lambda v: jax.jvp(jax.grad(f), (x,), (v,))[1],
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
+        lx.symmetric_tag,
+    )
+    sol = lx.linear_solve(op, -g, lx.LSMR(rtol=1e-12, atol=0.0, max_steps=4 * x.size), throw=False)
+    return x + sol.value, jnp.linalg.norm(g)
+
+
+def _flat(params, trainable) -> Array:
+    return ravel_pytree(split_trainable(params, trainable)[0])[0]
+
+
+def _polish(f, grad_f, x, grad_tol, max_steps=8):
+    """Newton's method on ∇L = 0 from where a path arrived (‖∇L‖ ≤ `grad_tol`): converges
+    quadratically to the critical point nearby, whatever its index. A step that raises ‖∇L‖ or
+    moves L by more than 1e−3 of itself (towards another critical point) is refused."""
+    g0 = float(jnp.linalg.norm(grad_f(x)))
+    loss = float(f(x))
+    for _ in range(max_steps):
+        y, _ = _newton_step(f, x)
+        g = float(jnp.linalg.norm(grad_f(y)))
+        if not (g < g0 and abs(float(f(y)) - loss) <= 1e-3 * max(abs(loss), 1e-300)):
+            break
+        x, g0 = y, g
+        if g0 <= 1e-6 * grad_tol:
+            break
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# the chain
+
+
+def _check_args(radius, max_saddles, max_branches, grad_rtol, hess_rtol):
+    if not 0 < radius < 1:
+        raise ValueError(
+            f"`radius` must be in (0, 1), got {radius}: the path starts at ϑ + r₀ρ, where the "
+            "Taylor term must dominate (1e−4 to 1e−2 of the parameters' scale)."
+        )
+    for name, v in (("max_saddles", max_saddles), ("max_branches", max_branches)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "max_saddles" else 0):
+            raise ValueError(f"`{name}` must be a non-negative int (max_saddles ≥ 1), got {v!r}.")
+    for name, v in (("grad_rtol", grad_rtol), ("hess_rtol", hess_rtol)):
+        if not 0 < v < 1:
+            raise ValueError(f"`{name}` must be in (0, 1), got {v}.")
+
+
+def saddle_chain(
+    objective: Callable,
+    init: PyTree,
+    *,
+    key: PRNGKeyArray | None = None,
+    max_saddles: int = 10,
+    max_branches: int = 0,
+    radius: float = 1e-3,
+    grad_rtol: float = 1e-6,
+    min_drop: float = 1e-3,
+    loss_floor: float = 0.0,
+    loss_tol: float | None = None,
+    hess_rtol: float = 1e-6,
+    degenerate_rtol: float = 1e-6,
+    taylor_rtol: float = 1e-6,
+    max_order: int = 8,
+    n_restarts: int = 8,
+    n_eig: int = 8,
+    dense_max: int = 2500,
+    max_positive: int = 256,
+    horizon_factor: float = 1e4,
+    n_save: int = 256,
+    rank: Callable | None = None,
+    dedupe: bool = True,
+    trainable=eqx.is_inexact_array,
+    **flow_options,
+) -> SaddleChain:
+    """The chain of saddles ϑ⁰ = 0, ϑ¹, … that gradient flow from αθ̃ visits as α → 0
+    (Jacot et al. Conj. 3; SPEC §4–§8), for any network, without small-α simulation.
+
+    At each saddle: the leading Taylor term on the directions the flow can leave by and the
+    escape direction that the flow from `init` takes (module docstring); the escape path,
+    started on it at radius `radius`·‖θ̃‖ on the H-path and integrated by `gradient_flow`
+    (auto-switching stiff solver) to the next critical point (‖∇L‖ ≤ `grad_rtol`·g, g the
+    gradient scale of the first escape, after the loss fell by `min_drop`), polished by
+    Newton's method (minimum-norm steps) to the critical point there; that point's
+    Hessian spectrum (dense below `dense_max` parameters, LOBPCG on HVPs above). The chain
+    stops at a minimum, at `loss_floor` + `loss_tol`, after `max_saddles`, or on a failed path.
+
+    **Arguments:**
+
+    - `objective`: L, a callable of the model (a saddlejax objective or any function).
+    - `init`: θ̃, the unit-scale initialisation whose small-α flows the chain describes (the
+        flow from α·θ̃); its `trainable` leaves are the parameters.
+    - `key`: PRNG key (probes, restarts, LOBPCG; default `jr.key(0)`).
+    - `max_saddles`: at most this many escapes.
+    - `max_branches`: at each degenerate saddle follow up to this many other escape
+        directions (the other optimal directions the restarts found, or −ρ for k = 2) to their
+        critical points, reported in `branches`.
+    - `radius`: r₀ relative to ‖θ̃‖; the path's first point is ϑ + r₀‖θ̃‖ρ.
+    - `grad_rtol`, `min_drop`, `loss_floor`, `loss_tol` (default 1e−4·L(0)): when a path has
+        arrived and when the chain ends.
+    - `hess_rtol`: eigenvalues with |λ| ≤ `hess_rtol`·max|λ| are zero.
+    - `degenerate_rtol`: bottom eigenvalues within this fraction of λ_min span the escape space.
+    - `taylor_rtol`, `max_order`: of `taylor_term` on the null space.
+    - `n_restarts`: of `optimal_escape`. `n_eig`: bottom eigenpairs computed.
+    - `dense_max`, `max_positive`: the Hessian's eigen-decomposition (above).
+    - `horizon_factor`: a path runs at most this many times its escape time.
+    - `n_save`: saves per path. `rank`: the model's rank, a callable of the params (default
+        `default_rank`). `trainable`: filter of the parameters.
+    - `dedupe`: two escape directions of a k > 2 term are the same when they change the
+        model's outputs (A_θ for a DLN, f(X) for an objective with data `x`) equally at order
+        k, i.e. modulo the symmetries that fix the saddle (rotations of a DLN's hidden units).
+    - `**flow_options`: of `gradient_flow` (`rtol`, `atol`, `solver`, …; `max_steps` defaults
+        to 100,000 per path: a path that crawls along ReLU kinks fails in minutes, reported).
+
+    **Returns:** a `SaddleChain`; its `staircase(alpha, ts)`, `escape_times(alpha)` and
+    `drop_times(alpha)` are the predictions for the flow from α·θ̃.
+    """
+    _check_args(radius, max_saddles, max_branches, grad_rtol, hess_rtol)
+    key = jr.key(0) if key is None else check_key("key", key)
+    rank = default_rank if rank is None else rank
+    state, static = split_trainable(init, trainable)
+    theta, unravel = ravel_pytree(state)
+    norm0 = float(jnp.linalg.norm(theta))
+    if not norm0 > 0:
+        raise ValueError("`init` is 0: pass the unit-scale initialisation θ̃ (the flow from αθ̃).")
+    flow_options.setdefault("max_steps", 100_000)
+    f = _FlatLoss(objective, static, unravel)
+    params_of = f.params
+    grad_f = jax.jit(jax.grad(f))
+
+    x = jnp.zeros_like(theta)
+    u = np.asarray(theta)  # the small part at unit scale: the flow starts at α·θ̃
+    loss0 = float(f(x))
+    tol = 1e-4 * abs(loss0) if loss_tol is None else loss_tol
+    config = dict(
+        radius=radius * norm0, min_drop=min_drop, loss_floor=loss_floor, loss_tol=tol,
+        taylor_rtol=taylor_rtol, max_order=max_order, n_restarts=n_restarts, n_save=n_save,
+        horizon_factor=horizon_factor, flow_options=flow_options, grad_tol=None,
+        carry_eta=1e-4, trainable=trainable,
+    )
+    saddles: list[ChainSaddle] = []
+    paths: list[ChainPath] = []
+    branches: list[list[ChainBranch]] = []
+    log_stages: list[tuple] = []  # (x, a, b) of earlier k = 2 plateaus, for the exponents
+    stop_reason = "max_saddles"
+    for j in range(max_saddles + 1):
+        key, k_curv, k_esc = jr.split(key, 3)
+        loss_j = float(f(x))
+        here = params_of(x)
+        point = dict(params=here, loss=loss_j, grad_norm=float(jnp.linalg.norm(grad_f(x))),
+                     rank=int(rank(here)), n_params=int(x.size))
+        if loss_j <= (loss_floor + tol) * (1 + 1e-4):  # the floor event, located to ~1e−5
+            saddles.append(_unclassified(point, "loss_floor"))
+            stop_reason = "loss_floor"
+            break
+        curv = _curvature(
+            f, x, hess_rtol=hess_rtol, dense_max=dense_max, n_eig=n_eig,
+            max_positive=max_positive, key=k_curv,
+        )
+        if j == max_saddles:
+            saddles.append(_unclassified(point, "not_followed", curv))
+            break
+        if curv.index > 0:
+            esc = _strict_escape(curv, u, degenerate_rtol)
+        else:
+            origin = None
+            if j == 0:  # at a ReLU origin AD differentiates one side of the kinks
+                term = taylor_term(objective, here, key=k_esc)
+                if term.method == "outputs":
+                    origin = _OriginTerm(_OriginH(term, f), term.order, term.next_order)
+            invariant = _output_invariant(objective, params_of, x) if dedupe else None
+            esc = _restricted_escape(f, x, curv, u, origin, invariant, config, k_esc)
+        saddle = _classified(point, curv, esc, f, x, log_stages)
+        saddles.append(saddle)
+        if esc is None:
+            stop_reason = "minimum"
+            break
+        if config["grad_tol"] is None:
+            config["grad_tol"] = grad_rtol * _gradient_scale(esc.order, esc.speed, loss0)
+        end, path = _follow(
+            objective, params_of, x, jnp.asarray(esc.rho), esc.order, esc.rho_speed, loss_j,
+            config,
+        )
+        paths.append(path)
+        branches.append(
+            _branches(objective, f, grad_f, x, esc, loss_j, config, rank, max_branches)
+        )
+        if path.result != RESULTS.successful:
+            stop_reason = f"path_failed: {path.result}"
+            end_x = _flat(end, trainable)
+            saddles.append(_unclassified(dict(
+                params=end, loss=float(f(end_x)),
+                grad_norm=float(jnp.linalg.norm(grad_f(end_x))), rank=int(rank(end)),
+                n_params=int(x.size)), "not_reached"))
+            break
+        x = _polish(f, grad_f, _flat(end, trainable), config["grad_tol"])
+        u = esc.carried if esc.carried is not None else u - float(u @ esc.rho) * esc.rho
+        if not np.linalg.norm(u) > 0:
+            warnings.warn(
+                "the carried small part is 0 after an escape: the next direction is the "
+                "optimal one, and the plateau lengths are unknown.", NumericalWarning,
+                stacklevel=2,
+            )
+    return SaddleChain(saddles, paths, branches, stop_reason)
+
+
+def _outputs(objective, params):
+    if hasattr(params, "matrix"):
+        return params.matrix()
+    x = getattr(objective, "x", None)
+    if x is None:
+        return None
+    return jax.vmap(params)(x)
+
+
+def _output_invariant(objective, params_of, x):
+    """ρ ↦ the order-k coefficient of the outputs along ϑ + tρ (outputs(ρ) at the origin of a
+    homogeneous net, where AD would pick one side of a ReLU kink), flattened; None if the
+    model has no outputs to read."""
+    if _outputs(objective, params_of(x)) is None:
+        return None
+    at_origin = not bool(jnp.any(x != 0))
+
+    def make(k):
+        def invariant(rho):
+            if at_origin:
+                return jnp.ravel(_outputs(objective, params_of(rho)))
+            g = lambda t: jnp.ravel(_outputs(objective, params_of(x + t * rho)))  # noqa: E731
+            for _ in range(k):
+                g = (lambda h: lambda t: jax.jvp(h, (t,), (jnp.ones_like(t),))[1])(g)
+            return g(jnp.zeros((), x.dtype)) / math.factorial(k)
+
+        return invariant
+
+    return make
+
+
+class _OriginTerm(eqx.Module):
+    H: Callable
+    order: int = eqx.field(static=True)
+    next_order: int | None = eqx.field(static=True)
+
+
+def _gradient_scale(k, s, loss0) -> float:
+    """‖∇H‖ where H along the optimal path reaches L(0): s·r^{k−1} at r = (k·L(0)/s)^{1/k}."""
+    r = (k * abs(loss0) / s) ** (1 / k)
+    return s * r ** (k - 1)
+
+
+def _log_plateau(f, x, esc, log_stages) -> tuple[float, float]:
+    """a, b of a k = 2 plateau a·log(1/α) + b: the carried component's exponent after the
+    growth it had at the earlier k = 2 saddles (their Rayleigh quotients along ρ)."""
+    rho = jnp.asarray(esc.rho)
+    a_sum, b_sum = 0.0, 0.0
+    for x_i, a_i, b_i in log_stages:
+        r_i = -float(rho @ jax.jvp(jax.grad(f), (x_i,), (rho,))[1])
+        a_sum += r_i * a_i
+        b_sum += r_i * b_i
+    s = esc.rho_speed
+    return (1.0 - a_sum) / s, (-math.log(esc.coefficient) - b_sum) / s
+
+
+def _unclassified(point, kind, curv=None) -> ChainSaddle:
+    """A point that is not left: the loss floor, the last one, or where a path failed."""
+    return ChainSaddle(
+        **point, kind=kind, hessian_index=-1 if curv is None else curv.index,
+        n_positive=-1 if curv is None else curv.n_positive, order=None, next_order=None,
+        restricted=False, speed=0.0, direction=None, direction_speed=0.0, multiplicity=0,
+        degenerate=False, strict=None, plateau=None,
+    )
+
+
+def _classified(point, curv, esc, f, x, log_stages) -> ChainSaddle:
+    """A critical point with its curvature and (for a saddle) how it is left."""
+    if esc is None:
+        return _unclassified(point, "minimum", curv)
+    if esc.order == 2:
+        a, b = _log_plateau(f, x, esc, log_stages)
+        plateau = ("log", a, b)
+        log_stages.append((x, a, b))
+    else:
+        plateau = ("power", esc.order, esc.blowup if esc.blowup is not None else math.nan)
+    return ChainSaddle(
+        **point, kind="saddle", hessian_index=curv.index, n_positive=curv.n_positive,
+        order=esc.order, next_order=esc.next_order, restricted=esc.restricted,
+        speed=esc.speed, direction=esc.rho, direction_speed=esc.rho_speed,
+        multiplicity=esc.multiplicity,
+        degenerate=esc.multiplicity > 1 or esc.rho_speed < esc.speed * (1 - 1e-6),
+        strict=esc.strict, plateau=plateau,
+    )
+
+
+def _branches(objective, f, grad_f, x, esc, loss_j, config, rank, max_branches):
+    """The other escape directions (−ρ and the rest of the bottom eigenspace for k = 2; the
+    other optimal directions, distinct modulo `invariant`, for k > 2), each followed to its
+    critical point."""
+    if max_branches == 0:
+        return []
+    others = esc.others
+    out = []
+    for rho in others[:max_branches]:
+        end, path = _follow(
+            objective, f.params, x, jnp.asarray(rho), esc.order, esc.rho_speed, loss_j, config
+        )
+        if path.result == RESULTS.successful:
+            y = _polish(f, grad_f, _flat(end, config["trainable"]), config["grad_tol"])
+            end = f.params(y)
+        loss = float(objective(end))
+        out.append(ChainBranch(rho, esc.rho_speed, loss, int(rank(end)), end, path))
+    return out
