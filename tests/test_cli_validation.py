@@ -160,7 +160,7 @@ def test_no_parser_allows_abbreviations():
     """allow_abbrev=False on the main parser and on every sub-command's parser."""
     parser = build_parser()
     subs = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(subs) == {"run", "reproduce", "escape", "escape-path", "bench"}
+    assert set(subs) == {"run", "reproduce", "escape", "escape-path", "bench", "chain"}
     for p in [parser, *subs.values()]:
         assert p.allow_abbrev is False, p.prog
 
@@ -535,6 +535,13 @@ def _check_config(command, items, config):
         for field in ("seed", "index", "n", "r_min", "r_max", "radius", "alphas", "tail",
                       "max_steps", "depth", "hidden"):
             assert getattr(config, field) == given.get(field, preset[field]), field
+    elif command == "chain":
+        name = f"chain-{given.get('problem', 'jacot-fig1')}"
+        d = ex.configure(name, quick=given.get("quick", False))[0].config
+        alphas = tuple(sorted(given["alphas"], reverse=True)) if "alphas" in given else d.alphas
+        assert config.alphas == alphas
+        for field in ("seed", "max_saddles", "max_branches"):
+            assert getattr(config, field) == given.get(field, getattr(d, field)), field
     else:  # run_bench takes the checked alphas
         assert tuple(config) == given.get("alphas", (0.1, 0.01))
 

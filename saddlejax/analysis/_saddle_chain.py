@@ -29,6 +29,7 @@ import math
 import warnings
 from collections.abc import Callable
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -46,13 +47,13 @@ from ..nn import DeepLinear, DeepReLU, TwoLayer
 from ..theory import (
     blowup_time,
     escape_speed,
-    h_flow,
     kkt_residual,
     optimal_escape,
     refine_escape_direction,
     strictness_test,
     taylor_term,
 )
+from ..theory._h_flow import solve_h_flow
 from ..theory._taylor import _kth_ray_derivative
 from ._matrices import bottleneck_rank
 from ._ranks import numerical_rank
@@ -221,15 +222,18 @@ class SaddleChain(eqx.Module):
 
     def staircase(self, alpha: float, ts) -> np.ndarray:
         """The predicted loss of the flow from αθ̃ at times `ts`: the saddle levels, joined by
-        the paths' loss curves placed at `escape_times(alpha)`."""
+        the paths' loss curves placed at `escape_times(alpha)`. Path j is drawn from where
+        path j − 1 arrived (its clock reaches far back, over the earlier plateaus)."""
         ts = np.asarray(ts, float)
         out = np.full(ts.shape, self.saddles[0].loss)
+        start = -np.inf
         for j, t_j in enumerate(self.escape_times(alpha)):
             p = self.paths[j]
             tau = ts - t_j
-            inside = (tau >= p.ts[0]) & (tau <= p.ts[-1])
+            inside = (tau >= p.ts[0]) & (tau <= p.ts[-1]) & (ts >= start)
             out[inside] = np.interp(tau[inside], p.ts, p.loss)
             out[tau > p.ts[-1]] = self.saddles[j + 1].loss
+            start = t_j + p.ts[-1]
         return out
 
 
@@ -407,6 +411,10 @@ class _OriginH(eqx.Module):
         return self.term.H(self.loss.params(d))
 
 
+class _QuadraticOnNullSpace(Exception):
+    """The term on the null space came out quadratic: eigenvalues taken as 0 were not."""
+
+
 def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _Escape | None:
     """The term on the Hessian's null space and its escape; None at a minimum."""
     count = 0 if curv.positive is None else curv.positive.shape[1]
@@ -430,11 +438,8 @@ def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _E
                 "null space (order 1 found): lower `grad_rtol` or raise `taylor_rtol`."
             )
     k = term.order
-    if k == 2:  # the restriction left a non-zero quadratic: a rounding remnant of ∇²L
-        raise ValueError(
-            "the Hessian's null space has a non-zero quadratic term: raise `hess_rtol` so the "
-            "positive eigenspace takes those directions."
-        )
+    if k == 2:  # the restriction left a non-zero quadratic: small eigenvalues counted as 0
+        raise _QuadraticOnNullSpace()
     k1, k2, k3 = jr.split(key, 3)
     esc = optimal_escape(
         H, k, jnp.zeros_like(x), key=k1, n_restarts=config["n_restarts"],
@@ -457,14 +462,11 @@ def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _E
     if float(jnp.linalg.norm(pu)) > 0:
         blow = blowup_time(H, pu, order=k, throw=False)
         if blow.result == RESULTS.max_steps_reached:  # kinks (ReLU): Dopri8 chatters at 1e−11
-            blow = blowup_time(H, pu, order=k, throw=False, rtol=1e-5, atol=1e-7)
+            blow = blowup_time(H, pu, order=k, throw=False, **_KINK_TOLERANCES)
         if blow.result != RESULTS.successful:
             blow = None
     rho, rho_speed = _followed(H, k, blow, esc)
-    carried = np.asarray(pu)
-    if blow is not None:  # the part left behind when the escaping one blows up
-        end = np.asarray(h_flow(H, pu, float(blow.time) * (1 - config["carry_eta"])))
-        carried = end - float(end @ rho) * rho
+    carried = _carried(H, pu, blow, rho, config["carry_eta"])
     others = tuple(
         np.asarray(esc.directions[i])
         for i in range(speeds.size)
@@ -476,6 +478,26 @@ def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _E
         rho, rho_speed, optimal, strict,
         None if blow is None else float(blow.time), None, carried, others,
     )
+
+
+_KINK_TOLERANCES = dict(rtol=1e-5, atol=1e-7)
+
+
+def _carried(H, pu, blow, rho, eta) -> np.ndarray:
+    """The part of the carried u left behind when the escaping part blows up: the H-flow at
+    (1 − η)T less its component along ρ (module docstring). Without a blow-up, or where the
+    H-flow cannot be integrated (kinks), u less its ρ-component, unevolved."""
+    pu, rho = np.asarray(pu), np.asarray(rho)
+    if blow is not None:
+        for tols in (dict(rtol=1e-11, atol=1e-13), _KINK_TOLERANCES):
+            sol = solve_h_flow(
+                H, jnp.asarray(pu), float(blow.time) * (1 - eta), saveat=diffrax.SaveAt(t1=True),
+                **tols,
+            )
+            if sol.result == diffrax.RESULTS.successful:
+                end = np.asarray(sol.ys[-1])
+                return end - float(end @ rho) * rho
+    return pu - float(pu @ rho) * rho
 
 
 def _followed(H, k, blow, esc) -> tuple[np.ndarray, float]:
@@ -644,7 +666,7 @@ def saddle_chain(
     max_saddles: int = 10,
     max_branches: int = 0,
     radius: float = 1e-3,
-    grad_rtol: float = 1e-6,
+    grad_rtol: float = 1e-8,
     min_drop: float = 1e-3,
     loss_floor: float = 0.0,
     loss_tol: float | None = None,
@@ -759,7 +781,21 @@ def saddle_chain(
                 if term.method == "outputs":
                     origin = _OriginTerm(_OriginH(term, f), term.order, term.next_order)
             invariant = _output_invariant(objective, params_of, x) if dedupe else None
-            esc = _restricted_escape(f, x, curv, u, origin, invariant, config, k_esc)
+            for factor in (10.0, 100.0, 1000.0, None):
+                try:
+                    esc = _restricted_escape(f, x, curv, u, origin, invariant, config, k_esc)
+                    break
+                except _QuadraticOnNullSpace:
+                    if factor is None:
+                        raise ValueError(
+                            "the Hessian's null space keeps a non-zero quadratic term up to "
+                            f"`hess_rtol` = {1000 * hess_rtol:g}: the point is not critical "
+                            "enough (lower `grad_rtol`) or its small eigenvalues are genuine."
+                        ) from None
+                    curv = _curvature(
+                        f, x, hess_rtol=factor * hess_rtol, dense_max=dense_max, n_eig=n_eig,
+                        max_positive=max_positive, key=k_curv,
+                    )
         saddle = _classified(point, curv, esc, f, x, log_stages)
         saddles.append(saddle)
         if esc is None:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 # Sub-command modules, in the order `saddlejax --help` lists them.
-COMMANDS = ("run", "reproduce", "escape_path", "escape", "bench")
+COMMANDS = ("run", "reproduce", "chain", "escape_path", "escape", "bench")
 
 
 def error_line(prog: str, message: str) -> str:

@@ -50,6 +50,7 @@ EXPERIMENT_MODULES = (
     "_relu_lowrank",
     "_kumar_haupt",
     "_chen_luo_wang",
+    "_saddle_chain",
 )
 
 

@@ -1,0 +1,77 @@
+"""The saddle-chain experiment (Jacot et al. Conjecture 3; SPEC §8): the quick jacot-fig1 preset
+runs into a run folder with its checks passing, and `saddlejax chain` refuses bad options with
+one line naming the option, before any computation."""
+
+import contextlib
+import io
+import json
+
+import pytest
+
+import saddlejax.experiments as ex
+from saddlejax.cli import main
+from saddlejax.experiments._saddle_chain import SaddleChainConfig
+
+
+def _cli(argv):
+    """`main(argv)` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--problem", "resnet"], ["--problem", "resnet"]),
+        (["--alphas", "2"], ["--alphas", "2.0", "(1e-10, 1)"]),
+        (["--alphas", "1e-300"], ["--alphas", "1e-300", "out of reach"]),
+        (["--alphas", "0.01", "0.01"], ["--alphas", "twice"]),
+        (["--alphas", "x"], ["--alphas", "'x'"]),
+        (["--seed", "-1"], ["--seed", "-1"]),
+        (["--max-saddles", "0"], ["--max-saddles", "0"]),
+        (["--max-branches", "-1"], ["--max-branches", "-1"]),
+        (["--out", ""], ["--out", "empty"]),
+    ],
+)
+def test_cli_refuses_bad_options(argv, words, tmp_path, monkeypatch):
+    """A bad value exits with status 2 and one stderr line naming the option, no traceback."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli(["chain", *argv])
+    assert code == 2, (argv, code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("saddlejax chain: error: "), err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_cli_help():
+    code, out, _ = _cli(["chain", "--help"])
+    assert code == 0
+    for word in ("--problem", "jacot-fig1", "deep-relu", "two-layer-tanh", "--alphas", "--quick"):
+        assert word in out
+
+
+def test_config_names_the_bad_field():
+    with pytest.raises(ValueError, match="`problem`"):
+        SaddleChainConfig(problem="resnet")
+    with pytest.raises(ValueError, match="`alphas`"):
+        SaddleChainConfig(alphas=())
+
+
+def test_quick_jacot_fig1_preset(tmp_path):
+    """The quick chain-jacot-fig1 run: chain losses at the greedy saddles with ranks 0, 1, 2, 3,
+    the flows' plateaus at the saddle levels and the drops at the predicted times."""
+    (job,) = ex.configure("chain-jacot-fig1", quick=True)
+    record = ex.execute(job, tmp_path, progress=False)
+    outcome = record.outcome
+    assert not outcome.failures, outcome.failures
+    assert outcome.passed, ex.checks_table(outcome.checks)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["values"]["greedy"]["ranks"] == [0, 1, 2, 3]
+    if ex.has_matplotlib():
+        assert (tmp_path / "saddle_chain.png").is_file()
