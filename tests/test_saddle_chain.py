@@ -70,6 +70,20 @@ def test_dln_chain_predicts_small_alpha_flows(dln):
     assert np.max(errors[1]) < np.max(errors[0]), errors
 
 
+def test_tiny_alpha_times(dln):
+    """α → 0 at no cost: α^{L−2}·t_j is the sum of the plateaus' blow-up times T (Lemma 13 per
+    plateau) at α = 1e−60, where t ≈ 1e61, and the log-space times (which go past float64's
+    range) agree with the linear ones."""
+    prob, net, ch = dln
+    T = np.array([s.plateau[2] for s in ch.saddles[:-1]])
+    np.testing.assert_allclose(1e-60 * ch.escape_times(1e-60), np.cumsum(T), rtol=1e-12)
+    np.testing.assert_allclose(
+        ch.log10_escape_times(1e-3), np.log10(ch.escape_times(1e-3)), rtol=1e-12
+    )
+    np.testing.assert_allclose(ch.log10_escape_times(1e-300), 300 + np.log10(np.cumsum(T)),
+                               rtol=1e-12)
+
+
 @pytest.fixture(scope="module")
 def tanh():
     kx, ky, kn = jr.split(jr.key(0), 3)

@@ -167,6 +167,15 @@ class SaddleChain(eqx.Module):
         return np.array([s.loss for s in self.saddles])
 
     @property
+    def n_arrived(self) -> int:
+        """The number of paths, from the first, that reached their critical point: the
+        predictions (`plateau_lengths`, `escape_times`, `drop_times`, `staircase`) cover them."""
+        n = 0
+        while n < len(self.paths) and self.paths[n].result == RESULTS.successful:
+            n += 1
+        return n
+
+    @property
     def ranks(self) -> np.ndarray:
         return np.array([s.rank for s in self.saddles])
 
@@ -184,19 +193,47 @@ class SaddleChain(eqx.Module):
         if not 0 < alpha < 1:
             raise ValueError(f"`alpha` must be in (0, 1), got {alpha}.")
         out = []
-        for s in self.saddles[: len(self.paths)]:
+        for s in self.saddles[: self.n_arrived]:
             kind, *c = s.plateau
             if kind == "power":
                 k, T = c
-                out.append(alpha ** (-(k - 2)) * T)
+                with np.errstate(over="ignore"):
+                    out.append(np.power(float(alpha), -(k - 2)) * T)
             else:
                 a, b = c
                 out.append(a * math.log(1 / alpha) + b)
         return np.array(out)
 
+    def log10_escape_times(self, alpha: float) -> np.ndarray:
+        """log₁₀ t_j, for α so small that t_j overflows float64 (α^{−(k−2)}·T at α = 1e−60,
+        k = 4, is 1e120 — representable —, at α = 1e−200 it is not): the plateau lengths are
+        added in log space. The flow near path j is x_j(t − t_j): t_j is the offset, the
+        path's own clock τ resolves the drop, which lasts O(1) at any α."""
+        if not 0 < alpha < 1:
+            raise ValueError(f"`alpha` must be in (0, 1), got {alpha}.")
+        log_t, out = -np.inf, []
+        for j, s in enumerate(self.saddles[: self.n_arrived]):
+            kind, *c = s.plateau
+            if kind == "power":
+                k, T = c
+                log_len = -(k - 2) * math.log(alpha) + math.log(T)
+            else:
+                a, b = c
+                log_len = math.log(max(a * math.log(1 / alpha) + b, 1e-300))
+            if j > 0 and s.plateau[0] == "log":
+                log_t = np.logaddexp(log_t, math.log(max(self.paths[j - 1].arrival_time, 1e-300)))
+            log_t = np.logaddexp(log_t, log_len)
+            out.append(log_t / math.log(10))
+        return np.array(out)
+
     def escape_times(self, alpha: float) -> np.ndarray:
         """t_j: the flow time of each path's τ = 0 (the flow is x_j(t − t_j) near path j)."""
         lengths = self.plateau_lengths(alpha)
+        if not np.all(np.isfinite(lengths)):
+            raise OverflowError(
+                f"at `alpha` = {alpha:g} a plateau outlasts float64 (≈ 10^"
+                f"{np.max(self.log10_escape_times(alpha)):.0f}): use `log10_escape_times`."
+            )
         t, out = 0.0, []
         for j, length in enumerate(lengths):
             t = t + length

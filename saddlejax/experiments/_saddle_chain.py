@@ -238,7 +238,7 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
     values = dict(chain_seconds=chain_seconds, chain_warm_seconds=warm_seconds,
                   stop_reason=chain.stop_reason, saddles=_saddle_rows(chain))
     failures = []
-    n_drops = len(chain.paths)
+    n_drops = chain.n_arrived
     if chain.stop_reason.startswith("path_failed"):
         failures.append(f"saddle chain: {chain.stop_reason}")
     if n_drops == 0:
@@ -251,9 +251,13 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
     simulated = np.full((n_alpha, n_drops), np.nan)
     plateau_loss = np.full((n_alpha, n_drops + 1), np.nan)
     ts_all, loss_all, flow_seconds = [], [], []
+    # Past the last point the chain followed the flow goes on to escapes it did not compute
+    # (on a ReLU net, along kinks that cost the solver its step limit): stop sooner there.
+    ended = chain.saddles[n_drops].kind in ("minimum", "loss_floor")
+    horizon = 3.0 if ended else 1.5
     with context.task("gradient flows", n_alpha) as task:
         for i, alpha in enumerate(config.alphas):
-            t1 = 3.0 * float(predicted[i, -1])
+            t1 = horizon * float(predicted[i, -1])
             middles = plateau_middles(predicted[i], t1)
             saveat = save_times(predicted[i], middles, t1, config.n_save, config.n_window)
             start = time.perf_counter()
