@@ -19,19 +19,12 @@ import numpy as np
 from _common import parser, print_table, write_json
 
 import saddlejax
+from saddlejax.experiments._saddle_chain import crossing_times
 
 
 def crossings(ts, loss, levels) -> np.ndarray:
-    out = []
-    for a, b in zip(levels[:-1], levels[1:]):
-        mid = 0.5 * (a + b)
-        i = int(np.argmax(loss <= mid))
-        if i == 0:
-            out.append(np.nan)
-            continue
-        f = (loss[i - 1] - mid) / (loss[i - 1] - loss[i])
-        out.append(ts[i - 1] + f * (ts[i] - ts[i - 1]))
-    return np.array(out)
+    """The flow's half-way crossings between consecutive saddle levels."""
+    return crossing_times(ts, loss, 0.5 * (levels[:-1] + levels[1:]))
 
 
 def timed(fn):
