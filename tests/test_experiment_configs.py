@@ -3,19 +3,17 @@ overrides and grids follow Hydra's grammar, a run folder records what was comput
 config, environment, labelled arrays, checks, figures), a finished run is skipped and one of
 other settings refused, and an interrupted run keeps its finished chunks."""
 
-import contextlib
 import dataclasses
 import functools
-import io
 import json
 
 import numpy as np
 import pytest
+from _cli_run import run_cli
 from omegaconf import OmegaConf
 
 import saddlejax as sj
 import saddlejax.experiments as ex
-from saddlejax.cli import main
 from saddlejax.experiments._config import EXPERIMENTS, load_experiments
 from saddlejax.experiments._record import finished_config
 
@@ -253,28 +251,18 @@ def test_sweep_reports_each_chunk():
         np.testing.assert_allclose(r["loss"], 0.5 * 2 * (0.5 * np.exp(-1.5)) ** 2, rtol=1e-5)
 
 
-def _cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_cli_runs_a_config_file_grid(toy, tmp_path):
     """`saddlejax run FILE key=a,b --out DIR` runs one folder per grid member, prints the checks,
     exits 0; run again it skips both; a bad override exits 2 with one line before any work."""
     out = tmp_path / "grid"
-    code, stdout, err = _cli(["run", str(toy), "size=1,3", "--out", str(out)])
+    code, stdout, err = run_cli(["run", str(toy), "size=1,3", "--out", str(out)])
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["size=1", "size=3"]
     assert stdout.count("[pass] θ(t1) against the closed form") == 2
     assert ex.load_results(out / "size=3")["final"].values.shape == (2, 2, 3)
-    code, stdout, _ = _cli(["run", str(toy), "size=1,3", "--out", str(out)])
+    code, stdout, _ = run_cli(["run", str(toy), "size=1,3", "--out", str(out)])
     assert code == 0 and stdout.count("skipped") == 2 and len(CALLS) == 2
-    code, stdout, err = _cli(["run", str(toy), "size=0", "--out", str(tmp_path / "bad")])
+    code, stdout, err = run_cli(["run", str(toy), "size=0", "--out", str(tmp_path / "bad")])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "`size`" in err
     assert not (tmp_path / "bad").exists()
 
@@ -282,7 +270,7 @@ def test_cli_runs_a_config_file_grid(toy, tmp_path):
 def test_reproduce_lists_and_refuses():
     """`saddlejax reproduce` without a name lists the presets; an unknown one exits 2 naming
     the presets."""
-    code, stdout, _ = _cli(["reproduce"])
+    code, stdout, _ = run_cli(["reproduce"])
     assert code == 0 and "jacot-fig1" in stdout
-    code, _, err = _cli(["reproduce", "jacot-fig99"])
+    code, _, err = run_cli(["reproduce", "jacot-fig99"])
     assert code == 2 and "jacot-fig1" in err and len(err.strip().splitlines()) == 1

@@ -2,26 +2,13 @@
 runs into a run folder with its checks passing, and `saddlejax chain` refuses bad options with
 one line naming the option, before any computation."""
 
-import contextlib
-import io
 import json
 
 import pytest
+from _cli_run import run_cli
 
 import saddlejax.experiments as ex
-from saddlejax.cli import main
 from saddlejax.experiments._saddle_chain import SaddleChainConfig
-
-
-def _cli(argv):
-    """`main(argv)` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -41,7 +28,7 @@ def _cli(argv):
 def test_cli_refuses_bad_options(argv, words, tmp_path, monkeypatch):
     """A bad value exits with status 2 and one stderr line naming the option, no traceback."""
     monkeypatch.chdir(tmp_path)
-    code, _, err = _cli(["chain", *argv])
+    code, _, err = run_cli(["chain", *argv])
     assert code == 2, (argv, code, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("saddlejax chain: error: "), err
@@ -50,7 +37,7 @@ def test_cli_refuses_bad_options(argv, words, tmp_path, monkeypatch):
 
 
 def test_cli_help():
-    code, out, _ = _cli(["chain", "--help"])
+    code, out, _ = run_cli(["chain", "--help"])
     assert code == 0
     for word in ("--problem", "jacot-fig1", "deep-relu", "two-layer-tanh", "--alphas", "--quick"):
         assert word in out
