@@ -82,6 +82,14 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "critical point (‖∇L‖ ≤ `grad_tol`) or the loss floor: raise `horizon_factor` or "
         "loosen `grad_tol`."
     )
+    path_diverged = (
+        "A saddle-chain path drifts to infinity: past its drop ‖θ‖ kept growing, not slowing, "
+        "while L crept down and ‖∇L‖ fell without reaching `grad_tol`, so no critical point ends "
+        "it (the loss's infimum along the path is at infinity, e.g. a rank-1 fit of a masked "
+        "matrix with unbounded unobserved entries). The point reported is where it stood at "
+        "the horizon; the flows from α·θ̃ drift there too, for as long as the next escape lets "
+        "them."
+    )
     fixed_point_not_converged = (
         "The fixed-point iteration of Φ did not converge within `max_steps`. Read "
         "`contraction_ratios`: ratios ≥ 1 mean Φ does not contract (e.g. a speed below the "

@@ -1,12 +1,19 @@
 import os
 import random
+import shutil
+import tempfile
 
 # The suite runs in several processes (pytest-xdist); on a GPU each would otherwise reserve
 # most of its memory at start.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# The CLI keeps compiled code in a user cache folder; the tests (and the CLI processes they
-# start) compile afresh, as on a new machine.
-os.environ.setdefault("SADDLEJAX_CACHE_DIR", "off")
+# One run of the suite starts from an empty compilation cache, as on a new machine, and its
+# processes (the pytest-xdist workers, which inherit this variable from the controller, and the
+# CLI processes the tests start) share it: a solve compiled by one module is loaded, not
+# compiled again, by the next. The user's cache folder is never touched.
+_OWN_CACHE = "SADDLEJAX_TEST_CACHE" not in os.environ
+if _OWN_CACHE:
+    os.environ["SADDLEJAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="saddlejax-test-xla-")
+os.environ.setdefault("SADDLEJAX_CACHE_DIR", os.environ["SADDLEJAX_TEST_CACHE"])
 
 import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
@@ -14,6 +21,15 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+if os.environ["SADDLEJAX_CACHE_DIR"].strip().lower() not in ("", "off", "0", "none"):
+    jax.config.update("jax_compilation_cache_dir", os.environ["SADDLEJAX_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def pytest_unconfigure(config):
+    """The controller removes the run's compilation cache when the run ends."""
+    if _OWN_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ["SADDLEJAX_TEST_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,21 +7,17 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from scipy.special import expi
 
 import saddlejax as sj
+from saddlejax.analysis._saddle_chain import crossing_times
 
 
 def _crossings(sol, levels):
     """Times where the flow's loss first falls half-way between consecutive levels."""
-    ts, loss = np.asarray(sol.ts), np.asarray(sol.loss)
-    out = []
-    for a, b in zip(levels[:-1], levels[1:]):
-        mid = 0.5 * (a + b)
-        i = int(np.argmax(loss <= mid))
-        assert i > 0, "the flow never crossed the half-way level"
-        f = (loss[i - 1] - mid) / (loss[i - 1] - loss[i])
-        out.append(ts[i - 1] + f * (ts[i] - ts[i - 1]))
-    return np.array(out)
+    out = crossing_times(sol.ts, sol.loss, 0.5 * (levels[:-1] + levels[1:]), sol.grad_norm)
+    assert np.all(np.isfinite(out)), "the flow never crossed a half-way level"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +51,10 @@ def test_dln_chain_is_the_greedy_chain(dln):
 def test_dln_chain_predicts_small_alpha_flows(dln):
     """Plateau levels within 1 % of the chain's saddle losses, and the predicted drop times
     (α^{−(L−2)}·T per plateau, T the blow-up time of the carried part's H-flow) within a
-    relative error that shrinks with α (measured: ≤ 5.3 % at α = 1e−2, ≤ 4.1 % at 1e−3)."""
+    relative error that shrinks with α. Measured (drops 1, 2, 3; both curves interpolated
+    with dL/dt = −‖∇L‖²): 0.02, 0.007, 31 % at α = 1e−2; 0.05, 0.03, 4.0 % at 1e−3; 0.013,
+    0.005, 1.8 % at 1e−4 (rtol 1e−8). The third plateau's bias is the carried part's: its
+    growth at the earlier saddles is taken at leading order."""
     prob, net, ch = dln
     errors = []
     for alpha in (1e-2, 1e-3):
@@ -66,7 +65,8 @@ def test_dln_chain_predicts_small_alpha_flows(dln):
         mids = np.concatenate([[0.5 * simulated[0]], 0.5 * (simulated[:-1] + simulated[1:])])
         levels = np.interp(mids, np.asarray(sol.ts), np.asarray(sol.loss))
         np.testing.assert_allclose(levels, ch.losses[:-1], rtol=1e-2)
-    assert np.all(errors[1] < 0.06), errors
+    print(errors)
+    assert np.all(errors[1] < 0.06) and np.all(errors[1][:2] < 3e-3), errors
     assert np.max(errors[1]) < np.max(errors[0]), errors
 
 
@@ -110,14 +110,15 @@ def test_two_layer_tanh_origin_is_a_strict_saddle(tanh):
 
 def test_two_layer_tanh_first_drop(tanh):
     """k = 2: the first drop at (log(1/α) − log|c|)/s + τ_half, c the projection of θ̃ on the
-    bottom eigenspace: measured 0.27 % (α = 1e−2), 0.15 % (1e−3)."""
+    bottom eigenspace: measured 0.033 % (α = 1e−2), 0.006 % (1e−3), 0.0045 % (1e−4)."""
     prob, net, ch = tanh
     errors = []
     for alpha in (1e-2, 1e-3):
         predicted = ch.drop_times(alpha)[:1]
         sol = sj.gradient_flow(prob, sj.init.scale(net, alpha), 3 * predicted[0], n_save=4000)
         errors.append(abs(predicted[0] / _crossings(sol, ch.losses[:2])[0] - 1))
-    assert errors[1] < 3e-3 and errors[1] < errors[0], errors
+    print(errors)
+    assert errors[1] < 5e-4 and errors[1] < errors[0], errors
 
 
 def test_branches_of_a_degenerate_saddle():
@@ -134,6 +135,47 @@ def test_branches_of_a_degenerate_saddle():
         assert b.path.result == sj.RESULTS.successful
         np.testing.assert_allclose(b.loss, ch.saddles[1].loss, rtol=1e-6)
         assert b.rank == ch.saddles[1].rank == 1
+
+
+def test_a_path_that_drifts_to_infinity_is_reported():
+    """L(a, b) = 1 + e^{−ab}: the origin is a strict saddle (k = 2, s = 1) whose escape path
+    a = b = r, ṙ = r·e^{−r²}, has no critical point at its end: Ei(r²) = 2τ + O(1), so r ≈
+    √(log 2τ) → ∞ while L → 1 = its infimum. The chain stops there as `path_diverged` (not as
+    a minimum, not as a time out) and says so; at the horizon Ei(‖θ‖²/2) = 2τ to 1e−3 (the
+    start on the H-path shifts τ by O(1), and τ ≈ 10⁴ there)."""
+
+    def objective(p):
+        return 1 + jnp.exp(-p["a"] * p["b"])
+
+    init = {"a": jnp.array(0.3), "b": jnp.array(0.4)}
+    ch = sj.saddle_chain(objective, init, key=jr.key(0), horizon_factor=1e3)
+    assert ch.stop_reason.startswith("path_diverged"), ch.stop_reason
+    assert [s.kind for s in ch.saddles] == ["saddle", "diverging"]
+    assert ch.saddles[0].order == 2 and ch.saddles[0].hessian_index == 1
+    path = ch.paths[0]
+    assert path.result == sj.RESULTS.path_diverged
+    # The drop into the drift is predicted like any other: the flow from α·θ̃ crosses L = 1.5.
+    assert ch.n_arrived == 1
+    errors = []
+    for alpha in (1e-3, 1e-6):
+        flow = sj.gradient_flow(objective, jax.tree.map(lambda v: alpha * v, init), 40.0,
+                                n_save=4000, rtol=1e-10, atol=1e-12)
+        simulated = _crossings(flow, np.array([2.0, 1.0]))
+        errors.append(abs(ch.drop_times(alpha)[0] - simulated[0]))
+    # Measured 1.5e−4 at both α (t ≈ 8 and 15): the flows' own save spacing, 0.01.
+    assert max(errors) < 1e-3, errors
+    np.testing.assert_allclose(expi(path.norm[-1] ** 2 / 2), 2 * path.ts[-1], rtol=1e-3)
+    assert path.loss[-1] - 1 < 1e-3
+
+
+def test_converging_paths_are_not_drifts(dln):
+    """An arrived path's ‖θ‖ settles: the drift test, run on the arrived paths of the depth-3
+    chain, calls none of them a drift."""
+    from saddlejax.analysis._saddle_chain import _drifting
+
+    _, _, ch = dln
+    for p in ch.paths:
+        assert not _drifting(p.ts, p.norm, p.loss)
 
 
 @pytest.mark.parametrize(

@@ -71,8 +71,9 @@ class ChainSaddle(eqx.Module):
         the number of distinct directions of its active neurons; or the `rank` callable's).
     - `n_params`: P, the number of trainable parameters.
     - `kind`: "saddle", "minimum", "loss_floor" (the chain reached `loss_floor` + `loss_tol`
-        and stopped there), "not_followed" (after `max_saddles`), or "not_reached" (the
-        path towards it failed; the point where it stopped).
+        and stopped there), "not_followed" (after `max_saddles`), "diverging" (the path
+        towards it drifts to infinity, `RESULTS.path_diverged`: where it stood at the horizon),
+        or "not_reached" (the path towards it failed; the point where it stopped).
     - `hessian_index`: the number of negative eigenvalues of ∇²L(ϑ^j) (of those computed:
         a lower bound when it equals `n_eig`); −1 when not computed.
     - `n_positive`: the number of positive eigenvalues, −1 when not computed; `null_dim`
@@ -126,14 +127,16 @@ class ChainPath(eqx.Module):
     or ρ((k−2)s(−τ))^{−1/(k−2)} (k > 2) as τ → −∞ (SPEC §5), so that the flow from αθ̃ is
     x(t − t_j) with t_j from the plateaus (`SaddleChain.escape_times`).
 
-    **Fields:** `ts` (τ at the saves), `loss`, `grad_norm`; `start_radius` r₀ and `start_time`
-    τ₀ where the flow was started on the H-path; `arrival_time` τ where the next critical
-    point was reached; `steps`; `result`.
+    **Fields:** `ts` (τ at the saves), `loss`, `grad_norm`, `norm` (‖θ‖); `start_radius` r₀
+    and `start_time` τ₀ where the flow was started on the H-path; `arrival_time` τ where the
+    next critical point was reached; `steps`; `result` (`RESULTS.path_diverged` for a path that
+    drifts to infinity, `_drifting`).
     """
 
     ts: np.ndarray
     loss: np.ndarray
     grad_norm: np.ndarray
+    norm: np.ndarray
     start_radius: float
     start_time: float
     arrival_time: float
@@ -168,10 +171,12 @@ class SaddleChain(eqx.Module):
 
     @property
     def n_arrived(self) -> int:
-        """The number of paths, from the first, that reached their critical point: the
-        predictions (`plateau_lengths`, `escape_times`, `drop_times`, `staircase`) cover them."""
+        """The number of paths, from the first, that reached their critical point, or (the
+        last one) drift to infinity past their drop (`RESULTS.path_diverged`): the predictions
+        (`plateau_lengths`, `escape_times`, `drop_times`, `staircase`) cover them."""
         n = 0
-        while n < len(self.paths) and self.paths[n].result == RESULTS.successful:
+        ok = (RESULTS.successful, RESULTS.path_diverged)
+        while n < len(self.paths) and any(self.paths[n].result == r for r in ok):
             n += 1
         return n
 
@@ -244,17 +249,12 @@ class SaddleChain(eqx.Module):
 
     def drop_times(self, alpha: float) -> np.ndarray:
         """Predicted time of each drop: where the loss is half-way between consecutive saddle
-        levels."""
+        levels (`crossing_times` on each path)."""
         out = []
         for j, t_j in enumerate(self.escape_times(alpha)):
             p = self.paths[j]
             mid = 0.5 * (self.saddles[j].loss + self.saddles[j + 1].loss)
-            i = int(np.argmax(p.loss <= mid))
-            if i == 0:
-                out.append(t_j + p.ts[0])
-                continue
-            f = (p.loss[i - 1] - mid) / (p.loss[i - 1] - p.loss[i])
-            out.append(t_j + p.ts[i - 1] + f * (p.ts[i] - p.ts[i - 1]))
+            out.append(t_j + crossing_times(p.ts, p.loss, [mid], p.grad_norm)[0])
         return np.array(out)
 
     def staircase(self, alpha: float, ts) -> np.ndarray:
@@ -272,6 +272,41 @@ class SaddleChain(eqx.Module):
             out[tau > p.ts[-1]] = self.saddles[j + 1].loss
             start = t_j + p.ts[-1]
         return out
+
+
+def crossing_times(ts, loss, levels, grad_norm=None) -> np.ndarray:
+    """The first time at which a saved gradient-flow loss curve falls to each of `levels` in
+    turn (each searched after the previous one; NaN when it does not). Between two saves L is
+    the cubic Hermite interpolant with the flow's slopes dL/dt = −‖∇L‖² when `grad_norm` is
+    given (error O(h⁴) in the save spacing h, where a line's is O(h²)), else a line."""
+    ts, loss = np.asarray(ts, float), np.asarray(loss, float)
+    out, start = [], 0
+    for level in levels:
+        below = np.flatnonzero(loss[start:] <= level)
+        if below.size == 0:
+            out.append(np.nan)
+            continue
+        i = start + int(below[0])
+        start = i
+        if i == 0:
+            out.append(float(ts[0]))
+            continue
+        t0, h, y0, y1 = ts[i - 1], ts[i] - ts[i - 1], loss[i - 1], loss[i]
+        if grad_norm is None:
+            out.append(float(t0 + h * (y0 - level) / (y0 - y1)))
+            continue
+        m0, m1 = -h * float(grad_norm[i - 1]) ** 2, -h * float(grad_norm[i]) ** 2
+
+        def p(x, y0=y0, y1=y1, m0=m0, m1=m1):
+            return ((2 * x**3 - 3 * x**2 + 1) * y0 + (x**3 - 2 * x**2 + x) * m0
+                    + (-2 * x**3 + 3 * x**2) * y1 + (x**3 - x**2) * m1)
+
+        lo, hi = 0.0, 1.0  # p(0) > level ≥ p(1)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if p(mid) > level else (lo, mid)
+        out.append(float(t0 + h * 0.5 * (lo + hi)))
+    return np.array(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,15 +611,16 @@ def _save_times(tau0, arrival, s, n) -> np.ndarray:
 
 
 def _follow(objective, unravel_params, x, rho, k, s, loss0, config) -> tuple[PyTree, ChainPath]:
-    """The flow from ϑ + r₀ρ at τ₀ (on the H-path) to the next critical point: one solve to
-    find the arrival, one to save along the way."""
+    """The flow from ϑ + r₀ρ at τ₀ (on the H-path) to the next critical point: a search for
+    the arrival, then one solve that saves along the way. The search runs to 30 × the escape
+    time first, and on to the horizon only if the path neither arrived nor drifts (`_drifting`)."""
     r0 = config["radius"]
     tau0 = _start_time(k, s, r0)
-    horizon = config["horizon_factor"] * (abs(tau0) + 1.0 / s)
+    scale = abs(tau0) + 1.0 / s
+    horizon = config["horizon_factor"] * scale
     drop = config["min_drop"] * max(abs(loss0), 1e-300)
     n = config["n_save"]
     kwargs = dict(
-        t0=tau0,
         event=(
             CriticalPoint(config["grad_tol"], loss0 - drop),
             LossBelow(config["loss_floor"] + config["loss_tol"]),
@@ -594,34 +630,60 @@ def _follow(objective, unravel_params, x, rho, k, s, loss0, config) -> tuple[PyT
         **config["flow_options"],
     )
     start = unravel_params(x + r0 * rho)
-    sol = gradient_flow(objective, start, tau0 + horizon, n_save=n + 1, **kwargs)
-    fired = bool(jnp.isfinite(sol.event_time))
-    result = sol.result
-    if result == RESULTS.successful and not fired:
+    t_from, params_from, pieces, steps = tau0, start, [], 0
+    fired, result = False, RESULTS.successful
+    for stop in sorted({min(horizon, 30.0 * scale), horizon}):
+        sol = gradient_flow(objective, params_from, tau0 + stop, t0=t_from, n_save=n + 1, **kwargs)
+        steps += int(sol.stats["num_steps"])
+        keep = np.asarray(sol.ts) <= float(sol.stop_time)
+        pieces.append([np.asarray(a)[keep] for a in (sol.ts, sol.loss, sol.grad_norm, sol.norm)])
+        fired = bool(jnp.isfinite(sol.event_time))
+        result = sol.result
+        if fired or result != RESULTS.successful:
+            break
+        ts, loss, _, norm = (np.concatenate(a) for a in zip(*pieces))
+        if _drifting(ts, norm, loss):
+            result = RESULTS.path_diverged
+            break
         result = RESULTS.stage_not_converged
+        t_from, params_from = float(sol.stop_time), sol.final_params
+    end = sol.final_params
     arrival = float(sol.event_time) if fired else float(sol.stop_time)
     if result == RESULTS.successful:
         ts = _save_times(tau0, arrival, s, n)
         t1 = max(arrival + 1e-9 * max(1.0, abs(arrival)), ts[-1])
-        sol = gradient_flow(objective, start, t1, saveat=ts, **kwargs)
-        result = sol.result
-    keep = np.asarray(sol.ts) <= float(sol.stop_time)
-    end = sol.final_params
-    dip = _dip(np.asarray(sol.loss)[keep], np.asarray(sol.grad_norm)[keep], loss0 - drop)
-    if result == RESULTS.successful and dip is not None:
-        end, arrival = sol.params_at(dip), float(sol.ts[dip])
-        keep = np.asarray(sol.ts) <= arrival
+        sol = gradient_flow(objective, start, t1, t0=tau0, saveat=ts, **kwargs)
+        result, steps = sol.result, int(sol.stats["num_steps"])
+        keep = np.asarray(sol.ts) <= float(sol.stop_time)
+        end = sol.final_params
+        dip = _dip(np.asarray(sol.loss)[keep], np.asarray(sol.grad_norm)[keep], loss0 - drop)
+        if result == RESULTS.successful and dip is not None:
+            end, arrival = sol.params_at(dip), float(sol.ts[dip])
+            keep = np.asarray(sol.ts) <= arrival
+        pieces = [[np.asarray(a)[keep] for a in (sol.ts, sol.loss, sol.grad_norm, sol.norm)]]
+    ts, loss, grad, norm = (np.concatenate(a) for a in zip(*pieces))
     path = ChainPath(
-        ts=np.asarray(sol.ts)[keep],
-        loss=np.asarray(sol.loss)[keep],
-        grad_norm=np.asarray(sol.grad_norm)[keep],
-        start_radius=r0,
-        start_time=tau0,
-        arrival_time=arrival,
-        steps=int(sol.stats["num_steps"]),
-        result=result,
+        ts=ts, loss=loss, grad_norm=grad, norm=norm, start_radius=r0, start_time=tau0,
+        arrival_time=arrival, steps=steps, result=result,
     )
     return end, path
+
+
+def _drifting(ts, norm, loss, ratio=0.9) -> bool:
+    """A path that reached its horizon τ₁ drifts to infinity: over [τ₁/2, τ₁] (τ = 0 is its
+    drop) ‖θ‖ rose and L fell monotonically, and ‖θ‖ rose by at least `ratio` × what it rose
+    over [τ₁/4, τ₁/2]. An approach to a critical point, ‖θ‖ → c − a·τ^{−p}, rises 2^{−p} times
+    as much per doubling of τ, while a drift (‖θ‖ ∝ log τ or faster) rises as much or more;
+    `ratio` = 0.9 calls an approach slower than τ^{−0.15} a drift."""
+    t1 = ts[-1]
+    late = ts >= t1 / 2
+    if not (t1 > 0 and ts.size >= 8 and np.sum(late) >= 3):
+        return False
+    if not (np.all(np.diff(norm[late]) >= 0) and np.all(np.diff(loss[late]) <= 0)):
+        return False
+    quarter, half = np.interp([t1 / 4, t1 / 2], ts, norm)
+    early_rise, late_rise = half - quarter, norm[-1] - half
+    return bool(late_rise > 1e-6 * norm[-1] and late_rise >= ratio * early_rise)
 
 
 def _dip(loss, grad, below, depth=1e-2) -> int | None:
@@ -849,12 +911,20 @@ def saddle_chain(
             _branches(objective, f, grad_f, x, esc, loss_j, config, rank, max_branches)
         )
         if path.result != RESULTS.successful:
-            stop_reason = f"path_failed: {path.result}"
+            diverged = path.result == RESULTS.path_diverged
+            stop_reason = f"path_failed: {RESULTS[path.result]}"
+            if diverged:
+                half = float(np.interp(path.ts[-1] / 2, path.ts, path.norm))
+                stop_reason = (
+                    f"path_diverged: ‖θ‖ rose from {half:.4g} to {path.norm[-1]:.4g} over "
+                    f"the second half of the horizon while L fell to {path.loss[-1]:.7g} "
+                    f"and ‖∇L‖ to {path.grad_norm[-1]:.3g}. {RESULTS[path.result]}"
+                )
             end_x = _flat(end, trainable)
             saddles.append(_unclassified(dict(
                 params=end, loss=float(f(end_x)),
                 grad_norm=float(jnp.linalg.norm(grad_f(end_x))), rank=int(rank(end)),
-                n_params=int(x.size)), "not_reached"))
+                n_params=int(x.size)), "diverging" if diverged else "not_reached"))
             break
         x = _polish(f, grad_f, _flat(end, trainable), config["grad_tol"])
         u = esc.carried if esc.carried is not None else u - float(u @ esc.rho) * esc.rho

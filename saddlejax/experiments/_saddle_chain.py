@@ -22,6 +22,7 @@ import numpy as np
 
 import saddlejax as sj
 
+from ..analysis._saddle_chain import crossing_times
 from ._checks import MAX_SEED, check_choice, check_float, check_floats, check_int
 from ._config import register
 from ._plot import colormap
@@ -180,25 +181,6 @@ def save_times(drops: np.ndarray, mids: np.ndarray, t1: float, n_save: int, n_wi
     return np.clip(np.sort(np.concatenate(parts)), 0.0, t1)
 
 
-def crossing_times(ts: np.ndarray, loss: np.ndarray, levels) -> np.ndarray:
-    """The first time (linearly interpolated) at which `loss` falls to each of `levels` in turn,
-    each searched after the previous one; NaN when it does not."""
-    out, start = [], 0
-    for level in levels:
-        below = np.nonzero(loss[start:] <= level)[0]
-        if below.size == 0:
-            out.append(np.nan)
-            continue
-        i = start + int(below[0])
-        if i == 0:
-            out.append(float(ts[0]))
-        else:
-            f = (loss[i - 1] - level) / (loss[i - 1] - loss[i])
-            out.append(float(ts[i - 1] + f * (ts[i] - ts[i - 1])))
-        start = i
-    return np.array(out)
-
-
 def plateau_middles(drops: np.ndarray, t1: float) -> np.ndarray:
     """The middle of each predicted plateau: halfway between consecutive drops (0 before the
     first), the last one halfway between the last drop and t1."""
@@ -273,7 +255,7 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
             ts, loss = np.asarray(sol.ts), np.asarray(sol.loss)
             ts_all.append(ts)
             loss_all.append(loss)
-            simulated[i] = crossing_times(ts, loss, mids)
+            simulated[i] = crossing_times(ts, loss, mids, np.asarray(sol.grad_norm))
             plateau_loss[i] = np.interp(middles, ts, loss)
     drop_error = np.abs(simulated - predicted) / simulated
     level_error = np.abs(plateau_loss - levels[: n_drops + 1]) / np.abs(levels[: n_drops + 1])
