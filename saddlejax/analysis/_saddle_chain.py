@@ -669,17 +669,20 @@ def _follow(objective, unravel_params, x, rho, k, s, loss0, config) -> tuple[PyT
     return end, path
 
 
-def _drifting(ts, norm, loss, ratio=0.9) -> bool:
+def _drifting(ts, norm, loss, ratio=0.9, settled=1e-3) -> bool:
     """A path that reached its horizon τ₁ drifts to infinity: over [τ₁/2, τ₁] (τ = 0 is its
-    drop) ‖θ‖ rose and L fell monotonically, and ‖θ‖ rose by at least `ratio` × what it rose
-    over [τ₁/4, τ₁/2]. An approach to a critical point, ‖θ‖ → c − a·τ^{−p}, rises 2^{−p} times
-    as much per doubling of τ, while a drift (‖θ‖ ∝ log τ or faster) rises as much or more;
-    `ratio` = 0.9 calls an approach slower than τ^{−0.15} a drift."""
+    drop) L fell by at most `settled` × |L(τ₁)| (it has settled near its infimum, not still
+    descending) and monotonically, ‖θ‖ rose monotonically, and by at least `ratio` × what it
+    rose over [τ₁/4, τ₁/2]. An approach to a critical point, ‖θ‖ → c − a·τ^{−p}, rises 2^{−p}
+    times as much per doubling of τ, while a drift (‖θ‖ ∝ log τ or faster) rises as much or
+    more; `ratio` = 0.9 calls an approach slower than τ^{−0.15} a drift."""
     t1 = ts[-1]
     late = ts >= t1 / 2
     if not (t1 > 0 and ts.size >= 8 and np.sum(late) >= 3):
         return False
     if not (np.all(np.diff(norm[late]) >= 0) and np.all(np.diff(loss[late]) <= 0)):
+        return False
+    if not loss[late][0] - loss[-1] <= settled * abs(loss[-1]):
         return False
     quarter, half = np.interp([t1 / 4, t1 / 2], ts, norm)
     early_rise, late_rise = half - quarter, norm[-1] - half
