@@ -184,6 +184,16 @@ def test_balancedness_conserved_by_flow(getkey):
     assert sj.balancedness_drift(sol_frozen.params[0])[0] > 1e-2
 
 
+def _assert_ritz_values(ritz, exact, atol):
+    """Ascending Ritz values from a Rayleigh–Ritz block with residual ≤ `atol`, against the
+    ascending exact spectrum: interlacing (ritz[i] ≥ exact[i]), and each within `atol` of an
+    eigenvalue (Kahan's bound)."""
+    ritz = np.asarray(ritz)
+    assert np.all(ritz >= exact[: ritz.size] - 1e-10), (ritz, exact[: ritz.size])
+    gaps = np.min(np.abs(ritz[:, None] - exact[None, :]), axis=1)
+    assert np.all(gaps <= atol), (ritz, gaps)
+
+
 def test_spectrum_recorded_during_the_solve(getkey):
     """`spectrum_observable` records the extreme Hessian eigenvalues and the saddle index at the
     save times inside the solve (no parameter history): they equal `eigh` of the dense Hessian
@@ -199,12 +209,14 @@ def test_spectrum_recorded_during_the_solve(getkey):
     for i in range(ts.size):
         np.testing.assert_array_equal(sol.params["also"][0][i], plain.params.weights[0][i])
         exact = np.linalg.eigvalsh(_dense_hessian(plain.params_at(i)))
-        # LOBPCG stops at a residual ≲ 60·P·tol·‖∇²L‖ ≈ 4e−6 (P = 24, tol = 1e−9, ‖∇²L‖ ≈ 3),
-        # which bounds each eigenvalue's error; near-degenerate clusters (the 4-fold ±σ_i at
-        # the origin splitting along the flow) reach it: measured ≤ 5e−8. A wrong spectrum is
-        # off by O(0.1–1).
-        np.testing.assert_allclose(sol.params["bottom"][i], exact[:4], atol=4e-6)
-        np.testing.assert_allclose(sol.params["top"][i], exact[::-1][:4], atol=4e-6)
+        # LOBPCG stops at a residual ≲ 60·P·tol·‖∇²L‖ ≈ 4e−6 (P = 24, tol = 1e−9, ‖∇²L‖ ≈ 3).
+        # What that guarantees: each Ritz value lies within the residual of an eigenvalue, and
+        # the i-th is no lower than the i-th eigenvalue (Cauchy interlacing). Eigenvalues
+        # closer together than the residual are not told apart (near θ* the flat directions
+        # sit at −7e−6, −3e−6, 0 for some seeds, and the 4th Ritz value lands between them). A
+        # wrong spectrum is off by O(0.1–1).
+        _assert_ritz_values(sol.params["bottom"][i], exact, atol=4e-6)
+        _assert_ritz_values(-sol.params["top"][i], -exact[::-1], atol=4e-6)
         # The index counts eigenvalues below −1e−6·max|λ|; one within a factor 2 of that
         # threshold may fall either side (the eigenvalues themselves are good to ~1e−6).
         tol = 1e-6 * np.max(np.abs(exact[[0, 1, 2, 3, -4, -3, -2, -1]]))
