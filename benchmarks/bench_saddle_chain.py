@@ -20,7 +20,7 @@ import numpy as np
 from _common import parser, print_table, write_json
 
 import saddlejax
-from saddlejax.analysis._saddle_chain import crossing_times
+from saddlejax.analysis._crossings import crossing_times
 
 
 def crossings(ts, loss, grad_norm, levels) -> np.ndarray:

@@ -19,11 +19,11 @@ import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
 import pytest  # noqa: E402
 
+from saddlejax.cli import use_compilation_cache  # noqa: E402
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
-if os.environ["SADDLEJAX_CACHE_DIR"].strip().lower() not in ("", "off", "0", "none"):
-    jax.config.update("jax_compilation_cache_dir", os.environ["SADDLEJAX_CACHE_DIR"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+use_compilation_cache()
 
 
 def pytest_unconfigure(config):

@@ -121,7 +121,7 @@ def test_cli_compilation_cache(tmp_path, setting):
     written there), and "off" keeps none."""
     folder = tmp_path / "cache"
     code = (
-        "from saddlejax.cli._main import use_compilation_cache; import jax, jax.numpy as jnp\n"
+        "from saddlejax.cli import use_compilation_cache; import jax, jax.numpy as jnp\n"
         "used = use_compilation_cache()\n"
         "f = jax.jit(lambda x: sum(jnp.sin(x * i).sum() for i in range(400)))\n"
         "f(jnp.ones(3)).block_until_ready(); print(used)\n"
@@ -143,7 +143,7 @@ def test_solves_are_kept_in_the_compilation_cache(tmp_path):
     folder = tmp_path / "cache"
     code = (
         "import jax, jax.random as jr, saddlejax\n"
-        "from saddlejax.cli._main import use_compilation_cache\n"
+        "from saddlejax.cli import use_compilation_cache\n"
         "jax.config.update('jax_enable_x64', True); use_compilation_cache()\n"
         "problem = saddlejax.matrix_completion_problem(jr.key(0), n=3, rank=1)\n"
         "net = saddlejax.init.scale(saddlejax.nn.DeepLinear((3, 4, 3), key=jr.key(1)), 0.1)\n"

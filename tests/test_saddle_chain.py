@@ -10,7 +10,7 @@ import pytest
 from scipy.special import expi
 
 import saddlejax as sj
-from saddlejax.analysis._saddle_chain import crossing_times
+from saddlejax.analysis._crossings import crossing_times
 
 
 def _crossings(sol, levels):

@@ -34,6 +34,7 @@ from ..theory._bijection import (
 from ..theory._contraction import FixedPointSolution
 from ..theory._paths import Path, escape_time
 from ._alignment import procrustes_rotations, rotate_hidden
+from ._crossings import first_crossing
 
 
 def forward_integration(
@@ -156,19 +157,15 @@ class SimulationComparison(eqx.Module):
 
 def _crossing_time(path: Path, radius: float) -> float:
     norms = np.asarray(path.norms())
-    ts = np.asarray(path.ts)
-    above = np.nonzero(norms >= radius)[0]
-    if above.size == 0:
+    t, i = first_crossing(path.ts, norms, radius, rising=True, log_values=True)
+    if i < 0:
         raise ValueError(
             f"the Ψ-image never reaches the escape `radius` {radius} (its largest norm is "
             f"{norms.max():.3g}); extend the window or lower `radius`."
         )
-    i = int(above[0])
     if i == 0:
         raise ValueError(f"the Ψ-image starts above `radius` {radius}; lower the window's r_min.")
-    a, b = np.log(norms[i - 1]), np.log(norms[i])
-    w = (np.log(radius) - a) / (b - a)
-    return float(ts[i - 1] + w * (ts[i] - ts[i - 1]))
+    return t
 
 
 def _compared_window(image: Path, t_psi: float, min_radius: float):

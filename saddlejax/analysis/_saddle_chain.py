@@ -55,6 +55,7 @@ from ..theory import (
 )
 from ..theory._h_flow import solve_h_flow
 from ..theory._taylor import _kth_ray_derivative
+from ._crossings import crossing_times
 from ._matrices import bottleneck_rank
 from ._ranks import numerical_rank
 from ._spectra import hessian_spectrum
@@ -272,41 +273,6 @@ class SaddleChain(eqx.Module):
             out[tau > p.ts[-1]] = self.saddles[j + 1].loss
             start = t_j + p.ts[-1]
         return out
-
-
-def crossing_times(ts, loss, levels, grad_norm=None) -> np.ndarray:
-    """The first time at which a saved gradient-flow loss curve falls to each of `levels` in
-    turn (each searched after the previous one; NaN when it does not). Between two saves L is
-    the cubic Hermite interpolant with the flow's slopes dL/dt = −‖∇L‖² when `grad_norm` is
-    given (error O(h⁴) in the save spacing h, where a line's is O(h²)), else a line."""
-    ts, loss = np.asarray(ts, float), np.asarray(loss, float)
-    out, start = [], 0
-    for level in levels:
-        below = np.flatnonzero(loss[start:] <= level)
-        if below.size == 0:
-            out.append(np.nan)
-            continue
-        i = start + int(below[0])
-        start = i
-        if i == 0:
-            out.append(float(ts[0]))
-            continue
-        t0, h, y0, y1 = ts[i - 1], ts[i] - ts[i - 1], loss[i - 1], loss[i]
-        if grad_norm is None:
-            out.append(float(t0 + h * (y0 - level) / (y0 - y1)))
-            continue
-        m0, m1 = -h * float(grad_norm[i - 1]) ** 2, -h * float(grad_norm[i]) ** 2
-
-        def p(x, y0=y0, y1=y1, m0=m0, m1=m1):
-            return ((2 * x**3 - 3 * x**2 + 1) * y0 + (x**3 - 2 * x**2 + x) * m0
-                    + (-2 * x**3 + 3 * x**2) * y1 + (x**3 - x**2) * m1)
-
-        lo, hi = 0.0, 1.0  # p(0) > level ≥ p(1)
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if p(mid) > level else (lo, mid)
-        out.append(float(t0 + h * 0.5 * (lo + hi)))
-    return np.array(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,8 +601,7 @@ def _follow(objective, unravel_params, x, rho, k, s, loss0, config) -> tuple[PyT
     for stop in sorted({min(horizon, 30.0 * scale), horizon}):
         sol = gradient_flow(objective, params_from, tau0 + stop, t0=t_from, n_save=n + 1, **kwargs)
         steps += int(sol.stats["num_steps"])
-        keep = np.asarray(sol.ts) <= float(sol.stop_time)
-        pieces.append([np.asarray(a)[keep] for a in (sol.ts, sol.loss, sol.grad_norm, sol.norm)])
+        pieces.append(_saved(sol, float(sol.stop_time)))
         fired = bool(jnp.isfinite(sol.event_time))
         result = sol.result
         if fired or result != RESULTS.successful:
@@ -654,19 +619,24 @@ def _follow(objective, unravel_params, x, rho, k, s, loss0, config) -> tuple[PyT
         t1 = max(arrival + 1e-9 * max(1.0, abs(arrival)), ts[-1])
         sol = gradient_flow(objective, start, t1, t0=tau0, saveat=ts, **kwargs)
         result, steps = sol.result, int(sol.stats["num_steps"])
-        keep = np.asarray(sol.ts) <= float(sol.stop_time)
-        end = sol.final_params
-        dip = _dip(np.asarray(sol.loss)[keep], np.asarray(sol.grad_norm)[keep], loss0 - drop)
+        end, saved = sol.final_params, _saved(sol, float(sol.stop_time))
+        dip = _dip(saved[1], saved[2], loss0 - drop)
         if result == RESULTS.successful and dip is not None:
             end, arrival = sol.params_at(dip), float(sol.ts[dip])
-            keep = np.asarray(sol.ts) <= arrival
-        pieces = [[np.asarray(a)[keep] for a in (sol.ts, sol.loss, sol.grad_norm, sol.norm)]]
+            saved = _saved(sol, arrival)
+        pieces = [saved]
     ts, loss, grad, norm = (np.concatenate(a) for a in zip(*pieces))
     path = ChainPath(
         ts=ts, loss=loss, grad_norm=grad, norm=norm, start_radius=r0, start_time=tau0,
         arrival_time=arrival, steps=steps, result=result,
     )
     return end, path
+
+
+def _saved(sol, until: float) -> list[np.ndarray]:
+    """The solve's saved τ, L, ‖∇L‖, ‖θ‖ up to time `until`."""
+    keep = np.asarray(sol.ts) <= until
+    return [np.asarray(a)[keep] for a in (sol.ts, sol.loss, sol.grad_norm, sol.norm)]
 
 
 def _drifting(ts, norm, loss, ratio=0.9, settled=1e-3) -> bool:

@@ -22,6 +22,7 @@ from ..nn._squared_relu import SquaredReLU
 from ..nn._two_layer import TwoLayer
 from ..problems._objectives import SquareLoss
 from ..theory._ncf import NCFKKTPoints, ncf_kkt_points, neuron_ncf, residual_ncf
+from ._crossings import first_crossing
 from ._plateaus import LossStaircase, detect_plateaus
 
 
@@ -310,19 +311,6 @@ class CLWMilestones(eqx.Module):
     staircase: LossStaircase
 
 
-def _first_crossing(ts: np.ndarray, values: np.ndarray, level: float, start: float) -> float:
-    """The first time ≥ `start` at which `values` reaches `level`, linearly interpolated between
-    save times; NaN if it never does."""
-    after = np.flatnonzero((ts >= start) & (values >= level))
-    if after.size == 0:
-        return float("nan")
-    i = after[0]
-    if i == 0 or ts[i - 1] < start or not values[i - 1] < level:
-        return float(ts[i])
-    frac = (level - values[i - 1]) / (values[i] - values[i - 1])
-    return float(ts[i - 1] + frac * (ts[i] - ts[i - 1]))
-
-
 def clw_milestones(
     ts: Float[ArrayLike, " n"],
     loss: Float[ArrayLike, " n"],
@@ -410,7 +398,8 @@ def clw_milestones(
             )
         start = t_p if np.isfinite(t_p) else -np.inf
         ok = np.isfinite(ts_np) & np.isfinite(k_np)
-        t_d = _first_crossing(ts_np[ok], k_np[ok], (1 - beta) * k_star, start)
+        after = ok & (ts_np >= start)  # interpolated only between saves from T_p on
+        t_d, _ = first_crossing(ts_np[after], k_np[after], (1 - beta) * k_star, rising=True)
 
     t_sp = float("nan")
     if np.isfinite(t_d):

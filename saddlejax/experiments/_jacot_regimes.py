@@ -37,6 +37,7 @@ import scipy.signal
 
 import saddlejax as sj
 
+from ..analysis._crossings import first_crossing
 from ._checks import MAX_SEED, check_choice, check_float, check_floats, check_int, check_params
 from ._config import register
 from ._plot import colormap
@@ -200,17 +201,9 @@ def crossing_time(ts: np.ndarray, loss: np.ndarray, level: float) -> np.ndarray:
     ts, loss = np.asarray(ts, float), np.asarray(loss, float)
     out = np.full(loss.shape[:-1], np.inf)
     for idx in np.ndindex(*loss.shape[:-1]):
-        t, y = ts[idx], loss[idx]
-        hit = np.flatnonzero(y <= level)
-        if not hit.size:
-            continue
-        k = hit[0]
-        if k == 0 or t[k - 1] <= 0 or not y[k - 1] > level:
-            out[idx] = t[k]
-            continue
-        x0, x1 = np.log(t[k - 1]), np.log(t[k])
-        y0, y1 = np.log(y[k - 1]), np.log(max(y[k], 1e-300))
-        out[idx] = float(np.exp(x0 + (x1 - x0) * (y0 - np.log(level)) / (y0 - y1)))
+        t, _ = first_crossing(ts[idx], loss[idx], level, log_values=True, log_time=True)
+        if np.isfinite(t):
+            out[idx] = t
     return out
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 import saddlejax as sj
 
-from ..analysis._saddle_chain import crossing_times
+from ..analysis._crossings import crossing_times
 from ._checks import MAX_SEED, check_choice, check_float, check_floats, check_int
 from ._config import register
 from ._plot import colormap
