@@ -168,6 +168,21 @@ def test_a_path_that_drifts_to_infinity_is_reported():
     assert path.loss[-1] - 1 < 1e-3
 
 
+def test_a_slowdown_is_not_a_saddle():
+    """A random instance of the default problem family (31 % observed, depth 4, width 20) whose
+    path from the rank-1 saddle slows at L ≈ 0.0102 (‖∇L‖ dips a hundred-fold and rises again)
+    with no critical point there (Newton's method from it stalls at ‖∇L‖ ≈ 7e−4): the chain
+    passes it and reaches the loss floor at rank 2, as greedy and the small-α flows do (they
+    drop from 0.428 straight to 2.5e−5)."""
+    prob = sj.matrix_completion_problem(jr.key(161576974), 10, 3, 0.3122920571808584)
+    net = sj.nn.DeepLinear((10, 20, 20, 20, 10), key=jr.key(35492826))
+    ch = sj.saddle_chain(prob, net, key=jr.key(0))
+    assert [s.kind for s in ch.saddles] == ["saddle", "saddle", "loss_floor"], ch.losses
+    assert ch.ranks.tolist() == [0, 1, 2]
+    # greedy_low_rank(prob, 4).losses[1] = 0.42815245812; both polished to ‖∇L‖ ≤ 1e−8.
+    assert abs(ch.losses[1] / 0.42815245812 - 1) < 1e-9
+
+
 def test_converging_paths_are_not_drifts(dln):
     """An arrived path's ‖θ‖ settles: the drift test, run on the arrived paths of the depth-3
     chain, calls none of them a drift."""

@@ -584,10 +584,14 @@ def _save_times(tau0, arrival, s, n) -> np.ndarray:
     return ts
 
 
-def _follow(objective, unravel_params, x, rho, k, s, loss0, config) -> tuple[PyTree, ChainPath]:
+def _follow(
+    objective, unravel_params, x, rho, k, s, loss0, config, settles
+) -> tuple[PyTree, ChainPath]:
     """The flow from ϑ + r₀ρ at τ₀ (on the H-path) to the next critical point: a search for
     the arrival, then one solve that saves along the way. The search runs to 30 × the escape
-    time first, and on to the horizon only if the path neither arrived nor drifts (`_drifting`)."""
+    time first, and on to the horizon only if the path neither arrived nor drifts (`_drifting`).
+    The path ends early at a dip of ‖∇L‖ (`_dips`) only where `settles` (Newton's method from
+    there reaches a critical point): a slowdown with no critical point next to it is passed."""
     r0 = config["radius"]
     tau0 = _start_time(k, s, r0)
     scale = abs(tau0) + 1.0 / s
@@ -628,10 +632,12 @@ def _follow(objective, unravel_params, x, rho, k, s, loss0, config) -> tuple[PyT
         sol = gradient_flow(objective, start, t1, t0=tau0, saveat=ts, **kwargs)
         result, steps = sol.result, int(sol.stats["num_steps"])
         end, saved = sol.final_params, _saved(sol, float(sol.stop_time))
-        dip = _dip(saved[1], saved[2], loss0 - drop)
-        if result == RESULTS.successful and dip is not None:
-            end, arrival = sol.params_at(dip), float(sol.ts[dip])
-            saved = _saved(sol, arrival)
+        dips = _dips(saved[1], saved[2], loss0 - drop) if result == RESULTS.successful else []
+        for dip in dips:
+            if settles(sol.params_at(dip)):
+                end, arrival = sol.params_at(dip), float(sol.ts[dip])
+                saved = _saved(sol, arrival)
+                break
         pieces = [saved]
     ts, loss, grad, norm = (np.concatenate(a) for a in zip(*pieces))
     path = ChainPath(
@@ -667,22 +673,28 @@ def _drifting(ts, norm, loss, ratio=0.9, settled=1e-3) -> bool:
     return bool(late_rise > 1e-6 * norm[-1] and late_rise >= ratio * early_rise)
 
 
-def _dip(loss, grad, below, depth=1e-2) -> int | None:
-    """A save where ‖∇L‖ dipped below `depth` × its largest value along the path and rose
-    again ten-fold, after the loss fell `below`: the flow passed a saddle it did not settle
-    at (the parts that round-off seeds grow while a slow approach lasts). None if none."""
+def _dips(loss, grad, below, depth=1e-2) -> list[int]:
+    """Saves where ‖∇L‖ dipped below `depth` × its largest value along the path and rose
+    again ten-fold, after the loss fell `below`, one per dip at its deepest save, in order:
+    where the flow may have passed a saddle it did not settle at (the parts that round-off
+    seeds grow while a slow approach lasts), or only slowed down."""
     if grad.size < 3:
-        return None
+        return []
     top = np.maximum.accumulate(grad)
     later = np.maximum.accumulate(grad[::-1])[::-1]
     ok = (loss < below) & (grad < depth * top) & (later > 10 * grad)
     ok[-1] = False
-    if not ok.any():
-        return None
-    i = j = int(np.argmax(ok))  # the first dip, at its deepest save
-    while ok[j + 1]:
-        j += 1
-    return i + int(np.argmin(grad[i : j + 1]))
+    out, i = [], 0
+    while i < ok.size:
+        if not ok[i]:
+            i += 1
+            continue
+        j = i
+        while ok[j + 1]:
+            j += 1
+        out.append(i + int(np.argmin(grad[i : j + 1])))
+        i = j + 1
+    return out
 
 
 @eqx.filter_jit
@@ -701,6 +713,16 @@ def _newton_step(f, x):
 
 def _flat(params, trainable) -> Array:
     return ravel_pytree(split_trainable(params, trainable)[0])[0]
+
+
+def _settles(f, grad_f, grad_tol, trainable) -> Callable:
+    """params ↦ whether `_polish` from there reaches ‖∇L‖ ≤ `grad_tol`."""
+
+    def settles(params) -> bool:
+        y = _polish(f, grad_f, _flat(params, trainable), grad_tol)
+        return float(jnp.linalg.norm(grad_f(y))) <= grad_tol
+
+    return settles
 
 
 def _polish(f, grad_f, x, grad_tol, max_steps=8):
@@ -883,9 +905,10 @@ def saddle_chain(
             break
         if config["grad_tol"] is None:
             config["grad_tol"] = grad_rtol * _gradient_scale(esc.order, esc.speed, loss0)
+        settles = _settles(f, grad_f, config["grad_tol"], trainable)
         end, path = _follow(
             objective, params_of, x, jnp.asarray(esc.rho), esc.order, esc.rho_speed, loss_j,
-            config,
+            config, settles,
         )
         paths.append(path)
         branches.append(
@@ -1014,7 +1037,8 @@ def _branches(objective, f, grad_f, x, esc, loss_j, config, rank, max_branches):
     out = []
     for rho in others[:max_branches]:
         end, path = _follow(
-            objective, f.params, x, jnp.asarray(rho), esc.order, esc.rho_speed, loss_j, config
+            objective, f.params, x, jnp.asarray(rho), esc.order, esc.rho_speed, loss_j, config,
+            _settles(f, grad_f, config["grad_tol"], config["trainable"]),
         )
         if path.result == RESULTS.successful:
             y = _polish(f, grad_f, _flat(end, config["trainable"]), config["grad_tol"])
