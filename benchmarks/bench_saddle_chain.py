@@ -42,7 +42,9 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def run_seed(problem, width, seed, alphas, *, warm_repeat=True, cap_greedy=False, **label) -> dict:
+def run_seed(
+    problem, width, seed, alphas, *, warm_repeat=True, cap_greedy=False, greedy=True, **label
+) -> dict:
     net = saddlejax.nn.DeepLinear((10, width, width, width, 10), key=jr.key(seed))
     chain, cold = timed(lambda: saddlejax.saddle_chain(problem, net, key=jr.key(0)))
     warm = float("nan")
@@ -51,15 +53,18 @@ def run_seed(problem, width, seed, alphas, *, warm_repeat=True, cap_greedy=False
     # `cap_greedy`: greedy stops where the chain stopped; a stage past a drift runs to its
     # horizon (minutes) and has no chain saddle to be compared with.
     width_cap = max(1, chain.losses.size - 1) if cap_greedy else None
-    greedy, greedy_s = timed(lambda: saddlejax.greedy_low_rank(problem, 4, max_width=width_cap))
     row = dict(
-        **label, seed=seed, chain_cold_s=cold, chain_warm_s=warm, greedy_s=greedy_s,
-        ranks=chain.ranks.tolist(), losses=chain.losses.tolist(),
-        greedy_losses=greedy.losses.tolist(), stop=chain.stop_reason,
-        arrived=chain.stop_reason in ("minimum", "loss_floor"),
+        **label, seed=seed, chain_cold_s=cold, chain_warm_s=warm, ranks=chain.ranks.tolist(),
+        losses=chain.losses.tolist(), stop=chain.stop_reason,
+        arrived=chain.stop_reason in ("minimum", "loss_floor"), greedy_rel=float("nan"),
     )
-    n = min(len(chain.losses), len(greedy.losses))
-    row["greedy_rel"] = float(np.max(np.abs(chain.losses[:n] / greedy.losses[:n] - 1)))
+    if greedy:
+        out, row["greedy_s"] = timed(
+            lambda: saddlejax.greedy_low_rank(problem, 4, max_width=width_cap)
+        )
+        row["greedy_losses"] = out.losses.tolist()
+        n = min(len(chain.losses), len(out.losses))
+        row["greedy_rel"] = float(np.max(np.abs(chain.losses[:n] / out.losses[:n] - 1)))
     for alpha in alphas:
         predicted = chain.drop_times(alpha)
         params0 = saddlejax.init.scale(net, alpha)
@@ -114,6 +119,8 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--alphas", type=float, nargs="+", default=[1e-3, 1e-4])
     p.add_argument("--instances", type=int, default=0)
+    p.add_argument("--no-greedy", action="store_true",
+                   help="skip greedy_low_rank (its drifting stages take minutes per instance)")
     args = p.parse_args()
     width = 20 if args.quick else 100
     rows = []
@@ -124,14 +131,15 @@ def main():
             )
             rows.append(run_seed(
                 problem, width, inst["init_seed"], args.alphas, warm_repeat=False,
-                cap_greedy=True, instance=inst["label"], observed=inst["observed"],
+                cap_greedy=True, greedy=not args.no_greedy, instance=inst["label"],
+                observed=inst["observed"],
             ))
             print(rows[-1], flush=True)
         summarise_instances(rows, args.alphas)
     else:
         problem = saddlejax.matrix_completion_problem(jr.key(0), 10, 3, 0.5)
         for seed in args.seeds:
-            rows.append(run_seed(problem, width, seed, args.alphas))
+            rows.append(run_seed(problem, width, seed, args.alphas, greedy=not args.no_greedy))
             print(rows[-1], flush=True)
     smallest = f"{min(args.alphas):g}"
     table = [

@@ -585,13 +585,14 @@ def _save_times(tau0, arrival, s, n) -> np.ndarray:
 
 
 def _follow(
-    objective, unravel_params, x, rho, k, s, loss0, config, settles
+    objective, unravel_params, x, rho, k, s, loss0, config, polish
 ) -> tuple[PyTree, ChainPath]:
     """The flow from ϑ + r₀ρ at τ₀ (on the H-path) to the next critical point: a search for
     the arrival, then one solve that saves along the way. The search runs to 30 × the escape
     time first, and on to the horizon only if the path neither arrived nor drifts (`_drifting`).
-    The path ends early at a dip of ‖∇L‖ (`_dips`) only where `settles` (Newton's method from
-    there reaches a critical point): a slowdown with no critical point next to it is passed."""
+    The path ends early at a dip of ‖∇L‖ (`_dips`) only where `polish` (Newton's method) from
+    there reaches a critical point: a slowdown with no critical point next to it is passed.
+    An arrived path's end is that critical point (polished); a failed one's where it stopped."""
     r0 = config["radius"]
     tau0 = _start_time(k, s, r0)
     scale = abs(tau0) + 1.0 / s
@@ -634,10 +635,14 @@ def _follow(
         end, saved = sol.final_params, _saved(sol, float(sol.stop_time))
         dips = _dips(saved[1], saved[2], loss0 - drop) if result == RESULTS.successful else []
         for dip in dips:
-            if settles(sol.params_at(dip)):
-                end, arrival = sol.params_at(dip), float(sol.ts[dip])
+            polished, settled = polish(sol.params_at(dip))
+            if settled:
+                end, arrival = polished, float(sol.ts[dip])
                 saved = _saved(sol, arrival)
                 break
+        else:
+            if result == RESULTS.successful:
+                end = polish(end)[0]
         pieces = [saved]
     ts, loss, grad, norm = (np.concatenate(a) for a in zip(*pieces))
     path = ChainPath(
@@ -715,14 +720,14 @@ def _flat(params, trainable) -> Array:
     return ravel_pytree(split_trainable(params, trainable)[0])[0]
 
 
-def _settles(f, grad_f, grad_tol, trainable) -> Callable:
-    """params ↦ whether `_polish` from there reaches ‖∇L‖ ≤ `grad_tol`."""
+def _polisher(f, grad_f, grad_tol, trainable) -> Callable:
+    """params ↦ (`_polish` from there, as params; whether it reached ‖∇L‖ ≤ `grad_tol`)."""
 
-    def settles(params) -> bool:
+    def polish(params) -> tuple[PyTree, bool]:
         y = _polish(f, grad_f, _flat(params, trainable), grad_tol)
-        return float(jnp.linalg.norm(grad_f(y))) <= grad_tol
+        return f.params(y), float(jnp.linalg.norm(grad_f(y))) <= grad_tol
 
-    return settles
+    return polish
 
 
 def _polish(f, grad_f, x, grad_tol, max_steps=8):
@@ -905,10 +910,9 @@ def saddle_chain(
             break
         if config["grad_tol"] is None:
             config["grad_tol"] = grad_rtol * _gradient_scale(esc.order, esc.speed, loss0)
-        settles = _settles(f, grad_f, config["grad_tol"], trainable)
         end, path = _follow(
             objective, params_of, x, jnp.asarray(esc.rho), esc.order, esc.rho_speed, loss_j,
-            config, settles,
+            config, _polisher(f, grad_f, config["grad_tol"], trainable),
         )
         paths.append(path)
         branches.append(
@@ -930,7 +934,7 @@ def saddle_chain(
                 grad_norm=float(jnp.linalg.norm(grad_f(end_x))), rank=int(rank(end)),
                 n_params=int(x.size)), "diverging" if diverged else "not_reached"))
             break
-        x = _polish(f, grad_f, _flat(end, trainable), config["grad_tol"])
+        x = _flat(end, trainable)
         u = esc.carried if esc.carried is not None else u - float(u @ esc.rho) * esc.rho
         if not np.linalg.norm(u) > 0:
             warnings.warn(
@@ -1038,11 +1042,8 @@ def _branches(objective, f, grad_f, x, esc, loss_j, config, rank, max_branches):
     for rho in others[:max_branches]:
         end, path = _follow(
             objective, f.params, x, jnp.asarray(rho), esc.order, esc.rho_speed, loss_j, config,
-            _settles(f, grad_f, config["grad_tol"], config["trainable"]),
+            _polisher(f, grad_f, config["grad_tol"], config["trainable"]),
         )
-        if path.result == RESULTS.successful:
-            y = _polish(f, grad_f, _flat(end, config["trainable"]), config["grad_tol"])
-            end = f.params(y)
         loss = float(objective(end))
         out.append(ChainBranch(rho, esc.rho_speed, loss, int(rank(end)), end, path))
     return out
