@@ -111,7 +111,9 @@ def test_solver_strings_are_refused_with_the_fix():
 def test_throw_false_returns_every_failure_kind():
     """Every failure the engine can produce comes back as its own `RESULTS` code with
     `throw=False`, never as an exception and never as success; with `throw=True` the same call
-    raises a RuntimeError carrying that code's message."""
+    raises a RuntimeError carrying that code's message (checked for the default solver's case
+    and the Tsit5 cases: the raise is one `error_if` on the result, whatever the code, and
+    each call compiles its solve again)."""
     problem = _problem()
     net = sj.init.scale(_draw(jr.key(1)), 0.1)
     deep = sj.init.scale(DeepLinear((3, 4, 4, 3), key=jr.key(1)), 0.01)
@@ -134,12 +136,13 @@ def test_throw_false_returns_every_failure_kind():
         (problem, deep, 1.0, dict(origin_defect=1e-4, solver=tsit5),
          sj.RESULTS.origin_handoff_after_t1),
     ]
-    for objective, params0, t1, options, code in cases:
+    for i, (objective, params0, t1, options, code) in enumerate(cases):
         sol = sj.gradient_flow(objective, params0, t1, throw=False, n_save=4, **options)
         assert sol.result == code, (code, sj.RESULTS[sol.result])
         assert not bool(sol.successful)
-        with pytest.raises(RuntimeError, match=re.escape(sj.RESULTS[code][:30])):
-            sj.gradient_flow(objective, params0, t1, n_save=4, **options)
+        if i in (0, 2, 3):  # the default solver's case and two Tsit5 codes
+            with pytest.raises(RuntimeError, match=re.escape(sj.RESULTS[code][:30])):
+                sj.gradient_flow(objective, params0, t1, n_save=4, **options)
     # Gradient descent's own failure (a step above 2/λ_max).
     sol = sj.gradient_descent(problem, net, learning_rate=1e3, steps=200, throw=False)
     assert sol.result == sj.RESULTS.nonfinite_trajectory

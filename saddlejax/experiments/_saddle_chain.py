@@ -45,7 +45,8 @@ class SaddleChainConfig:
     `alphas`: the scales of the flows from α·θ̃ checked against the chain, distinct, in
     (10⁻¹⁰, 1), sorted here largest first.
     `radius`, `max_saddles`, `max_branches`, `loss_tol` (None: 1e−4·L(0)): of `saddle_chain`.
-    `rtol`: of the flows. `n_save`: the flows' evenly spread saves (more are added around each
+    `rtol`, `max_steps`: of the flows (a flow that reaches `max_steps` is a reported failure).
+    `n_save`: the flows' evenly spread saves (more are added around each
     predicted drop: `n_window` on each side, geometrically closer to it, so that a crossing is
     located to a few percent of its distance from the prediction).
     `level_rtol`: of the flow's loss mid-plateau against the saddle's loss (smallest α);
@@ -76,6 +77,7 @@ class SaddleChainConfig:
     max_branches: int = 0
     loss_tol: float | None = None
     rtol: float = 1e-8
+    max_steps: int = 1_000_000
     n_save: int = 2000
     n_window: int = 300
     level_rtol: float = 0.01
@@ -109,6 +111,7 @@ class SaddleChainConfig:
             check_float("loss_tol", self.loss_tol, 0.0)
         check_float("rtol", self.rtol, 1e-14, 1.0, low_open=False,
                     why="float64 round-off cannot meet an rtol below 1e-14")
+        check_int("max_steps", self.max_steps, 1, 2**31 - 1)
         check_int("n_save", self.n_save, 4, 10**6)
         check_int("n_window", self.n_window, 2, 10**5)
         for name in ("level_rtol", "greedy_rtol", "drop_rtol", "shrink_atol"):
@@ -245,7 +248,7 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
             start = time.perf_counter()
             sol = sj.gradient_flow(
                 problem, sj.init.scale(init, alpha), t1, saveat=saveat, rtol=config.rtol,
-                throw=False,
+                max_steps=config.max_steps, throw=False,
             )
             sol = jax.block_until_ready(sol)
             flow_seconds.append(time.perf_counter() - start)
