@@ -117,12 +117,20 @@ def test_init_empirical_std(getkey):
 def test_freeze_flow(getkey):
     """With `freeze`, frozen layers do not move under gradient_flow, the solution's state holds
     only the trainable layers, and the net is 2-homogeneous in those two layers (SPEC §2)."""
-    net = init.scale(DeepReLU((3, 6, 6, 6, 2), key=getkey()), 0.5)
-    x = jr.normal(getkey(), (12, 3))
-    loss = sj.SquareLoss(x, jr.normal(getkey(), (12, 2)))
-    spec = sj.freeze(net, lambda m: m.weights[1:-1])
-    assert spec.weights == (True, False, False, True)
-    sol = sj.gradient_flow(loss, net, 5.0, trainable=spec, n_save=8, rtol=1e-8)
+    # A draw whose flow slides along a ReLU kink (a preactivation held at 0 from both sides,
+    # where adaptive steps shrink without end: a random draw reached 1,000,000 steps before
+    # t = 5) is redrawn: the test is about freezing, not about kinks.
+    for _ in range(3):
+        net = init.scale(DeepReLU((3, 6, 6, 6, 2), key=getkey()), 0.5)
+        x = jr.normal(getkey(), (12, 3))
+        loss = sj.SquareLoss(x, jr.normal(getkey(), (12, 2)))
+        spec = sj.freeze(net, lambda m: m.weights[1:-1])
+        assert spec.weights == (True, False, False, True)
+        sol = sj.gradient_flow(loss, net, 5.0, trainable=spec, n_save=8, rtol=1e-8,
+                               max_steps=100_000, throw=False)
+        if sol.result != sj.RESULTS.max_steps_reached:
+            break
+    assert sol.result == sj.RESULTS.successful, sj.RESULTS[sol.result]
     assert sol.params.weights[1] is None and sol.params.weights[2] is None
     assert sol.params.weights[0].shape == (8, 6, 3)
     final = sol.final_params
