@@ -51,19 +51,3 @@ def _release_compiled_code():
     yield
     jax.clear_caches()
 
-
-# The notebooks, longest first (minutes each in their quick modes).
-_NOTEBOOKS_FIRST = ("saddle_chain", "jacot_fig1", "jacot_training", "jacot_escape", "chen_luo")
-
-
-def pytest_collection_modifyitems(config, items):
-    """The notebooks, the suite's longest tests, are handed out first: started last, one of
-    them would run alone on one worker while the others sit idle."""
-
-    def rank(item):
-        if item.path.name != "test_notebooks.py":
-            return len(_NOTEBOOKS_FIRST) + 1
-        return next((i for i, s in enumerate(_NOTEBOOKS_FIRST) if s in item.name),
-                    len(_NOTEBOOKS_FIRST))
-
-    items.sort(key=rank)
