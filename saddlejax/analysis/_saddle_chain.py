@@ -528,11 +528,9 @@ def _carried(H, pu, blow, rho, eta) -> np.ndarray:
     pu, rho = np.asarray(pu), np.asarray(rho)
     if blow is not None:
         for tols in (dict(rtol=1e-11, atol=1e-13), _KINK_TOLERANCES):
-            # Times and tolerances as arrays: traced, so every saddle shares one compiled solve.
             sol = solve_h_flow(
-                H, jnp.asarray(pu), jnp.asarray(float(blow.time) * (1 - eta)),
-                saveat=diffrax.SaveAt(t1=True),
-                **{name: jnp.asarray(tol) for name, tol in tols.items()},
+                H, jnp.asarray(pu), float(blow.time) * (1 - eta), saveat=diffrax.SaveAt(t1=True),
+                **tols,
             )
             if sol.result == diffrax.RESULTS.successful:
                 end = np.asarray(sol.ys[-1])

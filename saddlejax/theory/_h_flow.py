@@ -22,7 +22,6 @@ from .._vector_field import GradientField
 from ._taylor import TaylorTerm, _params
 
 
-@eqx.filter_jit
 def solve_h_flow(
     H: Callable,
     theta0: PyTree,
@@ -34,7 +33,18 @@ def solve_h_flow(
     atol: float = 1e-13,
     max_steps: int = 100_000,
 ) -> diffrax.Solution:
-    """The diffrax solve of the H-flow from θ₀ on [0, t1] (`throw=False`: read `result`)."""
+    """The diffrax solve of the H-flow from θ₀ on [0, t1] (`throw=False`: read `result`).
+
+    `t1`, `rtol` and `atol` enter as arrays, traced: a new horizon or tolerance (one per saddle
+    of a chain, per call of `h_flow`) reuses the compiled solve."""
+    return _solve_h_flow(
+        H, theta0, jnp.asarray(t1), saveat=saveat, event=event, rtol=jnp.asarray(rtol),
+        atol=jnp.asarray(atol), max_steps=max_steps,
+    )
+
+
+@eqx.filter_jit
+def _solve_h_flow(H, theta0, t1, *, saveat, event, rtol, atol, max_steps) -> diffrax.Solution:
     return diffrax.diffeqsolve(
         diffrax.ODETerm(GradientField(H)),
         diffrax.Dopri8(),
