@@ -206,9 +206,13 @@ class _Segment(eqx.Module):
     controller_state: PyTree
 
 
-def _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, config, resume=None):
+def _segment(
+    field, solver, controller, t_start, t1, y_start, ts, dt0, event, config, resume=None,
+    args=None,
+):
     """Integrate from (t_start, y_start) to t1, saving at `ts` (all ≥ t_start); `resume`:
-    the solver and controller states a previous solve stopped with, or None."""
+    the solver and controller states a previous solve stopped with, or None; `args`: what the
+    event's condition receives (see `_armed`)."""
     states = {}
     if resume is not None:
         states = dict(
@@ -226,6 +230,7 @@ def _segment(field, solver, controller, t_start, t1, y_start, ts, dt0, event, co
         t1,
         dt0,
         y_start,
+        args=args,
         saveat=diffrax.SaveAt(subs=subs, solver_state=True, controller_state=True),
         stepsize_controller=controller,
         event=event,
@@ -262,9 +267,15 @@ def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config,
     `stop_at_event`, the solve continued from the event state to t1 (save grids merged; shapes
     stay static). **Returns:** (`_Segment` of the whole, event time, event mask)."""
     event = to_diffrax_event(config["event"], field.loss)
-    first = _segment(
-        field, solver, controller, t_start, t1, y_start, ts, dt0, event, config, resume
-    )
+    second = None
+    if event is not None and not config["stop_at_event"] and resume is None:
+        first, second = _event_then_rest(
+            field, solver, controller, t_start, t1, y_start, ts, dt0, event, config
+        )
+    else:
+        first = _segment(
+            field, solver, controller, t_start, t1, y_start, ts, dt0, event, config, resume
+        )
     if event is None:
         return first, jnp.array(jnp.inf, dtype=ts.dtype), None
     fired = first.diffrax_result == diffrax.RESULTS.event_occurred
@@ -278,18 +289,54 @@ def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config,
         stopped = eqx.tree_at(lambda s: (s.t_stop, s.y_stop), first, (t_event, y_event))
         return stopped, event_time, first.event_mask
     t_event = first.t_stop
-    second = _segment(
-        field,
-        solver,
-        controller,
-        t_event,
-        t1,
-        first.y_stop,
-        jnp.maximum(ts, t_event),
-        dt0,
-        None,
-        config,
-    )
+    if second is None:  # a resumed solve: its continuation starts afresh, compiled apart
+        second = _segment(
+            field, solver, controller, t_event, t1, first.y_stop, jnp.maximum(ts, t_event), dt0,
+            None, config,
+        )
+    return _joined(first, second, ts, t_event, config), event_time, first.event_mask
+
+
+def _armed(event: diffrax.Event) -> diffrax.Event:
+    """`event` that fires only while the solve's `args` is True: the solve after the event runs
+    the same program with `args` False, so both solves share one compile (`_integrate`)."""
+
+    def gate(cond):
+        def gated(t, y, args, **kwargs):
+            g = cond(t, y, None, **kwargs)
+            if jnp.issubdtype(jnp.result_type(g), jnp.floating):
+                return jnp.where(args, g, jnp.ones_like(g))  # a constant sign: no crossing
+            return args & g
+
+        return gated
+
+    cond = event.cond_fn
+    cond = tuple(gate(c) for c in cond) if isinstance(cond, tuple) else gate(cond)
+    return diffrax.Event(cond, root_finder=event.root_finder)
+
+
+def _event_then_rest(field, solver, controller, t_start, t1, y_start, ts, dt0, event, config):
+    """The solve up to the event, then on to t1 from where it stopped, as two iterations of one
+    `lax.scan` (the event disarmed in the second): one traced and compiled solve instead of
+    two, which halves the cold start of every `stop_at_event=False` flow.
+    **Returns:** the two `_Segment`s."""
+    event = _armed(event)
+
+    def one(carry, _):
+        t_s, y_s, armed = carry
+        seg = _segment(
+            field, solver, controller, t_s, t1, y_s, jnp.maximum(ts, t_s), dt0, event, config,
+            args=armed,
+        )
+        return (seg.t_stop, seg.y_stop, jnp.zeros_like(armed)), seg
+
+    carry = (jnp.asarray(t_start, ts.dtype), y_start, jnp.asarray(True))
+    _, segs = jax.lax.scan(one, carry, None, length=2)
+    return tuple(jax.tree_util.tree_map(lambda x, i=i: x[i], segs) for i in range(2))
+
+
+def _joined(first, second, ts, t_event, config) -> _Segment:
+    """The solve to the event and its continuation to t1 as one `_Segment`."""
     # Only continue after an event (or t1), never past a failure of the first solve.
     ok = first.result == RESULTS.successful
     steps = first.steps
@@ -297,7 +344,7 @@ def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config,
         steps = jax.tree_util.tree_map(
             lambda a, b: jnp.concatenate([a, b]), first.steps, second.steps
         )
-    whole = _Segment(
+    return _Segment(
         saved=_merge_after((ts > t_event) & ok, first.saved, second.saved),
         steps=steps,
         t_stop=jnp.where(ok, second.t_stop, first.t_stop),
@@ -312,7 +359,6 @@ def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config,
         solver_state=second.solver_state,
         controller_state=second.controller_state,
     )
-    return whole, event_time, first.event_mask
 
 
 def first_nonfinite_save(ts, t_stop, accepted, loss, saved) -> jax.Array:
