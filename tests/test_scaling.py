@@ -204,7 +204,8 @@ def test_escape_time_scaling_rejects_bad_input():
 def shallow_sweep(problem, gradient):
     """L = 2, widths (4, 8, 4): α ∈ {1e−1, …, 1e−4} × 3 seeds, stopped at the escape radius r = 1,
     saved densely up to there (one sweep for the slope and the limiting paths: compilation
-    dominates their cost; `stop_at_event=False`, to look past the escape, compiles two solves)."""
+    dominates their cost; `stop_at_event=False`, to look past the escape, would integrate on to
+    t1 for nothing)."""
     s = float(dln_optimal_speed(gradient, 2))
     return sj.sweep(
         problem,

@@ -318,7 +318,7 @@ def _armed(event: diffrax.Event) -> diffrax.Event:
 def _event_then_rest(field, solver, controller, t_start, t1, y_start, ts, dt0, event, config):
     """The solve up to the event, then on to t1 from where it stopped, as two iterations of one
     `lax.scan` (the event disarmed in the second): one traced and compiled solve instead of
-    two, which halves the cold start of every `stop_at_event=False` flow.
+    two (`benchmarks/bench_event_continuation.py` measures what that saves).
     **Returns:** the two `_Segment`s."""
     event = _armed(event)
 
