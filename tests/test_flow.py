@@ -283,6 +283,19 @@ def test_event_without_stopping(dln):
     # measured 1e−9, so 2e−8 is a 20× margin. Losing the post-event part gives O(1) (or inf).
     assert err.max() < 2e-8, err
     np.testing.assert_allclose(go.loss, free.loss, rtol=1e-6, atol=1e-14)
+    # A diffrax.Event passes through with its condition pytree (a dict here) and direction:
+    # disarmed after it fires, it fires where the stopped solve does, and the solve goes on.
+    def rising(t, y, args, **kwargs):
+        return sum(jnp.vdot(w, w) for w in jax.tree_util.tree_leaves(y)) - 0.09
+
+    event = diffrax.Event({"radius": rising}, direction=True)
+    stop = sj.gradient_flow(problem, net, T1, saveat=TS, rtol=1e-10, event=event, solver=TSIT5)
+    go = sj.gradient_flow(
+        problem, net, T1, saveat=TS, rtol=1e-10, event=event, stop_at_event=False, solver=TSIT5
+    )
+    assert np.isfinite(float(stop.event_time)) and go.result == sj.RESULTS.successful
+    np.testing.assert_allclose(go.event_time, stop.event_time, rtol=1e-12)
+    assert float(go.stop_time) == T1
 
 
 def test_max_steps_failure(dln):

@@ -310,9 +310,10 @@ def _armed(event: diffrax.Event) -> diffrax.Event:
 
         return gated
 
-    cond = event.cond_fn
-    cond = tuple(gate(c) for c in cond) if isinstance(cond, tuple) else gate(cond)
-    return diffrax.Event(cond, root_finder=event.root_finder)
+    # cond_fn is a pytree of callables (the leaves); the direction and root finder are kept.
+    return eqx.tree_at(
+        lambda e: e.cond_fn, event, jax.tree_util.tree_map(gate, event.cond_fn)
+    )
 
 
 def _event_then_rest(field, solver, controller, t_start, t1, y_start, ts, dt0, event, config):
