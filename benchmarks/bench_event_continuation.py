@@ -16,9 +16,8 @@ import subprocess
 import sys
 import time
 
-import jax.random as jr
 import numpy as np
-from _common import parser, print_table, write_json
+from _common import default_problem, parser, print_table, write_json
 
 import saddlejax
 
@@ -26,12 +25,9 @@ T1 = 3e4
 
 
 def one_mode(stop: bool, width: int, seeds: int) -> dict:
-    problem = saddlejax.matrix_completion_problem(jr.key(0))
-    nets = [
-        saddlejax.init.scale(saddlejax.nn.DeepLinear((10, width, width, width, 10),
-                                                     key=jr.key(s)), 1e-2)
-        for s in range(seeds)
-    ]
+    widths = (10, width, width, width, 10)
+    problem = default_problem(1e-2, widths)[0]
+    nets = [default_problem(1e-2, widths, key=s)[1] for s in range(seeds)]
     kw = dict(event=saddlejax.EscapeRadius(4.0), stop_at_event=stop, n_save=256)
     start = time.perf_counter()
     sol = saddlejax.gradient_flow(problem, nets[0], T1, **kw)

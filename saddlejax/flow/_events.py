@@ -213,6 +213,26 @@ def to_diffrax_event(event, loss_fn, rtol: float = 1e-12, atol: float = 1e-10):
     return diffrax.Event(cond, root_finder=ResolvedBracket(rtol=rtol, atol=atol))
 
 
+def armed_event(event: diffrax.Event) -> diffrax.Event:
+    """`event` that fires only while the solve's `args` is True: the solve after the event runs
+    the same program with `args` False, so both solves of a `stop_at_event=False` flow share
+    one compile."""
+
+    def gate(cond):
+        def gated(t, y, args, **kwargs):
+            g = cond(t, y, None, **kwargs)
+            if jnp.issubdtype(jnp.result_type(g), jnp.floating):
+                return jnp.where(args, g, jnp.ones_like(g))  # a constant sign: no crossing
+            return args & g
+
+        return gated
+
+    # cond_fn is a pytree of callables (the leaves); the direction and root finder are kept.
+    return eqx.tree_at(
+        lambda e: e.cond_fn, event, jax.tree_util.tree_map(gate, event.cond_fn)
+    )
+
+
 def _events(event) -> tuple:
     return tuple(event) if isinstance(event, list | tuple) else (event,)
 

@@ -17,7 +17,7 @@ from .._trainable import split_trainable
 from .._tree import tree_all_finite, tree_dot
 from .._vector_field import GradientField
 from ..solvers._base import AbstractMatrixFreeSolver, fill_tolerances, work_stats
-from ._events import differentiable_event_time, to_diffrax_event
+from ._events import armed_event, differentiable_event_time, to_diffrax_event
 from ._options import FlowOptions, check_t1
 from ._origin import handoff, origin_term, rescaled_h_path
 from ._solution import FlowSolution, solution_from
@@ -212,7 +212,7 @@ def _segment(
 ):
     """Integrate from (t_start, y_start) to t1, saving at `ts` (all ≥ t_start); `resume`:
     the solver and controller states a previous solve stopped with, or None; `args`: what the
-    event's condition receives (see `_armed`)."""
+    event's condition receives (see `armed_event`)."""
     states = {}
     if resume is not None:
         states = dict(
@@ -297,31 +297,12 @@ def _integrate(field, solver, controller, t_start, t1, y_start, ts, dt0, config,
     return _joined(first, second, ts, t_event, config), event_time, first.event_mask
 
 
-def _armed(event: diffrax.Event) -> diffrax.Event:
-    """`event` that fires only while the solve's `args` is True: the solve after the event runs
-    the same program with `args` False, so both solves share one compile (`_integrate`)."""
-
-    def gate(cond):
-        def gated(t, y, args, **kwargs):
-            g = cond(t, y, None, **kwargs)
-            if jnp.issubdtype(jnp.result_type(g), jnp.floating):
-                return jnp.where(args, g, jnp.ones_like(g))  # a constant sign: no crossing
-            return args & g
-
-        return gated
-
-    # cond_fn is a pytree of callables (the leaves); the direction and root finder are kept.
-    return eqx.tree_at(
-        lambda e: e.cond_fn, event, jax.tree_util.tree_map(gate, event.cond_fn)
-    )
-
-
 def _event_then_rest(field, solver, controller, t_start, t1, y_start, ts, dt0, event, config):
     """The solve up to the event, then on to t1 from where it stopped, as two iterations of one
     `lax.scan` (the event disarmed in the second): one traced and compiled solve instead of
     two (`benchmarks/bench_event_continuation.py` measures what that saves).
     **Returns:** the two `_Segment`s."""
-    event = _armed(event)
+    event = armed_event(event)
 
     def one(carry, _):
         t_s, y_s, armed = carry
