@@ -117,16 +117,17 @@ def test_init_empirical_std(getkey):
 def test_freeze_flow(getkey):
     """With `freeze`, frozen layers do not move under gradient_flow, the solution's state holds
     only the trainable layers, and the net is 2-homogeneous in those two layers (SPEC §2)."""
-    # A draw whose flow slides along a ReLU kink (a preactivation held at 0 from both sides,
-    # where adaptive steps shrink without end: a random draw reached 1,000,000 steps before
-    # t = 5) is redrawn: the test is about freezing, not about kinks.
+    # A flow that slides along a ReLU kink (a preactivation held at 0 from both sides, where
+    # adaptive steps shrink without end) is redrawn: the test is about freezing, not kinks. Up to
+    # t = 5 most draws slide (14 of 20 reached 20,000 steps); up to t = 0.3, 1 of 60 did, and
+    # every trainable layer had moved by ≥ 8e−4.
     for _ in range(3):
         net = init.scale(DeepReLU((3, 6, 6, 6, 2), key=getkey()), 0.5)
         x = jr.normal(getkey(), (12, 3))
         loss = sj.SquareLoss(x, jr.normal(getkey(), (12, 2)))
         spec = sj.freeze(net, lambda m: m.weights[1:-1])
         assert spec.weights == (True, False, False, True)
-        sol = sj.gradient_flow(loss, net, 5.0, trainable=spec, n_save=8, rtol=1e-8,
+        sol = sj.gradient_flow(loss, net, 0.3, trainable=spec, n_save=8, rtol=1e-8,
                                max_steps=100_000, throw=False)
         if sol.result != sj.RESULTS.max_steps_reached:
             break
@@ -137,7 +138,7 @@ def test_freeze_flow(getkey):
     for i in (1, 2):
         np.testing.assert_array_equal(final.weights[i], net.weights[i])
     for i in (0, 3):
-        assert float(jnp.linalg.norm(final.weights[i] - net.weights[i])) > 1e-3
+        assert float(jnp.linalg.norm(final.weights[i] - net.weights[i])) > 1e-5
     assert float(sol.loss[-1]) < float(sol.loss[0])
     # 2-homogeneity in the trainable part only.
     state, static = eqx.partition(final, spec)
