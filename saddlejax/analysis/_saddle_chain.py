@@ -503,15 +503,16 @@ def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _E
             if speeds[i] < s_star * (1 - 1e-6)
         )
     pu = P(jnp.asarray(u))
-    blow = None
+    blow, tols = None, _TIGHT_TOLERANCES
     if float(jnp.linalg.norm(pu)) > 0:
-        blow = blowup_time(H, pu, order=k, throw=False)
+        blow = blowup_time(H, pu, order=k, throw=False, **tols)
         if blow.result == RESULTS.max_steps_reached:  # kinks (ReLU): Dopri8 chatters at 1e−11
-            blow = blowup_time(H, pu, order=k, throw=False, **_KINK_TOLERANCES)
+            tols = _KINK_TOLERANCES
+            blow = blowup_time(H, pu, order=k, throw=False, **tols)
         if blow.result != RESULTS.successful:
             blow = None
     rho, rho_speed = _followed(H, k, blow, esc)
-    carried = _carried(H, pu, blow, rho, config["carry_eta"])
+    carried = _carried(H, pu, blow, rho, config["carry_eta"], tols)
     others = tuple(
         np.asarray(esc.directions[i])
         for i in range(speeds.size)
@@ -525,16 +526,24 @@ def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _E
     )
 
 
-_KINK_TOLERANCES = dict(rtol=1e-5, atol=1e-7)
+# The H-flows of a chain (blow-up, carried part): Dopri8 at the H-flows' own tolerances, or at
+# relaxed ones where the term has kinks (ReLU), on which Dopri8 at 1e−11 chatters until its step
+# limit. Smooth terms take 48–171 steps (Jacot Fig. 1, width 20); the limit, a hundred times
+# that, is what a kinked term wastes before the relaxed retry (at 1e−5 it took 936–1,301 steps,
+# deep ReLU (4, 8, 8, 2)). One limit for both tries: `max_steps` is static, one compile.
+_H_MAX_STEPS = 20_000
+_TIGHT_TOLERANCES = dict(rtol=1e-11, atol=1e-13, max_steps=_H_MAX_STEPS)
+_KINK_TOLERANCES = dict(rtol=1e-5, atol=1e-7, max_steps=_H_MAX_STEPS)
 
 
-def _carried(H, pu, blow, rho, eta) -> np.ndarray:
+def _carried(H, pu, blow, rho, eta, tols) -> np.ndarray:
     """The part of the carried u left behind when the escaping part blows up: the H-flow at
-    (1 − η)T less its component along ρ (module docstring). Without a blow-up, or where the
+    (1 − η)T less its component along ρ (module docstring), at the tolerances `tols` the
+    blow-up time needed (tight ones, relaxed on kinks). Without a blow-up, or where the
     H-flow cannot be integrated (kinks), u less its ρ-component, unevolved."""
     pu, rho = np.asarray(pu), np.asarray(rho)
     if blow is not None:
-        for tols in (dict(rtol=1e-11, atol=1e-13), _KINK_TOLERANCES):
+        for tols in (tols,) if tols is _KINK_TOLERANCES else (tols, _KINK_TOLERANCES):
             sol = solve_h_flow(
                 H, jnp.asarray(pu), float(blow.time) * (1 - eta), saveat=diffrax.SaveAt(t1=True),
                 **tols,

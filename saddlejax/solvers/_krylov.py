@@ -79,9 +79,24 @@ def track_subspace(hvp_batch: Callable, basis):
 
 
 def initial_basis(y0, k: int):
-    """k orthonormal pseudo-random directions shaped like y0 (Gaussian, fixed key)."""
+    """k orthonormal pseudo-random directions shaped like y0 (Gaussian, fixed key).
+
+    Computed while tracing, as constants of the compiled solve, up to `_CONSTANT_BASIS`
+    entries: drawn inside it, the threefry rounds were ≈ 5 s of a 15 s Rosenbrock–Krylov
+    compile (DLN). Larger bases are drawn inside the solve (the same numbers), not embedded."""
     if k == 0:
         return jax.tree_util.tree_map(lambda x: jnp.zeros((0,) + x.shape, x.dtype), y0)
+    if k * tree_size(y0) > _CONSTANT_BASIS:
+        return _draw_basis(y0, k)
+    with jax.ensure_compile_time_eval():
+        return _draw_basis(y0, k)
+
+
+# 2²¹ float64 entries (16 MiB): a deflation basis of 16 directions for 131,072 parameters.
+_CONSTANT_BASIS = 1 << 21
+
+
+def _draw_basis(y0, k: int):
     leaves, treedef = jax.tree_util.tree_flatten(y0)
     keys = jax.random.split(jax.random.key(0), len(leaves))
     stack = jax.tree_util.tree_unflatten(
