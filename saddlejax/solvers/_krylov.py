@@ -82,8 +82,9 @@ def initial_basis(y0, k: int):
     """k orthonormal pseudo-random directions shaped like y0 (Gaussian, fixed key).
 
     Computed while tracing, as constants of the compiled solve, up to `_CONSTANT_BASIS`
-    entries: drawn inside it, the threefry rounds were ≈ 5 s of a 15 s Rosenbrock–Krylov
-    compile (DLN). Larger bases are drawn inside the solve (the same numbers), not embedded."""
+    entries: drawn inside it, threefry's rounds are compiled with every solve (≈ 2.5 s of an
+    18 s AutoStiff compile, DLN, the draw's own small compiles loaded from the persistent
+    cache). Larger bases are drawn inside the solve (the same numbers), not embedded."""
     if k == 0:
         return jax.tree_util.tree_map(lambda x: jnp.zeros((0,) + x.shape, x.dtype), y0)
     if k * tree_size(y0) > _CONSTANT_BASIS:
