@@ -503,16 +503,16 @@ def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _E
             if speeds[i] < s_star * (1 - 1e-6)
         )
     pu = P(jnp.asarray(u))
-    blow, tols = None, _TIGHT_TOLERANCES
+    blow, tries = None, (_TIGHT_TOLERANCES, _KINK_TOLERANCES)
     if float(jnp.linalg.norm(pu)) > 0:
-        blow = blowup_time(H, pu, order=k, throw=False, **tols)
+        blow = blowup_time(H, pu, order=k, throw=False, **tries[0])
         if blow.result == RESULTS.max_steps_reached:  # kinks (ReLU): Dopri8 chatters at 1e−11
-            tols = _KINK_TOLERANCES
-            blow = blowup_time(H, pu, order=k, throw=False, **tols)
+            tries = tries[1:]
+            blow = blowup_time(H, pu, order=k, throw=False, **tries[0])
         if blow.result != RESULTS.successful:
             blow = None
     rho, rho_speed = _followed(H, k, blow, esc)
-    carried = _carried(H, pu, blow, rho, config["carry_eta"], tols)
+    carried = _carried(H, pu, blow, rho, config["carry_eta"], tries)
     others = tuple(
         np.asarray(esc.directions[i])
         for i in range(speeds.size)
@@ -536,14 +536,14 @@ _TIGHT_TOLERANCES = dict(rtol=1e-11, atol=1e-13, max_steps=_H_MAX_STEPS)
 _KINK_TOLERANCES = dict(rtol=1e-5, atol=1e-7, max_steps=_H_MAX_STEPS)
 
 
-def _carried(H, pu, blow, rho, eta, tols) -> np.ndarray:
+def _carried(H, pu, blow, rho, eta, tries) -> np.ndarray:
     """The part of the carried u left behind when the escaping part blows up: the H-flow at
-    (1 − η)T less its component along ρ (module docstring), at the tolerances `tols` the
-    blow-up time needed (tight ones, relaxed on kinks). Without a blow-up, or where the
+    (1 − η)T less its component along ρ (module docstring), trying the tolerances `tries` in
+    order (those the blow-up time did not give up on). Without a blow-up, or where the
     H-flow cannot be integrated (kinks), u less its ρ-component, unevolved."""
     pu, rho = np.asarray(pu), np.asarray(rho)
     if blow is not None:
-        for tols in (tols,) if tols is _KINK_TOLERANCES else (tols, _KINK_TOLERANCES):
+        for tols in tries:
             sol = solve_h_flow(
                 H, jnp.asarray(pu), float(blow.time) * (1 - eta), saveat=diffrax.SaveAt(t1=True),
                 **tols,
