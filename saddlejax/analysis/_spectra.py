@@ -221,6 +221,18 @@ def spectrum_observable(
     return observe
 
 
+# Relative size of the random part of a warm start. Measured on 101 random DLN (3, 4, 3)
+# trajectories against `eigh`: 0 gave 4 wrong pairs, 0.01–0.1 none; LOBPCG iterations ÷ cold
+# starts, median 0.65 (0), 0.76 (0.03), 0.80 (0.1).
+_WARM_MIX = 0.03
+
+
+def _mixed(U, key):
+    """U plus a random block whose columns have norm `_WARM_MIX`·‖U's columns‖ (= 1)."""
+    G = jr.normal(key, U.shape, U.dtype)
+    return U + _WARM_MIX * G / jnp.linalg.norm(G, axis=0, keepdims=True)
+
+
 def _settings(**options) -> dict:
     """`hessian_spectrum`'s settings (its defaults, one place), less the key and warm starts."""
     params = inspect.signature(hessian_spectrum).parameters
@@ -239,9 +251,12 @@ def trajectory_spectra(
 
     Along a flow the Hessian changes slowly between save points, so the previous eigenvectors
     are a good starting block and most points converge in fewer iterations; the first point
-    starts from a random block drawn from `key`. Across a saddle-to-saddle jump the order of the
-    eigenvalues can change; LOBPCG still converges to the current extreme pairs (the warm start
-    only affects the iteration count).
+    starts from a random block drawn from `key`. Where an eigenvalue crosses into the k extreme
+    ones between two save points, its eigenvector is almost orthogonal to the previous block,
+    and LOBPCG, whose test sees residuals only, would converge to the next pair and report
+    success (measured: −0.401386 returned for −0.402527). So every warm start is mixed with a
+    random block of relative size 0.03, which keeps the new eigenvector in the start; it costs
+    ≈ 17 % more iterations than the pure warm start (still ≈ 25 % fewer than cold starts).
 
     **Arguments:**
 
@@ -274,17 +289,25 @@ def _trajectory_spectra(
     flat, unravel, _ = flat_hessian_operator(objective, first, trainable)
     n, dtype = flat.size, flat.dtype
     _check(which, k, n, None, "top_init")
-    key_top, key_bottom = jr.split(key)
+    key_top, key_bottom, key_mix = jr.split(key, 3)
     carry0 = (jr.normal(key_top, (n, k), dtype), jr.normal(key_bottom, (n, k), dtype))
+    steps = leaves[0].shape[0]
+    # The first point starts cold: its random blocks are not mixed again.
+    mix = jnp.arange(steps) > 0
 
-    def step(carry, dyn):
+    def step(carry, inputs):
+        dyn, key_i, warm = inputs
         point = eqx.combine(dyn, static)
         x, _, hvp_at = flat_hessian_operator(objective, point, trainable)
-        out = _flat_spectrum(hvp_at(x), *carry, which, max_steps, tol, index_tol)
+        starts = tuple(
+            jnp.where(warm, _mixed(U, key_end), U)
+            for U, key_end in zip(carry, jr.split(key_i))
+        )
+        out = _flat_spectrum(hvp_at(x), *starts, which, max_steps, tol, index_tol)
         U_top, U_bottom = out[2], out[3]
         # An end that was not computed keeps its (unused) random block.
         carry = (U_top if which != "bottom" else carry[0], U_bottom if which != "top" else carry[1])
         return carry, out
 
-    _, outs = jax.lax.scan(step, carry0, dynamic)
+    _, outs = jax.lax.scan(step, carry0, (dynamic, jr.split(key_mix, steps), mix))
     return _as_spectrum(outs, unravel, batched=True)

@@ -20,8 +20,11 @@ Hairer & Wanner II, §IV.2). `AutoStiff` wraps one solver of each kind, as diffr
     explicit steps, where b counts the implicit stretches in a row that ended without reaching
     h·λ ≥ `to_explicit` (at most 3: a back-off against flip-flopping in fast drops).
 - implicit → explicit when h·λ < `to_explicit` and the step stopped growing (by 20 % a step),
-    after at least `min_implicit_steps` implicit steps: an implicit try shorter than that often
-    gave up just before its step took off, and whether it did hung on rounding.
+    after at least `min_implicit_steps`·2^b implicit steps (the same b): an implicit try
+    shorter than that often gave up just before its step took off, and whether it did hung on
+    rounding. With a fixed 6, each try on a long stiff plateau stopped at h·λ ≈ 7–8 and was
+    followed by a 128-step explicit wait, and the solve took 1,977 or ≈ 7,000 steps depending
+    on the deflation basis (DLN (4, 6, 6, 6, 4), α = 0.03); lengthened, 889–893 for every draw.
 - a stability cap on explicit steps (`_stability_floor`) keeps h·λ ≈ 0.9·`stability_cap`
     inside the explicit method's real stability interval instead of oscillating about its edge.
 
@@ -278,8 +281,9 @@ class AutoStiff(AbstractMatrixFreeSolver):
             & (gain >= self.min_gain)
         )
         growing = jnp.abs(h) > 1.2 * st["h"]
+        implicit_wait = self.min_implicit_steps * 2 ** jnp.minimum(backoff, 3)
         go_explicit = (
-            was_implicit & (dwell >= self.min_implicit_steps) & (hl < self.to_explicit) & ~growing
+            was_implicit & (dwell >= implicit_wait) & (hl < self.to_explicit) & ~growing
         )
         implicit_next = jnp.where(was_implicit, ~go_explicit, go_implicit)
         skipped = was_implicit & (hl >= self.to_explicit)

@@ -95,11 +95,13 @@ def initial_basis(y0, k: int):
 
 # 2²¹ float64 entries (16 MiB): a deflation basis of 16 directions for 131,072 parameters.
 _CONSTANT_BASIS = 1 << 21
+# The basis's PRNG seed: a solve's step count must not hinge on it (tests vary it).
+_BASIS_SEED = 0
 
 
 def _draw_basis(y0, k: int):
     leaves, treedef = jax.tree_util.tree_flatten(y0)
-    keys = jax.random.split(jax.random.key(0), len(leaves))
+    keys = jax.random.split(jax.random.key(_BASIS_SEED), len(leaves))
     stack = jax.tree_util.tree_unflatten(
         treedef,
         [jax.random.normal(kk, (k,) + x.shape, x.dtype) for kk, x in zip(keys, leaves)],
