@@ -273,7 +273,8 @@ class AutoStiff(AbstractMatrixFreeSolver):
         hl = jnp.abs(h) * lam
         dwell = st["dwell"] + 1
         backoff = st["backoff"]
-        explicit_wait = self.min_explicit_steps * 2 ** jnp.minimum(backoff, 3)
+        backed_off = 2 ** jnp.minimum(backoff, 3)
+        explicit_wait = self.min_explicit_steps * backed_off
         go_implicit = (
             (~was_implicit)
             & (hl >= self.to_implicit)
@@ -281,7 +282,7 @@ class AutoStiff(AbstractMatrixFreeSolver):
             & (gain >= self.min_gain)
         )
         growing = jnp.abs(h) > 1.2 * st["h"]
-        implicit_wait = self.min_implicit_steps * 2 ** jnp.minimum(backoff, 3)
+        implicit_wait = self.min_implicit_steps * backed_off
         go_explicit = (
             was_implicit & (dwell >= implicit_wait) & (hl < self.to_explicit) & ~growing
         )
