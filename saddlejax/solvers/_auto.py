@@ -235,7 +235,7 @@ class AutoStiff(AbstractMatrixFreeSolver):
             return y1, err, dense, state, st["implicit"], v, lam, n, grads, gain
 
         def implicit_step():
-            y1, err, dense, state, _ = self.implicit.step(
+            y1, err, dense, state = self.implicit.solve_step(
                 terms, t0, t1, y0, args, st["implicit"], made_jump
             )
             v, lam, n = power(st["v"])
@@ -262,7 +262,7 @@ class AutoStiff(AbstractMatrixFreeSolver):
 
         return explicit_branch, implicit_branch
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+    def solve_step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         h = t1 - t0
         st = solver_state
         explicit_branch, implicit_branch = self._branches(terms, t0, t1, y0, args, st, made_jump)
@@ -308,4 +308,4 @@ class AutoStiff(AbstractMatrixFreeSolver):
             h=jnp.abs(h).astype(st["h"].dtype),
         )
         dense = dict(explicit=dense_e, implicit=dense_i, use_implicit=was_implicit)
-        return y1, err, dense, state, diffrax.RESULTS.successful
+        return y1, err, dense, state

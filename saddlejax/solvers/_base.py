@@ -19,7 +19,8 @@ class AbstractMatrixFreeSolver(diffrax.AbstractAdaptiveSolver):
     """A gradient-flow solver working on Hessian-vector products, that reports its own work.
 
     `rtol`, `atol`: the tolerances its inner solves are relative to; `None` means "the
-    step-size controller's", filled in by `gradient_flow` (`with_tolerances`).
+    step-size controller's", filled in by `gradient_flow` (`with_tolerances`). A subclass
+    implements `solve_step`; its diffrax `step` is that, jitted so that it is traced once.
     """
 
     rtol: eqx.AbstractVar[Array | float | None]
@@ -33,6 +34,25 @@ class AbstractMatrixFreeSolver(diffrax.AbstractAdaptiveSolver):
     def work(self, solver_state) -> dict[str, Array]:
         """Counters over the accepted steps: `grad_evals`, `hvp_evals` and solver-specific
         ones (read from the final solver state)."""
+
+    @abc.abstractmethod
+    def solve_step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        """diffrax's `step` without its last output (these solvers' steps always succeed;
+        a failed stage shows as an infinite error): (y₁, error, dense info, solver state)."""
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        out = _traced_once(self, terms, t0, t1, y0, args, solver_state, made_jump)
+        return (*out, diffrax.RESULTS.successful)
+
+
+@eqx.filter_jit
+def _traced_once(solver, terms, t0, t1, y0, args, solver_state, made_jump):
+    """`solver.solve_step` as a jitted call. diffrax traces a solve's loop body three times
+    (twice with `eval_shape`, to learn which of its outputs stay static, then in the loop);
+    a jitted step is traced on the first and its jaxpr reused by the others. `AutoStiff` on a
+    DLN (6, 8, 8, 6), first solve of a new process: 4.7 → 3.6 s with the solve in the
+    persistent compilation cache (tracing 3.4 → 2.2 s), 13.0 → 12.1 s without."""
+    return solver.solve_step(terms, t0, t1, y0, args, solver_state, made_jump)
 
 
 def fill_tolerances(solver, rtol, atol):

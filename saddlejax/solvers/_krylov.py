@@ -13,7 +13,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.sparse.linalg import lobpcg_standard
 from optax.tree_utils import tree_add_scale, tree_scale, tree_size, tree_sub, tree_vdot
 from optimistix import two_norm
 
@@ -267,6 +266,9 @@ def lobpcg_extreme(matvec, x0, sign, scale, max_steps, tol):
     2(θ + s) ≳ ‖A‖₂, so the test is relative to the spectral scale. A zero Hessian gets s = 1
     (its residuals are 0).
     """
+    # Imported here: jax.experimental.sparse pulls in scipy.sparse, half a second of start-up.
+    from jax.experimental.sparse.linalg import lobpcg_standard
+
     shift = jnp.where(scale > 0, 2 * scale, 1.0)
     block = _block(matvec)
     theta, U, iters = lobpcg_standard(

@@ -390,7 +390,7 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
         )
         return k, jax.lax.stop_gradient((n, conv, rec))
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+    def solve_step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del made_jump
         tab = self.tableau
         h = t1 - t0
@@ -429,4 +429,4 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
             age=age + 1,
             last_cg=max_cg,
         )
-        return y1, err, dense_info, state, diffrax.RESULTS.successful
+        return y1, err, dense_info, state
