@@ -15,7 +15,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.interpolate
 from jaxtyping import Array, ArrayLike, Float
 
 from ..flow._solution import FlowSolution
@@ -135,7 +134,9 @@ def _resample(alpha, ts, layers, t_alpha, taus) -> list[np.ndarray]:
             f"around t_α = {t_alpha:.6g}, not the requested [{taus[0]:.4g}, {taus[-1]:.4g}]. "
             "Narrow `taus`, or save past the escape (`stop_at_event=False`, a larger `t1`)."
         )
-    values = scipy.interpolate.CubicSpline(ts, flat, axis=0)(want)
+    from scipy.interpolate import CubicSpline  # imported where used (start-up time)
+
+    values = CubicSpline(ts, flat, axis=0)(want)
     out, start = [], 0
     for x in layers:
         size = int(np.prod(x.shape[1:]))

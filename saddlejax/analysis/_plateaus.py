@@ -4,7 +4,6 @@ import warnings
 
 import equinox as eqx
 import numpy as np
-import scipy.signal
 from jaxtyping import Array, Bool, Float, Int
 
 from .._results import NumericalWarning
@@ -201,10 +200,12 @@ def detect_plateaus(
         )
         levels = np.array([np.median(loss[i : j + 1]) for i, j in merged])
 
+    from scipy.signal import find_peaks  # scipy's modules are imported where used (start-up)
+
     changes = []
     for (_, j0), (i1, _) in zip(merged[:-1], merged[1:]):
         segment = slope[j0 : i1 + 1]
-        peaks, _ = scipy.signal.find_peaks(segment, prominence=peak_prominence * segment.max())
+        peaks, _ = find_peaks(segment, prominence=peak_prominence * segment.max())
         changes.append(max(1, peaks.size))
     changes = np.asarray(changes, dtype=int)
     if gn is None:

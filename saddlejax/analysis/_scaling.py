@@ -18,7 +18,6 @@ Richardson extrapolation of α^{k−2}t_α to α = 0.
 
 import equinox as eqx
 import numpy as np
-import scipy.optimize
 from jaxtyping import ArrayLike, Bool, Float
 
 
@@ -131,7 +130,9 @@ def _correction_exponent(alphas, scaled) -> float:
     lo, hi = 1e-3, 20.0
     if f(lo) * f(hi) > 0:
         return np.nan
-    return float(scipy.optimize.brentq(f, lo, hi, xtol=1e-12))
+    from scipy.optimize import brentq  # scipy's modules are imported where used (start-up)
+
+    return float(brentq(f, lo, hi, xtol=1e-12))
 
 
 def escape_time_scaling(

@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import scipy.signal
 
 import saddlejax as sj
 
@@ -229,7 +228,7 @@ def grad_dips(grad_norm: np.ndarray, factor: float = 10.0) -> int:
     if keep.sum() < 3:
         return 0
     log_g = np.log(g[keep])
-    dips, _ = scipy.signal.find_peaks(-log_g, prominence=math.log(factor))
+    dips, _ = _find_peaks(-log_g, prominence=math.log(factor))
     return int(len(dips))
 
 
@@ -251,7 +250,7 @@ def peak_width(ts: np.ndarray, grad_norm: np.ndarray) -> float:
     ts, g = np.asarray(ts, float), np.asarray(grad_norm, float)
     inside = ts > 0
     ts, g = ts[inside], g[inside]
-    peaks, _ = scipy.signal.find_peaks(np.log(np.maximum(g, 1e-300)), prominence=math.log(2))
+    peaks, _ = _find_peaks(np.log(np.maximum(g, 1e-300)), prominence=math.log(2))
     if not peaks.size:
         return float("nan")
     p = peaks[np.argmax(g[peaks])]
@@ -1445,3 +1444,10 @@ register(
     "shallow and deep linear nets on a noisy low-rank teacher, NTK against small "
     "initialisation (Jacot et al. Fig. 6)",
 )(run_noisy_teacher)
+
+
+def _find_peaks(x, **kwargs):
+    """scipy's `find_peaks`, imported on first use (scipy.signal is a second of start-up)."""
+    from scipy.signal import find_peaks
+
+    return find_peaks(x, **kwargs)
