@@ -219,6 +219,13 @@ def _useful(grad_norm: np.ndarray) -> np.ndarray:
     return g > _GRAD_FLOOR * g.max()
 
 
+def _find_peaks(x, **kwargs):
+    """scipy's `find_peaks`, imported on first use (scipy.signal is a second of start-up)."""
+    from scipy.signal import find_peaks
+
+    return find_peaks(x, **kwargs)
+
+
 def grad_dips(grad_norm: np.ndarray, factor: float = 10.0) -> int:
     """Number of dips of ‖∇L‖ along one trajectory: local minima at least `factor` below the
     lower of the maxima around them (scipy's peak prominence on log ‖∇L‖), above the floor of
@@ -1444,10 +1451,3 @@ register(
     "shallow and deep linear nets on a noisy low-rank teacher, NTK against small "
     "initialisation (Jacot et al. Fig. 6)",
 )(run_noisy_teacher)
-
-
-def _find_peaks(x, **kwargs):
-    """scipy's `find_peaks`, imported on first use (scipy.signal is a second of start-up)."""
-    from scipy.signal import find_peaks
-
-    return find_peaks(x, **kwargs)
