@@ -134,7 +134,7 @@ def _resample(alpha, ts, layers, t_alpha, taus) -> list[np.ndarray]:
             f"around t_α = {t_alpha:.6g}, not the requested [{taus[0]:.4g}, {taus[-1]:.4g}]. "
             "Narrow `taus`, or save past the escape (`stop_at_event=False`, a larger `t1`)."
         )
-    from scipy.interpolate import CubicSpline  # imported where used (start-up time)
+    from scipy.interpolate import CubicSpline  # scipy's modules are imported where used (start-up)
 
     values = CubicSpline(ts, flat, axis=0)(want)
     out, start = [], 0

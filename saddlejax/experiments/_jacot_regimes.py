@@ -219,13 +219,6 @@ def _useful(grad_norm: np.ndarray) -> np.ndarray:
     return g > _GRAD_FLOOR * g.max()
 
 
-def _find_peaks(x, **kwargs):
-    """scipy's `find_peaks`, imported on first use (scipy.signal is a second of start-up)."""
-    from scipy.signal import find_peaks
-
-    return find_peaks(x, **kwargs)
-
-
 def grad_dips(grad_norm: np.ndarray, factor: float = 10.0) -> int:
     """Number of dips of ‖∇L‖ along one trajectory: local minima at least `factor` below the
     lower of the maxima around them (scipy's peak prominence on log ‖∇L‖), above the floor of
@@ -234,8 +227,10 @@ def grad_dips(grad_norm: np.ndarray, factor: float = 10.0) -> int:
     keep = _useful(g)
     if keep.sum() < 3:
         return 0
+    from scipy.signal import find_peaks  # scipy's modules are imported where used (start-up)
+
     log_g = np.log(g[keep])
-    dips, _ = _find_peaks(-log_g, prominence=math.log(factor))
+    dips, _ = find_peaks(-log_g, prominence=math.log(factor))
     return int(len(dips))
 
 
@@ -257,7 +252,9 @@ def peak_width(ts: np.ndarray, grad_norm: np.ndarray) -> float:
     ts, g = np.asarray(ts, float), np.asarray(grad_norm, float)
     inside = ts > 0
     ts, g = ts[inside], g[inside]
-    peaks, _ = _find_peaks(np.log(np.maximum(g, 1e-300)), prominence=math.log(2))
+    from scipy.signal import find_peaks  # scipy's modules are imported where used (start-up)
+
+    peaks, _ = find_peaks(np.log(np.maximum(g, 1e-300)), prominence=math.log(2))
     if not peaks.size:
         return float("nan")
     p = peaks[np.argmax(g[peaks])]
