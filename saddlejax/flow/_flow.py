@@ -12,6 +12,7 @@ from jaxtyping import PyTree
 from optimistix import rms_norm
 
 from .._cacheable import cacheable_errors
+from .._flat import event_on_state, saveat_on_state
 from .._results import RESULTS, NumericalWarning, check, from_diffrax
 from .._trainable import split_trainable
 from .._tree import tree_all_finite, tree_dot
@@ -223,17 +224,20 @@ def _segment(
     if config["record_steps"]:
         subs.append(diffrax.SubSaveAt(steps=True, fn=_steps_fn(field)))
     subs.append(diffrax.SubSaveAt(t1=True))  # the state where the solve stopped
+    saveat = diffrax.SaveAt(subs=subs, solver_state=True, controller_state=True)
+    # The solver sees one flat vector; what is saved, and what events see, is the pytree θ.
+    flat, x_start = field.flattened(y_start)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
+        diffrax.ODETerm(flat),
         solver,
         t_start,
         t1,
         dt0,
-        y_start,
+        x_start,
         args=args,
-        saveat=diffrax.SaveAt(subs=subs, solver_state=True, controller_state=True),
+        saveat=saveat_on_state(saveat, flat.unravel),
         stepsize_controller=controller,
-        event=event,
+        event=event_on_state(event, flat.unravel),
         max_steps=config["max_steps"],
         adjoint=config["adjoint"],
         throw=False,

@@ -13,10 +13,12 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree, Scalar
 from optax.tree_utils import tree_add_scale, tree_scale, tree_vdot
 from optimistix import two_norm
 
+from .._flat import event_on_state, saveat_on_state
 from .._results import RESULTS, check
 from .._vector_field import GradientField
 from ._taylor import TaylorTerm, _params
@@ -45,16 +47,17 @@ def solve_h_flow(
 
 @eqx.filter_jit
 def _solve_h_flow(H, theta0, t1, *, saveat, event, rtol, atol, max_steps) -> diffrax.Solution:
+    field, x0 = GradientField(H).flattened(theta0)
     return diffrax.diffeqsolve(
-        diffrax.ODETerm(GradientField(H)),
+        diffrax.ODETerm(field),
         diffrax.Dopri8(),
         0.0,
         t1,
         None,
-        theta0,
-        saveat=saveat,
+        x0,
+        saveat=saveat_on_state(saveat, field.unravel),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        event=event,
+        event=event_on_state(event, field.unravel),
         max_steps=max_steps,
         throw=False,
     )
@@ -144,6 +147,10 @@ def _sphere_field(H, order, scale):
 
 @eqx.filter_jit
 def _blowup_solve(H, theta0, order, tail_rtol, max_time, rtol, atol, max_steps):
+    # On one flat vector: Dopri8's 13 stages are then single arrays, not one per leaf (fewer
+    # kernels for XLA to compile).
+    theta0, unravel = ravel_pytree(theta0)
+    H = GradientField(H, unravel=unravel).loss
     r0 = two_norm(theta0)
     w0 = tree_scale(1.0 / jnp.where(r0 > 0, r0, 1.0), theta0)
     c = two_norm(jax.grad(H)(w0))
@@ -193,7 +200,7 @@ def _blowup_solve(H, theta0, order, tail_rtol, max_time, rtol, atol, max_steps):
     return BlowupTime(
         time=jnp.where(ok, units * (t_hat + tail_hat), jnp.inf),
         speed=speed(w) * scale,
-        direction=w,
+        direction=unravel(w),
         tail=jnp.where(ok, units * tail_hat, jnp.inf),
         result=result,
         stats=dict(num_steps=sol.stats["num_steps"], sigma=sol.ts[-1]),
