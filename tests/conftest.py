@@ -26,6 +26,13 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 use_compilation_cache()
 
 
+def pytest_collection_modifyitems(items):
+    """The notebooks first: they are the longest tests (up to a few minutes each), and a
+    process that starts one at the end of the run leaves the other idle (pytest-xdist's
+    workers steal short tests from each other's queues, not a running notebook)."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_notebooks.py"))
+
+
 def pytest_unconfigure(config):
     """The controller removes the run's compilation cache when the run ends."""
     if _OWN_CACHE and not hasattr(config, "workerinput"):
