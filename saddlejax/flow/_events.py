@@ -11,6 +11,7 @@ import optimistix as optx
 from jaxtyping import Array, Scalar
 from optimistix import two_norm
 
+from .._flat import map_conditions
 from .._validate import check_real
 
 
@@ -227,10 +228,7 @@ def armed_event(event: diffrax.Event) -> diffrax.Event:
 
         return gated
 
-    # cond_fn is a pytree of callables (the leaves); the direction and root finder are kept.
-    return eqx.tree_at(
-        lambda e: e.cond_fn, event, jax.tree_util.tree_map(gate, event.cond_fn)
-    )
+    return map_conditions(event, gate)
 
 
 def _events(event) -> tuple:
