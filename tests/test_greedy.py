@@ -60,6 +60,7 @@ def test_descent_version_matches_flow(getkey):
     np.testing.assert_array_equal(gd.ranks, flow.ranks)
 
 
+@pytest.mark.slow
 def test_jacot_fig1_saddles_are_the_plateaus():
     """On Jacot et al.'s Fig. 1 problem (10×10 rank-3 completion, half observed, L = 4) the greedy
     saddles ϑ¹, ϑ² have the loss of the plateaus that `detect_plateaus` finds on an α = 1e−3 flow

@@ -175,6 +175,7 @@ def test_a_path_that_drifts_to_infinity_is_reported():
     assert path.loss[-1] - 1 < 1e-3
 
 
+@pytest.mark.slow
 def test_a_slowdown_is_not_a_saddle():
     """A random instance of the default problem family (31 % observed, depth 4, width 20) whose
     path from the rank-1 saddle slows at L ≈ 0.0102 (‖∇L‖ dips a hundred-fold and rises again)

@@ -231,6 +231,7 @@ def test_stiff_solvers_match_tight_tsit5(small_problem, solver):
         assert int(stats["explicit_steps_accepted"]) > 0  # and was explicit near the origin
 
 
+@pytest.mark.slow
 def test_saved_loss_is_monotone_on_long_implicit_steps():
     """Gradient flow never increases the loss, so neither may the saved curve. Regression: the
     cubic Hermite dense output with slopes h·f(θ) overshot inside implicit steps with
@@ -370,6 +371,7 @@ def test_auto_steps_do_not_hinge_on_the_deflation_basis(monkeypatch):
     assert max(steps) <= 1000, steps
 
 
+@pytest.mark.slow
 def test_auto_step_count_is_not_a_coin_toss():
     """Regression: with `min_implicit_steps=3` an implicit try at the end of the
     second drop often gave up just before its step took off, and whether it did depended on
