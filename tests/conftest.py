@@ -6,14 +6,6 @@ import tempfile
 # The suite runs in several processes (pytest-xdist); on a GPU each would otherwise reserve
 # most of its memory at start.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# Most of the suite's time is XLA compiling short solves. LLVM at optimisation level 1 instead of
-# 2 compiles 7 % less CPU time in all (test_flow.py and test_options.py on an empty cache: 314 →
-# 292 s) and leaves results unchanged (no fast-math at either level) and warm solves as fast
-# (the DLN (10, 20, 20, 20, 10) flow: 0.53 s at both). Inherited by the processes tests start.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
-    ).strip()
 # One run of the suite starts from an empty compilation cache, as on a new machine, and its
 # processes (the pytest-xdist workers, which inherit this variable from the controller, and the
 # CLI processes the tests start) share it: a solve compiled by one module is loaded, not
