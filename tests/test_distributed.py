@@ -103,7 +103,10 @@ def _launch(tmp_path, timeout=300):
         SADDLEJAX_COORDINATOR=f"127.0.0.1:{_free_port()}",
         SADDLEJAX_NUM_PROCESSES=str(N_PROCESSES),
     )
-    env.pop("XLA_FLAGS", None)  # the script sets the number of host devices itself
+    # the script sets the number of host devices itself; the other flags stay (the conftest's)
+    env["XLA_FLAGS"] = " ".join(
+        flag for flag in env.get("XLA_FLAGS", "").split() if "device_count" not in flag
+    )
     logs = [tmp_path / f"log{i}.txt" for i in range(N_PROCESSES)]
     procs = []
     for i, log in enumerate(logs):

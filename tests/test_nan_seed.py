@@ -1,7 +1,7 @@
 """One seed of a vmapped sweep turns NaN part-way: that trajectory alone is
-`nonfinite_trajectory`, with the time the NaN appeared, and every other seed is bit for bit the
-trajectory it is without the bad seed (STYLE, Errors: one bad trajectory in a sweep is reported,
-not fatal to the others; SPEC §1).
+`nonfinite_trajectory`, with the time the NaN appeared, and every other seed is the trajectory
+it is without the bad seed (bit for bit when the compiled program is the same) (STYLE, Errors:
+one bad trajectory in a sweep is reported, not fatal to the others; SPEC §1).
 
 The NaN comes from the objective, at a positive time known in closed form: θ carries one extra
 scalar c beside the DLN, with L(θ) = C(A_θ) − c²/2, so that dc/dt = c and c(t) = c₀eᵗ; the
@@ -68,7 +68,9 @@ def test_nan_in_one_seed_is_isolated_and_timed():
     `stats["nonfinite_time"]` is ln(1/α), where its c crossed 1 (to 1e−6: the step size
     collapses onto the first time the vector field is NaN). Every other seed — its saved
     parameters, losses, stop state, step counts and result — is identical, bit for bit, to the
-    same seeds swept without the bad one, and to the sweep of all seeds without the trap."""
+    sweep of all seeds without the trap (the same compiled program), and equal to 1e−13 relative
+    to the same seeds swept without the bad one (a program for 3 seeds, whose lanes the compiler
+    may vectorise, and so round, differently from a batch of 4: 1e−14 seen at LLVM -O1)."""
     trapped, untrapped = _problem(1.0), _problem(jnp.inf)
     with_bad = sj.sweep(trapped, draw, T1, alphas=[ALPHA], seeds=SEEDS, **OPTIONS)
     all_good = sj.sweep(untrapped, draw, T1, alphas=[ALPHA], seeds=SEEDS, **OPTIONS)
@@ -93,7 +95,10 @@ def test_nan_in_one_seed_is_isolated_and_timed():
             theirs = _leaves(other.solution, k)
             assert len(ours) == len(theirs)
             for a, b in zip(ours, theirs):
-                np.testing.assert_array_equal(a, b)
+                if other is all_good:
+                    np.testing.assert_array_equal(a, b)
+                else:
+                    np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
         # the check is not vacuous: the good trajectories moved and kept c ≡ 0
         loss = with_bad.solution.loss[0, j]
         assert float(loss[-1]) < 0.9 * float(loss[0])

@@ -68,6 +68,19 @@ def test_close_drops_are_unresolved():
     np.testing.assert_array_equal(stairs.resolved, [True, False])
 
 
+def test_drop_sharper_than_the_grid_is_one_change():
+    """A drop that falls between two save points (as the escapes of an L = 3 DLN at α = 1e−4 do,
+    in t ~ 1/α) is one level change wherever it falls on the default save grid; on the uneven
+    part of the grid the windowed slope across it has several peaks (windows of different
+    widths), which must not read as an unresolved drop."""
+    ts = default_save_times(0.0, 2e6, 1024)
+    for jump in range(5, 995):  # 118 of these read as two changes without the secant rule
+        loss = np.where(np.arange(ts.size) <= jump, 0.068, 0.0056)
+        stairs = sj.detect_plateaus(ts, loss)
+        assert stairs.n_plateaus == 2, jump
+        np.testing.assert_array_equal(stairs.changes, [1], err_msg=f"jump after point {jump}")
+
+
 def test_saddle_time_is_argmin_of_grad_norm():
     """With `grad_norm`, each plateau's saddle time is the save time of least ‖∇L‖ on it."""
     ts = default_save_times(0.0, 1e5, 256)

@@ -166,7 +166,8 @@ def test_sharded_sweep_matches_single_device(swept, tmp_path):
     _, result, _ = swept
     script = Path(__file__).with_name("_sharded_sweep_check.py")
     out = tmp_path / "sharded.npz"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=flags)
     proc = subprocess.run(
         [sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
         timeout=600,
