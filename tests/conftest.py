@@ -7,7 +7,7 @@ import tempfile
 # most of its memory at start.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # The suite compiles more than it runs (about half its time is XLA:CPU compilation, most of it
-# LLVM's optimisation passes): LLVM's -O1 instead of -O2 cuts that by about a seventh. Results
+# LLVM's optimisation passes): LLVM's -O1 instead of -O2 cuts the suite's time by a seventh. Results
 # differ from -O2's in the last bits only; the processes the tests start inherit the flag, so
 # every bit-for-bit comparison is between programs compiled alike.
 os.environ["XLA_FLAGS"] = " ".join(
