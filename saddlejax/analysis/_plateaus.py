@@ -54,10 +54,10 @@ def _secants(x: np.ndarray, window: float) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _log_slope(x: np.ndarray, y: np.ndarray, window: float) -> np.ndarray:
-    """dy/dx at each point as the secant of `_secants`: a fixed window in log t keeps the noise
+def _log_slope(x: np.ndarray, y: np.ndarray, secants: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """dy/dx at each point as its secant (`_secants`): a fixed window in log t keeps the noise
     of the estimate the same on the geometric and the uniform halves of the save grid."""
-    lo, hi = _secants(x, window)
+    lo, hi = secants
     return (y[hi] - y[lo]) / (x[hi] - x[lo])
 
 
@@ -89,7 +89,7 @@ def _refine(x, y, loss, merged, window, threshold, min_points, merge_rtol):
     from both neighbours by more than `merge_rtol` is a plateau too. For L > 2 the saddles
     after the first are visited for a time of order α^{−(L−2)}, like the escape itself, so on
     log t a plateau can be as short as the window (Jacot et al. Fig. 1)."""
-    fine = np.abs(_log_slope(x, y, window))
+    fine = np.abs(_log_slope(x, y, _secants(x, window)))
     out = [merged[0]]
     for (_, j0), (i1, j1) in zip(merged[:-1], merged[1:]):
         hi, lo = np.median(loss[out[-1][0] : j0 + 1]), np.median(loss[i1 : j1 + 1])
@@ -198,7 +198,8 @@ def detect_plateaus(
     if ts.size < 3:
         return empty
     x, y = np.log(ts), np.log(loss)
-    slope = np.abs(_log_slope(x, y, window))
+    lo, hi = _secants(x, window)
+    slope = np.abs(_log_slope(x, y, (lo, hi)))
 
     runs = [(i, j) for i, j in _runs(slope < slope_threshold) if j - i + 1 >= min_points]
     merged: list[tuple[int, int]] = []
@@ -223,7 +224,6 @@ def detect_plateaus(
         )
         levels = np.array([np.median(loss[i : j + 1]) for i, j in merged])
 
-    lo, hi = _secants(x, window)
     changes = np.array(
         [
             _level_changes(slope[j0 : i1 + 1], lo[j0 : i1 + 1], hi[j0 : i1 + 1], peak_prominence)
