@@ -59,6 +59,11 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "before `max_time` (`origin_handoff`): θ₀ may lie in the stable set of the origin. "
         "Integrate L directly (no `origin_defect`) or raise `max_time`."
     )
+    clock_restarts_exhausted = (
+        "The flow after the origin handoff restarted its clock the most times allowed "
+        "(`MAX_CLOCKS`) before `t1`: the save times after `sol.stop_time` are not reached. "
+        "Continue from `sol.final_params`, or lower `t1`."
+    )
     origin_handoff_after_t1 = (
         "The origin handoff (`origin_defect`) lies after `t1`: raise `t1` or lower `origin_defect`."
     )

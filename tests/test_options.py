@@ -48,6 +48,7 @@ GROUPS = [
         solver=diffrax.Tsit5(),
         n_save=16,
         origin_defect=1e-4,
+        clock_restart=3.0,
         adjoint=diffrax.ForwardMode(),
         keep_solver_state=True,
     ),
@@ -96,6 +97,7 @@ def test_every_flow_option_works_in_a_sweep(group):
         np.testing.assert_allclose(
             sol.stats["origin_time"][0, 0], ref.stats["origin_time"], rtol=1e-9
         )
+        assert sol.stats["clock_restarts"][0, 0] == ref.stats["clock_restarts"]
 
 
 def test_solver_strings_are_refused_with_the_fix():

@@ -101,9 +101,10 @@ class _GuardedController(diffrax.AbstractAdaptiveStepSizeController):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        # Near t = 0 the float spacing of t vanishes; ε·|t1 − t0| stands in for it there, so a
-        # collapsing step stops at ~10ε²·|t1 − t0| instead of running into subnormal numbers.
-        floor = jnp.finfo(jnp.result_type(t0, t1)).eps * jnp.abs(t1 - t0)
+        # Near t = 0 the float spacing of t vanishes; ε times the first step stands in for it
+        # there, so a collapsing step stops at ~10ε²·h₀ instead of running into subnormal
+        # numbers. (Not ε·|t1 − t0|: a clock restarted at a handoff may have t1 ≈ 10¹²⁰.)
+        floor = jnp.finfo(jnp.result_type(t0, t1)).eps * jnp.abs(tnext - t0)
         # The last proposed step (unclipped by t1): a continued solve starts with it.
         dt_next = jnp.asarray(tnext - t0, jnp.result_type(t0, t1))
         return tnext, (state, jnp.asarray(_OK, jnp.int32), floor, dt_next)
@@ -347,6 +348,155 @@ def _joined(first, second, ts, t_event, config) -> _Segment:
     )
 
 
+# Solves on successive clocks per flow after an origin handoff (one `lax.scan` iteration each,
+# compiled once; `clock_restart` of `FlowOptions` says when a clock restarts): an escape from a
+# k-homogeneous saddle shrinks the clock ≈ (t/clock_restart)^{1/(k−1)}-fold per restart, a few
+# restarts per plateau.
+MAX_CLOCKS = 12
+
+
+def _with_restart(user: diffrax.Event | None, loss, threshold) -> diffrax.Event:
+    """The event (user's conditions, clock restart): a boolean that fires at the end of the first
+    step where t·‖∇L(θ)‖ > threshold·‖θ‖ (θ moves by its own size in less than t/threshold)."""
+
+    def restart(t, y, args, **kwargs):
+        g = jax.grad(loss)(y)
+        return jnp.abs(t) * jnp.sqrt(tree_dot(g, g)) > threshold * jnp.sqrt(tree_dot(y, y))
+
+    if user is None:
+        return diffrax.Event((lambda t, y, args, **kwargs: jnp.array(False), restart))
+    if user.direction is not None:
+        raise ValueError(
+            "`origin_defect` with a `diffrax.Event` that sets `direction` is not supported: "
+            "pass saddlejax events (`EscapeRadius`, `LossBelow`, `CriticalPoint`)."
+        )
+    return diffrax.Event((user.cond_fn, restart), root_finder=user.root_finder)
+
+
+def _integrate_on_clocks(field, solver, controller, t_s, t1, y_start, ts, dt0, threshold, config):
+    """The flow of L from the handoff (t_s, y_start) to t1 on clocks that start at 0: at the
+    handoff, and again where `_with_restart` fires (the time since the handoff is carried as
+    the sum of the clocks' ends). Up to `MAX_CLOCKS` solves of one `lax.scan`; the user's event
+    fires once (then, unless `stop_at_event`, the solve goes on). Restarting re-initialises
+    the solver (as after an event): its step size carries over.
+    **Returns:** (`_Segment` in global time, event time, the event's time since t_s, its mask,
+    the number of restarts)."""
+    user = to_diffrax_event(config["event"], field.loss)
+    event = _with_restart(None if user is None else armed_event(user), field.loss, threshold)
+    flow_event = config["event"] is not None and not isinstance(config["event"], diffrax.Event)
+    since_t1, since_ts = t1 - t_s, ts - t_s
+    zero = jnp.zeros((), ts.dtype)
+
+    def solve(tau, y, horizon, elapsed, armed):
+        local_ts = jnp.maximum(since_ts - elapsed, tau)
+        return _segment(
+            field, solver, controller, tau, horizon, y, local_ts, dt0, event, config, args=armed
+        )
+
+    template = jax.eval_shape(solve, zero, y_start, since_t1, zero, jnp.array(True))
+    blank = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), template)
+    user_mask0 = jax.tree_util.tree_map(lambda m: jnp.zeros_like(m), blank.event_mask[0])
+    acc0 = dict(
+        seg=blank, since_stop=zero, event_since=jnp.asarray(jnp.inf, ts.dtype),
+        event_mask=user_mask0, nonfinite_since=jnp.asarray(jnp.inf, ts.dtype),
+        restarts=jnp.zeros((), jnp.int32),
+    )
+    if config["record_steps"]:
+        acc0["seg"] = eqx.tree_at(
+            lambda s: s.steps[0], acc0["seg"], jnp.full_like(acc0["seg"].steps[0], jnp.inf)
+        )
+
+    def one(carry, _):
+        tau, y, armed, elapsed, done, acc = carry
+        horizon = jnp.where(done, tau, since_t1 - elapsed)
+        seg = solve(tau, y, horizon, elapsed, armed)
+        ran = ~done
+        fired = ran & (seg.diffrax_result == diffrax.RESULTS.event_occurred)
+        user_mask, restart_mask = seg.event_mask
+        user_fired = fired & armed & jnp.any(
+            jnp.stack([jnp.asarray(m) for m in jax.tree_util.tree_leaves(user_mask)])
+        )
+        restart = fired & ~user_fired & jnp.asarray(restart_mask)
+        ok = seg.result == RESULTS.successful
+        t_ev, y_ev = seg.t_stop, seg.y_stop
+        if flow_event:
+            t_ev, y_ev = differentiable_event_time(
+                config["event"], field.loss, seg.t_stop, seg.y_stop, user_mask
+            )
+        stop_here = user_fired & config["stop_at_event"]
+        t_stop = jnp.where(stop_here, t_ev, seg.t_stop)
+        y_stop = jax.tree_util.tree_map(lambda a, b: jnp.where(stop_here, a, b), y_ev, seg.y_stop)
+
+        def where_ran(new, old):
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(ran, a, b), new, old)
+
+        old = acc["seg"]
+        mine = ran & (since_ts - elapsed >= tau)  # saves this solve made
+        steps = old.steps
+        if config["record_steps"]:
+            joined = jax.tree_util.tree_map(
+                lambda a, b: jnp.concatenate([a, b]),
+                old.steps,
+                (jnp.where(ran, seg.steps[0] + elapsed, jnp.inf),) + tuple(seg.steps[1:]),
+            )
+            order = jnp.argsort(joined[0], stable=True)[: old.steps[0].shape[0]]
+            steps = tuple(x[order] for x in joined)
+        merged = _Segment(
+            saved=_merge_after(mine, old.saved, seg.saved),
+            steps=steps,
+            t_stop=zero,
+            y_stop=where_ran(y_stop, old.y_stop),
+            stats=_add_work(old.stats, seg.stats),
+            result=RESULTS.where(ran, seg.result, old.result),
+            diffrax_result=diffrax.RESULTS.where(ran, seg.diffrax_result, old.diffrax_result),
+            event_mask=old.event_mask,
+            nonfinite_time=zero,
+            solver_state=where_ran(seg.solver_state, old.solver_state),
+            controller_state=where_ran(seg.controller_state, old.controller_state),
+        )
+        acc = dict(
+            seg=merged,
+            since_stop=jnp.where(ran, elapsed + t_stop, acc["since_stop"]),
+            event_since=jnp.where(user_fired, elapsed + t_ev, acc["event_since"]),
+            event_mask=jax.tree_util.tree_map(
+                lambda a, b: jnp.where(user_fired, a, b), user_mask, acc["event_mask"]
+            ),
+            nonfinite_since=jnp.where(
+                ran & jnp.isfinite(seg.nonfinite_time),
+                elapsed + seg.nonfinite_time,
+                acc["nonfinite_since"],
+            ),
+            restarts=acc["restarts"] + restart.astype(jnp.int32),
+        )
+        done = done | ~ok | stop_here | ~(user_fired | restart)
+        carry = (
+            jnp.where(restart, zero, seg.t_stop),
+            where_ran(seg.y_stop, y),
+            armed & ~user_fired,
+            jnp.where(restart, elapsed + seg.t_stop, elapsed),
+            done,
+            acc,
+        )
+        return carry, None
+
+    carry = (zero, y_start, jnp.array(True), zero, jnp.array(False), acc0)
+    (_, _, _, _, done, acc), _ = jax.lax.scan(one, carry, None, length=MAX_CLOCKS)
+    seg = acc["seg"]
+    result = RESULTS.where(
+        done | (seg.result != RESULTS.successful), seg.result, RESULTS.clock_restarts_exhausted
+    )
+    whole = eqx.tree_at(
+        lambda s: (s.t_stop, s.nonfinite_time, s.result, s.event_mask),
+        seg,
+        (t_s + acc["since_stop"], t_s + acc["nonfinite_since"], result, acc["event_mask"]),
+        is_leaf=lambda x: x is None,
+    )
+    if config["record_steps"]:
+        whole = eqx.tree_at(lambda s: s.steps[0], whole, whole.steps[0] + t_s)
+    event_mask = acc["event_mask"] if user is not None else None
+    return whole, t_s + acc["event_since"], acc["event_since"], event_mask, acc["restarts"]
+
+
 def first_nonfinite_save(ts, t_stop, accepted, loss, saved) -> jax.Array:
     """The first save time the solve reached with a NaN/Inf loss or saved value (+inf if none).
     (diffrax fills the save times it did not reach — after an event or a failure, and t0 itself
@@ -368,12 +518,12 @@ def first_nonfinite_save(ts, t_stop, accepted, loss, saved) -> jax.Array:
 def _start_from_origin(field, term, state0, t0, t1, ts, defect_tol):
     """Lemma 13's handoff from θ₀ (`origin_defect`): the start of the flow of L, the states at
     the save times before it (rescaled H-flow), and the handoff's statistics and result."""
-    state_s, time, defect, lam, tau_s, h_steps, result = handoff(
+    state_s, time, defect, lam, tau_s, h_steps, result, records = handoff(
         field.loss,
         term,
         state0,
         defect_tol,
-        max_time=jnp.asarray(1e8, ts.dtype),
+        max_time=jnp.asarray(1e4, ts.dtype),
         rtol=1e-10,
         atol=1e-12,
         max_steps=100_000,
@@ -384,7 +534,7 @@ def _start_from_origin(field, term, state0, t0, t1, ts, defect_tol):
     )
     # After a failed handoff nothing is integrated (the solve runs from t1 to t1).
     t_start = jnp.where(result == RESULTS.successful, t_s, t1)
-    before, path_result = rescaled_h_path(term, lam, tau_s, state0, ts - t0)
+    before, path_result = rescaled_h_path(term, lam, tau_s, state0, ts - t0, records)
     result = RESULTS.where(result == RESULTS.successful, path_result, result)
     stats = dict(origin_time=t_s, origin_defect=defect, origin_h_steps=h_steps)
     return t_start, state_s, before, stats, result
@@ -417,18 +567,27 @@ def solve_flow(field: GradientField, state0, times: dict, origin, config: dict) 
         )
     t_start = jnp.where(valid, t_start, t1)
     result = RESULTS.where(valid, result, RESULTS.invalid_tolerance)
-    whole, event_time, event_mask = _integrate(
-        field,
-        solver,
-        controller,
-        t_start,
-        t1,
-        y_start,
-        jnp.maximum(ts, t_start),
-        times["dt0"],
-        config,
-        times.get("resume"),
-    )
+    if origin is None:
+        whole, event_time, event_mask = _integrate(
+            field,
+            solver,
+            controller,
+            t_start,
+            t1,
+            y_start,
+            jnp.maximum(ts, t_start),
+            times["dt0"],
+            config,
+            times.get("resume"),
+        )
+    else:
+        # After a handoff the flow of L runs on clocks started there (at t_s ≈ α^{−(k−2)},
+        # 10²⁰ at α = 1e−10, depth 4, one float spacing of t outlasts the drop that follows).
+        whole, event_time, since, event_mask, restarts = _integrate_on_clocks(
+            field, solver, controller, t_start, t1, y_start, ts, times["dt0"],
+            times["clock_restart"], config,
+        )
+        extra.update(event_time_after_origin=since, clock_restarts=restarts)
     saved, loss, gnorm, norm = whole.saved
     if origin is not None:
         fill = jax.vmap(lambda s: observation(field, config["observe"], s))(before)
@@ -540,9 +699,9 @@ def _numerical_warnings(field: GradientField, state0, options: FlowOptions, dtyp
         moves on the time scale τ̃ of the unit-scale state θ₀/RMS(θ₀); at t ≈ τ₀ one float
         spacing is ε·τ₀, so the escape is resolved only if τ̃ ≥ `MIN_TIME_RESOLUTION`·ε·τ₀.
         For float64 it is evaluated (two gradients) only below RMS(θ₀) = `TINY_SCALE`, since it
-        fires only for α^{k−2} ≲ 10⁻¹⁵ (a depth-4 DLN below α ≈ 10⁻⁸). `origin_defect` gives
-        the first escape time exactly (Lemma 13's rescaled clock), but the drop after it still
-        happens at t ≈ τ₀ on the solver's one float clock.
+        fires only for α^{k−2} ≲ 10⁻¹⁵ (a depth-4 DLN below α ≈ 10⁻⁸). With `origin_defect`
+        the first drop is resolved (L runs on a clock started at the handoff) and the warning
+        is about the escapes after it.
     """
     eps = float(jnp.finfo(dtype).eps)
     name = jnp.dtype(dtype).name
@@ -572,15 +731,26 @@ def _numerical_warnings(field: GradientField, state0, options: FlowOptions, dtyp
         return
     tau0, tau_unit = (float(x) for x in _time_scales(field, state0))
     if np.isfinite(tau0) and np.isfinite(tau_unit) and tau_unit < MIN_TIME_RESOLUTION * eps * tau0:
+        what = "the escape (and events near it) cannot be resolved"
+        fix = (
+            x64_hint + " before creating arrays."
+            if low_precision
+            else ", or pass `origin_defect` (the flow of L then runs on a clock started at the "
+            "handoff, which resolves the first drop; later escapes of k > 2 saddles take as "
+            "long again on that clock and stay unresolved)."
+        )
+        if options.origin_defect is not None:
+            what = (
+                "the first drop is resolved (the flow of L runs on a clock started at the "
+                "handoff), but a later escape of a k > 2 saddle takes as long again on that "
+                "clock and cannot be resolved"
+            )
+            fix = " (the α → 0 times of the later escapes: `saddle_chain`)."
         _warn(
             f"The state is {name} and the initial scale RMS(θ₀) = {scale:.3g} is too small for "
             f"it: the flow escapes after t ≈ {tau0:.3g}, where one float spacing of t "
             f"({eps * tau0:.3g}) is not small against the time scale {tau_unit:.3g} of the "
-            "escape itself, so the escape (and events near it) cannot be resolved. Use a larger "
-            "initial scale"
-            + (x64_hint + " before creating arrays." if low_precision else
-               " (float64 carries time as one number; `origin_defect` gives the first escape "
-               "time exactly, but not the drops after it).")
+            f"escape itself, so {what}. Use a larger initial scale" + fix
         )
 
 
@@ -670,6 +840,7 @@ def prepare(objective: Callable, params0: PyTree, t1, options: FlowOptions):
         origin_defect=None
         if options.origin_defect is None
         else jnp.asarray(options.origin_defect, dtype),
+        clock_restart=jnp.asarray(options.clock_restart, dtype),
     )
     origin = None if options.origin_defect is None else origin_term(field.loss, state0)
     config = {name: getattr(options, name) for name in _STATIC_OPTIONS}
@@ -698,7 +869,7 @@ def gradient_flow(
     - `**options`: the fields of `FlowOptions` — `solver` (default `AutoStiff()`), `rtol`,
         `atol`, `t0`, `saveat`, `n_save`, `observe`, `event`, `stop_at_event`,
         `require_event`, `trainable`, `dt0`, `max_steps`, `record_steps`, `origin_defect`,
-        `progress`.
+        `clock_restart`, `progress`.
 
     **Returns:** a `FlowSolution`. An event that did not fire before `t1` leaves
     `sol.event_time = +inf` on a successful solve (unless `require_event=True`).

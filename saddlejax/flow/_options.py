@@ -95,8 +95,17 @@ class FlowOptions(eqx.Module):
         flow of the leading Taylor term H at 0 is integrated at unit scale and rescaled, and L
         takes over where ‖∇L − ∇H‖/‖∇H‖ reaches this value (e.g. 1e−4; the state error at the
         handoff is ≈ 0.5× it). Save times before the handoff come from the rescaled H-flow;
-        `sol.stats` gains `origin_time`, `origin_defect`, `origin_h_steps`. Only for flows
+        `sol.stats` gains `origin_time` (t_s), `origin_defect`, `origin_h_steps` and
+        `event_time_after_origin`. The cost does not grow with 1/α (down to α ≈ 1e−60 at
+        depth 4, where t_s ≈ 10¹²⁰), and L is integrated on a clock started at t_s, so the drop
+        after the handoff is resolved however large t_s is: `event_time` = t_s +
+        `event_time_after_origin`, the latter exact where the sum rounds. Only for flows
         started near a critical origin (deep nets from small initialisation).
+    - `clock_restart`: after an origin handoff, the clock restarts at 0 (the elapsed time
+        carried as an offset; `sol.stats["clock_restarts"]` counts them) once θ moves by its
+        own size in less than t/`clock_restart` (‖θ‖/‖∇L‖): a later k > 2 escape at
+        t ≈ α^{−(k−2)} then stays resolved. The default 1e7 keeps ≥ 10⁸ float spacings of t
+        per such time; flows from α ≳ 1e−4 never restart.
     - `adjoint`: how `jax.grad`/`jax.jvp` differentiate the solve (diffrax's adjoints).
         Default `diffrax.RecursiveCheckpointAdjoint()`: reverse mode through the steps with
         O(log(max_steps)) checkpoints — the choice for a gradient with respect to many inputs
@@ -134,6 +143,7 @@ class FlowOptions(eqx.Module):
     max_steps: int = 1_000_000
     record_steps: bool = False
     origin_defect: float | None = None
+    clock_restart: float = 1e7
     progress: bool = False
     adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint()
     keep_solver_state: bool = False
@@ -166,6 +176,7 @@ class FlowOptions(eqx.Module):
         _positive_or_traced("atol", self.atol, allow_none=True)
         _positive_or_traced("dt0", self.dt0, allow_none=True)
         _positive_or_traced("origin_defect", self.origin_defect, allow_none=True)
+        _positive_or_traced("clock_restart", self.clock_restart)
         check_real("t0", self.t0)
         _static_count(
             "max_steps", self.max_steps, 1, MAX_STEPS, "the largest int32, JAX's default int"

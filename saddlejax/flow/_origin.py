@@ -18,6 +18,14 @@ relative ε_s of the true one throughout, and the handoff state is reported with
 resulting state error is checked in the tests against integrating L from θ₀ directly
 (relative error ≈ 0.3·ε_s for the default problem).
 
+For k > 2 the unit-scale flow blows up at a finite τ = T, and the handoff radius R_s lies at
+r = R_s/λ, i.e. at T − τ ∝ λ^{k−2}: below λ ≈ 1e−5 (depth 4) no float resolves that. So the
+flow is integrated in polar form (ŵ = θ/‖θ‖, log r and τ as functions of the clock σ with
+dσ = r^{k−2}dτ, `sphere_field`, as `blowup_time` does): every variable is smooth up to the
+blow-up, the cost grows only like log(1/λ), and t_s = τ_s·λ^{−(k−2)} is representable down to
+λ^{k−2} ≈ 1e−300 (α = 1e−60 at depth 4 gives t_s ≈ 10¹²⁰). `gradient_flow` continues the
+flow of L on a clock started at t_s, which resolves the drop after it.
+
 The flow of H escapes only if u₀ is not in the stable set of the origin; if the defect never
 reaches `defect_tol` before `max_time` the handoff reports a failure, not a success.
 """
@@ -29,6 +37,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optimistix as optx
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree, Scalar
 from optax.tree_utils import tree_add_scale, tree_scale
 from optimistix import two_norm
@@ -36,7 +45,7 @@ from optimistix import two_norm
 from .._results import RESULTS
 from .._trainable import split_trainable
 from .._vector_field import GradientField
-from ..theory._h_flow import solve_h_flow
+from ..theory._h_flow import sphere_field
 from ..theory._taylor import TaylorTerm, taylor_term
 
 
@@ -70,7 +79,53 @@ class OriginHandoff(eqx.Module):
 def _relative_defect(loss, H, theta):
     g_l = jax.grad(loss)(theta)
     g_h = jax.grad(H)(theta)
-    return two_norm(tree_add_scale(g_l, -1.0, g_h)) / two_norm(g_h)
+    # Both norms of the gradients scaled by max|∇H|: at θ ≈ 1e−60 their squares underflow.
+    m = jnp.max(jnp.asarray([jnp.max(jnp.abs(x)) for x in jax.tree_util.tree_leaves(g_h)]))
+    m = jnp.where(m > 0, m, 1.0)
+    return two_norm(tree_scale(1.0 / m, tree_add_scale(g_l, -1.0, g_h))) / two_norm(
+        tree_scale(1.0 / m, g_h)
+    )
+
+
+class _Polar(eqx.Module):
+    """The unit-scale H-flow from u₀ = θ₀/λ in polar form (`sphere_field`): ŵ, log r and the
+    flow time in the dimensionless clock σ̂; flat vectors."""
+
+    H: Callable
+    order: int = eqx.field(static=True)
+    scale: Array  # ‖∇H(u₀)‖: σ̂ = scale·σ and τ = t̂/scale
+
+    def unit_state(self, y):
+        """Γ_H(τ, u₀) = r·ŵ at the polar state y."""
+        w, log_r, _ = y
+        return (jnp.exp(log_r) / two_norm(w)) * w
+
+    def solve(self, w0, horizon, saveat, event, rtol, atol, max_steps):
+        zero = jnp.zeros((), w0.dtype)
+        return diffrax.diffeqsolve(
+            diffrax.ODETerm(sphere_field(self.H, self.order, self.scale)),
+            diffrax.Dopri8(),
+            zero,
+            horizon,
+            None,
+            (w0, zero, zero),
+            saveat=saveat,
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            event=event,
+            max_steps=max_steps,
+            throw=False,
+        )
+
+
+def _polar(loss, H, order, state0):
+    """(flat loss, `_Polar` of H, u₀ flat, λ, unravel) for the trainable state θ₀."""
+    x0, unravel = ravel_pytree(state0)
+    lam = two_norm(x0)
+    H_flat = GradientField(H, unravel=unravel).loss
+    w0 = x0 / lam
+    c = two_norm(jax.grad(H_flat)(w0))
+    polar = _Polar(H_flat, order, jnp.where(c > 0, c, 1.0))
+    return (lambda x: loss(unravel(x))), polar, w0, lam, unravel
 
 
 def origin_term(loss: Callable, state0) -> TaylorTerm:
@@ -100,33 +155,29 @@ def handoff(
 ):
     """The handoff from the trainable state θ₀ (jittable; see `origin_handoff`).
 
-    **Returns:** (θ(t_s) as a trainable state, t_s, ε there, λ, τ_s, H-flow steps, result).
-    """
-    H, k = term.H, term.order
-    lam = two_norm(state0)
-    u0 = tree_scale(1.0 / lam, state0)
+    **Returns:** (θ(t_s) as a trainable state, t_s, ε there, λ, τ_s, H-flow steps, result,
+    the solve's steps as (σ̂, log r, t̂) for `rescaled_h_path`)."""
+    k = term.order
+    loss_flat, polar, w0, lam, unravel = _polar(loss, term.H, k, state0)
+    H = polar.H
 
-    def cond_fn(t, y, args, **kwargs):
-        return _relative_defect(loss, H, tree_scale(lam, y)) / defect_tol - 1.0
+    def cond_fn(t, y, args, **kwargs):  # t is σ̂ (diffrax passes it by name)
+        return _relative_defect(loss_flat, H, lam * polar.unit_state(y)) / defect_tol - 1.0
 
+    saveat = diffrax.SaveAt(
+        subs=[
+            diffrax.SubSaveAt(t1=True),
+            diffrax.SubSaveAt(steps=True, fn=lambda sigma, y, args: (sigma, y[1], y[2])),
+        ]
+    )
     event = diffrax.Event(cond_fn, root_finder=optx.Newton(rtol=1e-12, atol=1e-10))
-    sol = solve_h_flow(
-        H,
-        u0,
-        max_time,
-        saveat=diffrax.SaveAt(t1=True),
-        event=event,
-        rtol=rtol,
-        atol=atol,
-        max_steps=max_steps,
-    )
+    sol = polar.solve(w0, max_time, saveat, event, rtol, atol, max_steps)
     fired = sol.result == diffrax.RESULTS.event_occurred
-    already = _relative_defect(loss, H, state0) >= defect_tol  # θ₀ is past it: skip nothing
-    u_s = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
-    state_s = jax.tree_util.tree_map(
-        lambda a, b: jnp.where(already, a, b), state0, tree_scale(lam, u_s)
-    )
-    tau_s = jnp.where(already, 0.0, sol.ts[-1])
+    x0 = ravel_pytree(state0)[0]
+    already = _relative_defect(loss_flat, H, x0) >= defect_tol  # θ₀ is past it: skip nothing
+    y_s = jax.tree_util.tree_map(lambda x: x[-1], sol.ys[0])
+    x_s = jnp.where(already, x0, lam * polar.unit_state(y_s))
+    tau_s = jnp.where(already, 0.0, y_s[2] / polar.scale)
     result = RESULTS.where(
         already | fired,
         RESULTS.successful,
@@ -136,8 +187,19 @@ def handoff(
             RESULTS.origin_not_left,
         ),
     )
-    defect = _relative_defect(loss, H, state_s)
-    return state_s, tau_s / lam ** (k - 2), defect, lam, tau_s, sol.stats["num_steps"], result
+    defect = _relative_defect(loss_flat, H, x_s)
+    # λ^{k−2} through logarithms: t_s is representable down to λ^{k−2} ≈ 1e−308·τ_s.
+    time = tau_s * jnp.exp(-(k - 2) * jnp.log(lam))
+    # The steps' ends, with the start in front and the handoff (a truncated last step that
+    # diffrax may not list) after them, sorted (+inf pads the unused slots).
+    n = jnp.sum(jnp.isfinite(sol.ys[1][0]))
+    records = tuple(
+        jnp.concatenate([jnp.zeros(1, x.dtype), x, jnp.full(1, jnp.inf, x.dtype)]).at[n + 1].set(
+            jnp.where(already, 0.0, last)
+        )
+        for x, last in zip(sol.ys[1], (sol.ts[0][-1], y_s[1], y_s[2]))
+    )
+    return unravel(x_s), time, defect, lam, tau_s, sol.stats["num_steps"], result, records
 
 
 def origin_handoff(
@@ -148,7 +210,7 @@ def origin_handoff(
     trainable=eqx.is_inexact_array,
     rtol: float = 1e-10,
     atol: float = 1e-12,
-    max_time: float = 1e8,
+    max_time: float = 1e4,
     max_steps: int = 100_000,
 ) -> OriginHandoff:
     """Follow the flow of L from a small θ₀ through the flow of its leading Taylor term H at
@@ -162,11 +224,15 @@ def origin_handoff(
     - `defect_tol`: the largest relative defect ‖∇L − ∇H‖/‖∇H‖ accepted on the skipped stretch
         (the error bound that is reported); smaller values hand over earlier.
     - `rtol`, `atol`: tolerances of the unit-scale H-flow (Dopri8).
-    - `max_time`: horizon of the unit-scale flow in τ (failure if the defect is never reached).
+    - `max_time`: horizon of the unit-scale flow in its dimensionless polar clock σ̂ = ‖∇H(u₀)‖σ,
+        dσ = r^{k−2}dτ (see `blowup_time`; escaping flows need O(1)–O(100) plus ≈ log(1/λ)/ŝ):
+        failure if the defect is never reached.
 
     **Returns:** an `OriginHandoff` (its `result` says whether it succeeded); continue with
-    `gradient_flow(objective, ho.params, t1, t0=ho.time)`, or use `gradient_flow(...,
-    origin_defect=...)`, which does both and fills the save times before t_s from the H-flow.
+    `gradient_flow(objective, ho.params, t1)` on a clock started at the handoff (t = 0 there;
+    `t0=ho.time` only while t_s is small enough for float time to resolve the drop), or use
+    `gradient_flow(..., origin_defect=...)`, which does both, restarts its clock where needed
+    and fills the save times before t_s from the H-flow.
     """
     if not defect_tol > 0:
         raise ValueError(f"`defect_tol` must be positive, got {defect_tol}.")
@@ -174,7 +240,7 @@ def origin_handoff(
     loss = GradientField(objective, static).loss
     term = origin_term(loss, state0)
     dtype = two_norm(state0).dtype
-    state_s, time, defect, lam, tau_s, steps, result = handoff(
+    state_s, time, defect, lam, tau_s, steps, result, _ = handoff(
         loss,
         term,
         state0,
@@ -197,18 +263,41 @@ def origin_handoff(
     )
 
 
+def _sigma_at(records, order, target):
+    """σ̂ at which the polar solve's clock t̂ reaches `target`, from its steps (σ̂, log r, t̂):
+    inside the step that brackets it, log u = −(k−2) log r is taken linear in σ̂, so that
+    t̂(σ̂) = t̂_a + (u_a/b)(e^{b(σ̂−σ̂_a)} − 1) inverts in closed form (exact for k = 2 and
+    along an aligned tail, where log u is linear)."""
+    sig, log_r, t_hat = records
+    n = jnp.sum(jnp.isfinite(sig))
+    j = jnp.clip(jnp.searchsorted(t_hat, target), 1, jnp.maximum(n - 1, 1))
+    sa, sb = sig[j - 1], sig[j]
+    la, lb = -(order - 2) * log_r[j - 1], -(order - 2) * log_r[j]
+    b = (lb - la) / jnp.where(sb > sa, sb - sa, 1.0)
+    x = (target - t_hat[j - 1]) * jnp.exp(-la)
+    small = jnp.abs(b * x) < 1e-8
+    ds = jnp.where(small, x, jnp.log1p(jnp.where(small, 0.0, b * x)) / jnp.where(small, 1.0, b))
+    return jnp.clip(sa + ds, sa, sb)
+
+
 @eqx.filter_jit
-def rescaled_h_path(term: TaylorTerm, lam, tau_s, state0, dt, rtol=1e-10, atol=1e-12):
+def rescaled_h_path(term: TaylorTerm, lam, tau_s, state0, dt, records, rtol=1e-10, atol=1e-12):
     """θ(t₀ + dt) for elapsed times dt ≤ t_s by Lemma 13: λ·Γ_H(λ^{k−2}·dt, u₀), states stacked
-    along a leading axis (dt clipped to [0, t_s − t₀]), and the solve's result."""
-    tau = jnp.clip(dt * lam ** (term.order - 2), 0.0, tau_s)
-    u0 = tree_scale(1.0 / lam, state0)
-    sol = solve_h_flow(
-        term.H,
-        u0,
-        jnp.maximum(tau_s, jnp.max(tau)),
-        saveat=diffrax.SaveAt(ts=tau),
-        rtol=rtol,
-        atol=atol,
-    )
-    return tree_scale(lam, sol.ys), RESULTS.promote(sol.result)
+    along a leading axis (dt clipped to [0, t_s − t₀]), and the solve's result.
+
+    Near a k > 2 blow-up τ cannot be resolved in float (τ_s = T − O(λ^{k−2})), so the states
+    come from the polar solve at the σ̂ where its clock reaches each τ (`_sigma_at`), moved by
+    the residual time along −∇H (first order: the residual is that of the within-step
+    inversion)."""
+    k = term.order
+    _, polar, w0, _, unravel = _polar(lambda x: x, term.H, k, state0)
+    tau = jnp.clip(dt * jnp.exp((k - 2) * jnp.log(lam)), 0.0, tau_s)
+    target = tau * polar.scale
+    sigma = jax.vmap(lambda t: _sigma_at(records, k, t))(target)
+    sigma_s = jnp.max(jnp.where(jnp.isfinite(records[0]), records[0], -jnp.inf))
+    saveat = diffrax.SaveAt(ts=sigma, fn=lambda s, y, args: (polar.unit_state(y), y[2]))
+    sol = polar.solve(w0, sigma_s, saveat, None, rtol, atol, 100_000)
+    v, t_hat = sol.ys
+    residual = (target - t_hat) / polar.scale  # τ still to go from each saved state
+    v = v - residual[:, None] * jax.vmap(jax.grad(polar.H))(v)
+    return jax.vmap(unravel)(lam * v), RESULTS.promote(sol.result)

@@ -130,17 +130,17 @@ class BlowupTime(eqx.Module):
     stats: dict[str, Array]
 
 
-def _sphere_field(H, order, scale):
-    """(ŵ, log û, t̂)' in σ̂ (see `blowup_time`): the projected gradient flow of H on the sphere,
-    the log of û = (‖θ‖/‖θ̃‖)^{−(k−2)} and the rescaled flow time."""
+def sphere_field(H, order, scale):
+    """(ŵ, log r, t̂)' in σ̂ (see `blowup_time`): the projected gradient flow of H on the sphere,
+    the log of the radius r = ‖θ‖/‖θ̃‖ and the rescaled flow time, dt̂/dσ̂ = r^{−(k−2)}."""
 
     def field(sigma, y, args):
-        w, log_u, t = y
+        w, log_r, t = y
         w = tree_scale(1.0 / two_norm(w), w)
         g = jax.grad(H)(w)
         q = tree_vdot(w, g)  # ⟨ŵ, ∇H(ŵ)⟩ (= kH(ŵ) by Euler's identity)
         dw = tree_scale(-1.0 / scale, tree_add_scale(g, -q, w))
-        return dw, (order - 2) * q / scale, jnp.exp(log_u)
+        return dw, -q / scale, jnp.exp(-(order - 2) * log_r)
 
     return field
 
@@ -161,19 +161,20 @@ def _blowup_solve(H, theta0, order, tail_rtol, max_time, rtol, atol, max_steps):
         w = tree_scale(1.0 / two_norm(w), w)
         return -tree_vdot(w, jax.grad(H)(w)) / scale
 
-    def tail(y):  # T̂ − t̂ by the asymptotic law û(σ̂) = û e^{−(k−2)ŝσ̂}
+    def tail(y):  # T̂ − t̂ by the asymptotic law û(σ̂) = û e^{−(k−2)ŝσ̂}, û = r^{−(k−2)}
         s = speed(y[0])
-        return jnp.where(s > 0, jnp.exp(y[1]) / ((order - 2) * jnp.where(s > 0, s, 1.0)), jnp.inf)
+        u = jnp.exp(-(order - 2) * y[1])
+        return jnp.where(s > 0, u / ((order - 2) * jnp.where(s > 0, s, 1.0)), jnp.inf)
 
     def escaped(sigma, y, args, **kwargs):
         return tail(y) <= tail_rtol * y[2]
 
     def collapsed(sigma, y, args, **kwargs):  # û > 10¹⁰⁰: the flow went to the origin
-        return y[1] > 100 * math.log(10.0)
+        return -(order - 2) * y[1] > 100 * math.log(10.0)
 
     zero = jnp.zeros((), dtype)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(_sphere_field(H, order, scale)),
+        diffrax.ODETerm(sphere_field(H, order, scale)),
         diffrax.Dopri8(),
         zero,
         max_time,
@@ -185,7 +186,7 @@ def _blowup_solve(H, theta0, order, tail_rtol, max_time, rtol, atol, max_steps):
         max_steps=max_steps,
         throw=False,
     )
-    w, log_u, t_hat = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
+    w, log_r, t_hat = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
     fired = (sol.result == diffrax.RESULTS.event_occurred) & sol.event_mask[0]
     # Reaching `max_time`, or the collapse event, is a flow that did not blow up; a solver
     # failure (max_steps, step-size collapse) keeps its own code.
@@ -195,7 +196,7 @@ def _blowup_solve(H, theta0, order, tail_rtol, max_time, rtol, atol, max_steps):
     result = RESULTS.where(fired, RESULTS.successful, failed)
     ok = result == RESULTS.successful
     units = r0 ** (-(order - 2)) / scale  # T = units · T̂
-    tail_hat = tail((w, log_u, t_hat))
+    tail_hat = tail((w, log_r, t_hat))
     w = tree_scale(1.0 / two_norm(w), w)
     return BlowupTime(
         time=jnp.where(ok, units * (t_hat + tail_hat), jnp.inf),
@@ -247,25 +248,25 @@ def blowup_time(
     **Method.** Write θ = r·ŵ (r = ‖θ‖, ‖ŵ‖ = 1) and u = r^{−(k−2)}, which goes to 0 linearly
     at T. In the time σ with dσ = r^{k−2} dt the flow splits into
 
-        dŵ/dσ = −(∇H(ŵ) − ⟨ŵ, ∇H(ŵ)⟩ŵ),    d log u/dσ = (k−2)⟨ŵ, ∇H(ŵ)⟩,    dt/dσ = u,
+        dŵ/dσ = −(∇H(ŵ) − ⟨ŵ, ∇H(ŵ)⟩ŵ),    d log r/dσ = −⟨ŵ, ∇H(ŵ)⟩,    dt/dσ = u,
 
-    the projected gradient flow of H on the sphere (autonomous, bounded: it never blows up),
-    the log of u (a quadrature along it) and t (another). As σ → ∞, ŵ converges to an escape
-    direction ρ of speed s = −⟨ρ, ∇H(ρ)⟩ > 0, log u decreases like −(k−2)sσ, and
-    T = ∫_0^∞ u dσ converges exponentially: the blow-up is at σ = ∞, where every variable is
-    smooth. All three are integrated with Dopri8 (in the dimensionless time σ̂ = ‖∇H(θ̃/‖θ̃‖)‖σ,
-    with u and t scaled to 1 at the start) until the remaining time, estimated by the
-    asymptotic law u/((k−2)s) with s at the current ŵ, is below `tail_rtol` times the elapsed
-    time; that estimate is added. H decreases along the flow on the sphere, so s only grows
-    towards its limit s_∞ and the estimate exceeds the true remainder by at most a fraction
-    1 − s/s_∞ of itself (O(‖ŵ − ρ‖²) once ŵ is near ρ, where H is stationary): the
-    extrapolation's error is below `tail_rtol`·T, and T is exact to the solver's tolerance
-    (≈ 1e−10 relative at the defaults), also when ‖θ‖ blows up before ŵ has aligned (wide
-    networks). Started exactly on a slower escape direction — an unstable critical point of
-    the flow on the sphere — rounding errors grow and carry ŵ to a faster one once u has
-    decayed ~10⁷-fold: T is then exact to ~1e−7 only. Integrating θ in t instead would need
-    steps shrinking like T − t, and an extrapolation from a finite radius whose error is the
-    part of ŵ not yet aligned there.
+    the projected gradient flow of H on the sphere (autonomous, bounded: it never blows up), the
+    log of r (a quadrature along it; log u = −(k−2) log r) and t (another). As σ → ∞, ŵ
+    converges to an escape direction ρ of speed s = −⟨ρ, ∇H(ρ)⟩ > 0, log u decreases like
+    −(k−2)sσ, and T = ∫_0^∞ u dσ converges exponentially: the blow-up is at σ = ∞, where every
+    variable is smooth. All three are integrated with Dopri8 (in the dimensionless time σ̂ =
+    ‖∇H(θ̃/‖θ̃‖)‖σ, with r and t scaled to 1 at the start) until the remaining time, estimated
+    by the asymptotic law u/((k−2)s) with s at the current ŵ, is below `tail_rtol` times the
+    elapsed time; that estimate is added. H decreases along the flow on the sphere, so s only
+    grows towards its limit s_∞ and the estimate exceeds the true remainder by at most a
+    fraction 1 − s/s_∞ of itself (O(‖ŵ − ρ‖²) once ŵ is near ρ, where H is stationary): the
+    extrapolation's error is below `tail_rtol`·T, and T is exact to the solver's tolerance (≈
+    1e−10 relative at the defaults), also when ‖θ‖ blows up before ŵ has aligned (wide
+    networks). Started exactly on a slower escape direction — an unstable critical point of the
+    flow on the sphere — rounding errors grow and carry ŵ to a faster one once u has decayed
+    ~10⁷-fold: T is then exact to ~1e−7 only. Integrating θ in t instead would need steps
+    shrinking like T − t, and an extrapolation from a finite radius whose error is the part of ŵ
+    not yet aligned there.
 
     The flow does not blow up when ŵ settles where H ≥ 0 (θ̃ in the stable set of the origin,
     or H ≥ 0 everywhere): ‖θ‖ then stays bounded or shrinks, and the result is
