@@ -276,7 +276,9 @@ def _sigma_at(records, order, target):
     b = (lb - la) / jnp.where(sb > sa, sb - sa, 1.0)
     x = (target - t_hat[j - 1]) * jnp.exp(-la)
     small = jnp.abs(b * x) < 1e-8
-    ds = jnp.where(small, x, jnp.log1p(jnp.where(small, 0.0, b * x)) / jnp.where(small, 1.0, b))
+    # b·x ≤ −1: the step's linear law never reaches the target (clipped to its end below).
+    bx = jnp.maximum(jnp.where(small, 0.0, b * x), -1.0 + 1e-15)
+    ds = jnp.where(small, x, jnp.log1p(bx) / jnp.where(small, 1.0, b))
     return jnp.clip(sa + ds, sa, sb)
 
 
