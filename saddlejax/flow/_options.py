@@ -105,7 +105,8 @@ class FlowOptions(eqx.Module):
         carried as an offset; `sol.stats["clock_restarts"]` counts them) once θ moves by its
         own size in less than t/`clock_restart` (‖θ‖/‖∇L‖): a later k > 2 escape at
         t ≈ α^{−(k−2)} then stays resolved. The default 1e7 keeps ≥ 10⁸ float spacings of t
-        per such time; flows from α ≳ 1e−4 never restart.
+        per such time (the default problem restarts once, before its second drop, at
+        α = 1e−5).
     - `adjoint`: how `jax.grad`/`jax.jvp` differentiate the solve (diffrax's adjoints).
         Default `diffrax.RecursiveCheckpointAdjoint()`: reverse mode through the steps with
         O(log(max_steps)) checkpoints — the choice for a gradient with respect to many inputs
