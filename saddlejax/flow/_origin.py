@@ -117,15 +117,15 @@ class _Polar(eqx.Module):
         )
 
 
-def _polar(loss, H, order, state0):
-    """(flat loss, `_Polar` of H, u₀ flat, λ, unravel) for the trainable state θ₀."""
+def _polar(H, order, state0):
+    """(`_Polar` of H, u₀ flat, λ, unravel) for the trainable state θ₀."""
     x0, unravel = ravel_pytree(state0)
     lam = two_norm(x0)
     H_flat = GradientField(H, unravel=unravel).loss
     w0 = x0 / lam
     c = two_norm(jax.grad(H_flat)(w0))
     polar = _Polar(H_flat, order, jnp.where(c > 0, c, 1.0))
-    return (lambda x: loss(unravel(x))), polar, w0, lam, unravel
+    return polar, w0, lam, unravel
 
 
 def origin_term(loss: Callable, state0) -> TaylorTerm:
@@ -158,8 +158,11 @@ def handoff(
     **Returns:** (θ(t_s) as a trainable state, t_s, ε there, λ, τ_s, H-flow steps, result,
     the solve's steps as (σ̂, log r, t̂) for `rescaled_h_path`)."""
     k = term.order
-    loss_flat, polar, w0, lam, unravel = _polar(loss, term.H, k, state0)
+    polar, w0, lam, unravel = _polar(term.H, k, state0)
     H = polar.H
+
+    def loss_flat(x):
+        return loss(unravel(x))
 
     def cond_fn(t, y, args, **kwargs):  # t is σ̂ (diffrax passes it by name)
         return _relative_defect(loss_flat, H, lam * polar.unit_state(y)) / defect_tol - 1.0
@@ -292,7 +295,7 @@ def rescaled_h_path(term: TaylorTerm, lam, tau_s, state0, dt, records, rtol=1e-1
     the residual time along −∇H (first order: the residual is that of the within-step
     inversion)."""
     k = term.order
-    _, polar, w0, _, unravel = _polar(lambda x: x, term.H, k, state0)
+    polar, w0, _, unravel = _polar(term.H, k, state0)
     tau = jnp.clip(dt * jnp.exp((k - 2) * jnp.log(lam)), 0.0, tau_s)
     target = tau * polar.scale
     sigma = jax.vmap(lambda t: _sigma_at(records, k, t))(target)
