@@ -397,25 +397,42 @@ def taylor_term(
 # identities as numbers
 
 
+def _value_grad_scale(H: Callable, order: int, delta: PyTree) -> tuple[Array, PyTree, Array]:
+    """H(δ), ∇H(δ) and the size ‖δ‖‖∇H(δ)‖/k of H at δ.
+
+    By Euler's identity and Cauchy–Schwarz |H(δ)| ≤ ‖δ‖‖∇H(δ)‖/k, with equality along the
+    steepest direction; unlike |H(δ)| it does not vanish where δ crosses a zero of H, so errors
+    measured against it are roundoff-sized wherever H is evaluated.
+    """
+    h, g = jax.value_and_grad(H)(delta)
+    d, g = _params(delta), _params(g)
+    return h, g, two_norm(d) * two_norm(g) / order
+
+
 def homogeneity_error(
     H: Callable, order: int, delta: PyTree, scales: Sequence[float] = (0.5, 2.0, 3.0)
 ) -> Array:
-    """max_λ |H(λδ) − λ^k H(δ)| / |λ^k H(δ)| over `scales` (SPEC §4: H(λδ) = λ^k H(δ)).
+    """max_λ |H(λδ) − λ^k H(δ)| / (|λ|^k ‖δ‖‖∇H(δ)‖/k) over `scales` (SPEC §4: H(λδ) = λ^k H(δ)).
 
-    Use positive λ for positively homogeneous H (ReLU nets); negative λ test full homogeneity.
+    The denominator bounds |λ^k H(δ)| and stays away from zero near H's zero set (see
+    `_value_grad_scale`). Use positive λ for positively homogeneous H (ReLU nets); negative λ
+    test full homogeneity.
     """
-    h = H(delta)
+    h, _, size = _value_grad_scale(H, order, delta)
     errs = [
-        jnp.abs(H(tree_scale(lam, delta)) - lam**order * h) / jnp.abs(lam**order * h)
+        jnp.abs(H(tree_scale(lam, delta)) - lam**order * h) / (abs(lam) ** order * size)
         for lam in scales
     ]
     return jnp.max(jnp.stack(errs))
 
 
 def euler_error(H: Callable, order: int, delta: PyTree) -> Array:
-    """|δᵀ∇H(δ) − kH(δ)| / |kH(δ)| (Euler's identity for k-homogeneous H; SPEC §4)."""
-    h, g = jax.value_and_grad(H)(delta)
-    return jnp.abs(tree_vdot(_params(delta), _params(g)) - order * h) / jnp.abs(order * h)
+    """|δᵀ∇H(δ) − kH(δ)| / (‖δ‖‖∇H(δ)‖) (Euler's identity for k-homogeneous H; SPEC §4).
+
+    The denominator bounds both |δᵀ∇H(δ)| and |kH(δ)| and does not vanish where H(δ) does.
+    """
+    h, g, size = _value_grad_scale(H, order, delta)
+    return jnp.abs(tree_vdot(_params(delta), g) - order * h) / (order * size)
 
 
 def remainder_slope(
