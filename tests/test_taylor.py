@@ -84,6 +84,29 @@ def test_shifted_critical_point_with_roundoff(getkey):
     assert (taylor.order, taylor.next_order) == (2, 4)
 
 
+@pytest.mark.parametrize("as_tuple", [False, True])
+def test_matrix_completion_dln_uses_outputs_route(getkey, as_tuple):
+    """`MatrixCompletion` factors through the end-to-end matrix (L = C∘A_θ), so `auto` takes the
+    one-pass "outputs" route at a DLN's origin, for a `DeepLinear` or a tuple of matrices: H
+    equals the "ray" route and Tr[Gᵀ A_θ] (SPEC §4), and m = 2L is found even for a wide net,
+    whose random unit δ has ‖A_δ‖ ≈ 1e−4, so ½D²C(0)[A_δ, A_δ] is 1e−8 of L(0) at r = 1."""
+    problem = sj.matrix_completion_problem(getkey())
+    net = sj.nn.DeepLinear((10, 100, 100, 100, 10), key=getkey())
+    theta = tuple(net.weights) if as_tuple else net
+    origin = _zeros(theta)
+    taylor = sj.taylor_term(problem, origin, key=getkey())
+    assert taylor.method == "outputs" and (taylor.order, taylor.next_order) == (4, 8)
+    ray = sj.taylor_term(problem, origin, key=getkey(), method="ray")
+    assert (ray.order, ray.next_order) == (4, 8)
+    g = sj.matrix_cost_gradient_at_zero(problem)
+    closed = sj.dln_taylor_term(g)(net.weights)
+    # three evaluations of Tr[Gᵀ A_θ]: roundoff relative to ‖G‖‖A_θ‖ ≥ |H| (which a random θ
+    # may bring near 0)
+    size = jnp.linalg.norm(g) * jnp.linalg.norm(sj.nn.end_to_end_matrix(net))
+    for h in (taylor.H(theta), ray.H(theta)):
+        assert jnp.abs(h - closed) <= 1e-12 * size
+
+
 def test_relu_origin_uses_outputs_route(getkey):
     """At the origin of a ReLU net AD differentiates one branch of each kink; `auto` detects
     the homogeneous network and uses H(θ) = Σ⟨∂ℓ/∂f(0), f_θ(x_i)⟩, which equals the one-sided

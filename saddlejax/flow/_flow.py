@@ -842,7 +842,11 @@ def prepare(objective: Callable, params0: PyTree, t1, options: FlowOptions):
         else jnp.asarray(options.origin_defect, dtype),
         clock_restart=jnp.asarray(options.clock_restart, dtype),
     )
-    origin = None if options.origin_defect is None else origin_term(field.loss, state0)
+    origin = (
+        None
+        if options.origin_defect is None
+        else origin_term(field.objective, field.static, state0)
+    )
     config = {name: getattr(options, name) for name in _STATIC_OPTIONS}
     config["solver"] = _forward_mode_stages(config["solver"], options.adjoint)
     config["progress"] = options.progress

@@ -128,10 +128,19 @@ def _polar(H, order, state0):
     return polar, w0, lam, unravel
 
 
-def origin_term(loss: Callable, state0) -> TaylorTerm:
-    """The leading Taylor term of `loss` at the origin of the trainable state (not jittable:
-    it reads the order from concrete derivatives); a ValueError unless the origin is critical."""
-    term = taylor_term(loss, jax.tree_util.tree_map(jnp.zeros_like, state0))
+def origin_term(objective: Callable, static, state0) -> TaylorTerm:
+    """The leading Taylor term of L at the origin of the trainable state θ₀, a function of that
+    state (not jittable: it reads the order from concrete derivatives); a ValueError unless the
+    origin is critical.
+
+    Where every parameter is trainable the term is read from `objective` itself, so an
+    objective of the network's outputs gets the "outputs" route (one pass through the network
+    per ∇H, against 2^k for the "ray" route: the H-flow of the handoff runs on it)."""
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state0)
+    if not jax.tree_util.tree_leaves(eqx.filter(static, eqx.is_inexact_array)):
+        term = taylor_term(objective, eqx.combine(zeros, static))
+    else:
+        term = taylor_term(GradientField(objective, static).loss, zeros)
     if term.order < 2:
         raise ValueError(
             "`origin_defect` / `origin_handoff` need the origin to be a critical point of the "
@@ -241,7 +250,7 @@ def origin_handoff(
         raise ValueError(f"`defect_tol` must be positive, got {defect_tol}.")
     state0, static = split_trainable(params0, trainable)
     loss = GradientField(objective, static).loss
-    term = origin_term(loss, state0)
+    term = origin_term(objective, static, state0)
     dtype = two_norm(state0).dtype
     state_s, time, defect, lam, tau_s, steps, result, _ = handoff(
         loss,

@@ -96,6 +96,10 @@ class SquareLoss(AbstractObjective):
         _check_outputs(out, self.y)
         return out - self.y
 
+    def outputs(self, model) -> Float[Array, "n n_out"]:
+        """The network's outputs on `x`: L(θ) = `from_outputs`(`outputs`(θ))."""
+        return jax.vmap(model)(self.x)
+
     def output_gradient_at_zero(self) -> Float[Array, "n n_out"]:
         """∂L/∂f at f = 0, per sample: the data of the leading Taylor term H (SPEC §4)."""
         return jax.grad(lambda f: self.from_outputs(f))(jnp.zeros_like(self.y))
@@ -115,7 +119,7 @@ class SquareLoss(AbstractObjective):
     def __call__(self, model) -> Scalar:
         if isinstance(model, list | tuple):
             return self.matrix_cost(end_to_end_matrix(model))
-        return self.from_outputs(jax.vmap(model)(self.x))
+        return self.from_outputs(self.outputs(model))
 
 
 class LogisticLoss(AbstractObjective):
@@ -129,6 +133,10 @@ class LogisticLoss(AbstractObjective):
         if self.y.shape[1] != 1:
             raise ValueError(f"`y` must hold one ±1 label per sample, got shape {self.y.shape}.")
 
+    def outputs(self, model) -> Float[Array, "n 1"]:
+        """The network's outputs on `x`: L(θ) = `from_outputs`(`outputs`(θ))."""
+        return jax.vmap(model)(self.x)
+
     def from_outputs(self, outputs: Float[Array, "n 1"]) -> Scalar:
         _check_outputs(outputs, self.y, "the outputs (model applied to `x`) have")
         return jnp.mean(jax.nn.softplus(-self.y * outputs))
@@ -138,7 +146,7 @@ class LogisticLoss(AbstractObjective):
         return jax.grad(self.from_outputs)(jnp.zeros_like(self.y))
 
     def __call__(self, model) -> Scalar:
-        return self.from_outputs(jax.vmap(model)(self.x))
+        return self.from_outputs(self.outputs(model))
 
 
 class MatrixCompletion(AbstractObjective):
@@ -177,6 +185,14 @@ class MatrixCompletion(AbstractObjective):
                 f"got {a.shape}."
             )
         return jnp.sum(self.mask * (a - self.target) ** 2) / self.n_observed
+
+    def outputs(self, model) -> Float[Array, "n_out n_in"]:
+        """The end-to-end matrix A_θ: L(θ) = `from_outputs`(`outputs`(θ))."""
+        return end_to_end_matrix(model)
+
+    def from_outputs(self, a: Float[Array, "n_out n_in"]) -> Scalar:
+        """The loss as a function of the outputs, here C(A) (`matrix_cost`)."""
+        return self.matrix_cost(a)
 
     def __call__(self, model) -> Scalar:
         return self.matrix_cost(end_to_end_matrix(model))

@@ -9,8 +9,10 @@ Two routes evaluate H:
 
 - `"ray"` (any smooth loss, any critical point): H(δ) = (1/k!) d^k/dt^k L(θ* + tδ)|_{t=0} by k
     nested `jax.jvp`s. Cost ≈ 2^k loss evaluations.
-- `"outputs"` (the origin of a positively homogeneous network with a per-sample loss, e.g. a
-    bias-free (leaky-)ReLU net): H(δ) = Σ_i ⟨∂ℓ/∂f(0, y_i), f_δ(x_i)⟩ (SPEC §4, second bullet).
+- `"outputs"` (the origin of a positively homogeneous network under a loss of its outputs, e.g.
+    a bias-free (leaky-)ReLU net with a per-sample loss, or a DLN's end-to-end matrix under
+    `MatrixCompletion`): H(δ) = ⟨∂ℓ/∂f(0), f_δ⟩ (SPEC §4, second bullet). One pass through
+    the network, against 2^k for the "ray" route, so it is also the fast one.
     AD through a ReLU at a zero pre-activation returns the derivative of one branch, so the
     "ray" route at the origin of a ReLU net silently differentiates the wrong (linear) function;
     this route avoids it by using the network's homogeneity f_{tδ} = t^k f_δ (t > 0) instead.
@@ -183,10 +185,23 @@ class TaylorTerm(eqx.Module):
         return self.loss(_shift(self.point, delta, 1.0)) - self.value - self.H(delta)
 
 
+def _outputs_fn(objective) -> Callable | None:
+    """θ ↦ f_θ for an objective that factors as L = ℓ∘f: one with `from_outputs` (ℓ) and
+    `outputs` (f, e.g. `MatrixCompletion`'s end-to-end matrix), or with `x` (f_θ = the model
+    applied to each row); None otherwise."""
+    if not hasattr(objective, "from_outputs"):
+        return None
+    if callable(getattr(objective, "outputs", None)):
+        return objective.outputs
+    if hasattr(objective, "x"):
+        return lambda model: jax.vmap(model)(objective.x)
+    return None
+
+
 def _outputs_term(objective, point, delta):
-    # H(δ) = ⟨∂ℓ/∂f(f = 0), f_δ(X)⟩: a jvp of the loss as a function of the outputs at 0.
+    # H(δ) = ⟨∂ℓ/∂f(f = 0), f_δ⟩: a jvp of the loss as a function of the outputs at 0.
     model = eqx.combine(_params(delta), eqx.partition(point, eqx.is_inexact_array)[1])
-    outputs = jax.vmap(model)(objective.x)
+    outputs = _outputs_fn(objective)(model)
     zero = jnp.zeros_like(outputs)
     return jax.jvp(objective.from_outputs, (zero,), (outputs,))[1]
 
@@ -195,14 +210,14 @@ def _is_zero(c, scale, rtol, atol):
     return c <= rtol * scale + atol
 
 
-def _homogeneity_degree(model, x, keys, max_order, rtol) -> int | None:
-    """The integer k with f_{2δ}(X) = 2^k f_δ(X) for every probe δ, or None."""
+def _homogeneity_degree(model, outputs, keys, max_order, rtol) -> int | None:
+    """The integer k with f_{2δ} = 2^k f_δ for every probe δ, or None (f = `outputs`)."""
     static = eqx.partition(model, eqx.is_inexact_array)[1]
     degrees = set()
     for key in keys:
         delta = _random_unit(key, model)
-        f1 = jax.vmap(eqx.combine(delta, static))(x)
-        f2 = jax.vmap(eqx.combine(tree_scale(2.0, delta), static))(x)
+        f1 = outputs(eqx.combine(delta, static))
+        f2 = outputs(eqx.combine(tree_scale(2.0, delta), static))
         n1 = jnp.linalg.norm(f1)
         if not n1 > 0:
             return None
@@ -240,14 +255,18 @@ def _check_taylor_args(method, max_order, n_probes, radius, rtol, atol):
 
 
 def _outputs_order(loss, point, keys, max_order) -> int | None:
-    """k for the "outputs" route, or None where it does not apply: `loss` must be an objective
-    with `from_outputs` and `x`, the outputs must vanish at `point`, and the network must be
-    positively homogeneous in its parameters."""
-    if not (hasattr(loss, "from_outputs") and hasattr(loss, "x") and callable(point)):
+    """k for the "outputs" route, or None where it does not apply: `loss` must factor as ℓ∘f
+    (`_outputs_fn`), f must vanish at `point` and be positively homogeneous in the parameters."""
+    outputs = _outputs_fn(loss)
+    if outputs is None:
         return None
-    if not jnp.all(jax.vmap(point)(loss.x) == 0):
+    try:
+        at_point = outputs(point)
+    except (TypeError, ValueError):  # e.g. a tuple of matrices where a network was expected
         return None
-    return _homogeneity_degree(point, loss.x, keys, max_order, 1e-10)
+    if not jnp.all(at_point == 0):
+        return None
+    return _homogeneity_degree(point, outputs, keys, max_order, 1e-10)
 
 
 def _outputs_next_order(loss, point, key, value, order, rtol, atol) -> int | None:
@@ -255,12 +274,16 @@ def _outputs_next_order(loss, point, key, value, order, rtol, atol) -> int | Non
     term of L(tδ) is this one, ∝ t^{2k})."""
     static = eqx.partition(point, eqx.is_inexact_array)[1]
     delta = _random_unit(key, point)
-    f = jax.vmap(eqx.combine(delta, static))(loss.x)
+    f = _outputs_fn(loss)(eqx.combine(delta, static))
     zero = jnp.zeros_like(f)
     c1 = jax.jvp(loss.from_outputs, (zero,), (f,))[1]
     c2 = 0.5 * jax.jvp(lambda z: jax.jvp(loss.from_outputs, (z,), (f,))[1], (zero,), (f,))[1]
-    scale = max(abs(float(value)), abs(float(c1)), abs(float(c2)))
-    return None if _is_zero(abs(float(c2)), scale, rtol, atol) else 2 * order
+    # Compared where the expansion matters, as in `_sized_coefficients`: at the r with
+    # |c1|·r^k = S, c2 enters as |c2|·r^{2k}/S = |c2|·S/c1² (a wide net's unit δ has tiny f_δ).
+    c = np.abs(np.asarray([c1, c2], float))
+    s0 = abs(float(value)) if value != 0 else c.max()
+    sized = c[1] * s0 / c[0] ** 2 if c[0] > 0 else c[1] / max(s0, np.finfo(float).tiny)
+    return None if _is_zero(sized, 1.0, rtol, atol) else 2 * order
 
 
 def _sized_coefficients(raw, radius) -> np.ndarray:
@@ -341,8 +364,9 @@ def taylor_term(
     a first non-zero order above `max_order` raises; non-smooth losses (next paragraph).
     At the origin of a ReLU network AD differentiates one branch of each kink, so the "ray"
     route is wrong there; `method="auto"` switches to the "outputs" route when `loss` is an
-    objective with `from_outputs` and `x`, the network outputs vanish at `point`, and the
-    network is positively homogeneous in its parameters (f_{2δ} = 2^k f_δ on every probe).
+    objective with `from_outputs` and either `outputs` or `x` (L = ℓ∘f), the outputs f vanish
+    at `point`, and f is positively homogeneous in the parameters (f_{2δ} = 2^k f_δ on every
+    probe).
 
     This function reads concrete values to decide integer orders, so it is not jittable;
     `taylor.H` is.
@@ -382,7 +406,8 @@ def taylor_term(
             return TaylorTerm(k, m, value, coeffs, point, loss, "outputs")
         if method == "outputs":
             raise ValueError(
-                "`method`='outputs' needs `loss` to be an objective with `from_outputs` and `x`, "
+                "`method`='outputs' needs `loss` to be an objective with `from_outputs` and "
+                "`outputs` or `x`, "
                 "and `point` a network whose outputs vanish there and which is positively "
                 "homogeneous in its parameters (e.g. the origin of a bias-free ReLU net). "
                 "Use method='ray' otherwise."
