@@ -45,7 +45,7 @@ from optimistix import two_norm
 from .._results import RESULTS
 from .._trainable import split_trainable
 from .._vector_field import GradientField
-from ..theory._h_flow import sphere_field
+from ..theory._h_flow import polar_h_flow
 from ..theory._taylor import TaylorTerm, taylor_term
 
 
@@ -87,47 +87,6 @@ def _relative_defect(loss, H, theta):
     )
 
 
-class _Polar(eqx.Module):
-    """The unit-scale H-flow from u₀ = θ₀/λ in polar form (`sphere_field`): ŵ, log r and the
-    flow time in the dimensionless clock σ̂; flat vectors."""
-
-    H: Callable
-    order: int = eqx.field(static=True)
-    scale: Array  # ‖∇H(u₀)‖: σ̂ = scale·σ and τ = t̂/scale
-
-    def unit_state(self, y):
-        """Γ_H(τ, u₀) = r·ŵ at the polar state y."""
-        w, log_r, _ = y
-        return (jnp.exp(log_r) / two_norm(w)) * w
-
-    def solve(self, w0, horizon, saveat, event, rtol, atol, max_steps):
-        zero = jnp.zeros((), w0.dtype)
-        return diffrax.diffeqsolve(
-            diffrax.ODETerm(sphere_field(self.H, self.order, self.scale)),
-            diffrax.Dopri8(),
-            zero,
-            horizon,
-            None,
-            (w0, zero, zero),
-            saveat=saveat,
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            event=event,
-            max_steps=max_steps,
-            throw=False,
-        )
-
-
-def _polar(H, order, state0):
-    """(`_Polar` of H, u₀ flat, λ, unravel) for the trainable state θ₀."""
-    x0, unravel = ravel_pytree(state0)
-    lam = two_norm(x0)
-    H_flat = GradientField(H, unravel=unravel).loss
-    w0 = x0 / lam
-    c = two_norm(jax.grad(H_flat)(w0))
-    polar = _Polar(H_flat, order, jnp.where(c > 0, c, 1.0))
-    return polar, w0, lam, unravel
-
-
 def origin_term(objective: Callable, static, state0) -> TaylorTerm:
     """The leading Taylor term of L at the origin of the trainable state θ₀, a function of that
     state (not jittable: it reads the order from concrete derivatives); a ValueError unless the
@@ -167,7 +126,7 @@ def handoff(
     **Returns:** (θ(t_s) as a trainable state, t_s, ε there, λ, τ_s, H-flow steps, result,
     the solve's steps as (σ̂, log r, t̂) for `rescaled_h_path`)."""
     k = term.order
-    polar, w0, lam, unravel = _polar(term.H, k, state0)
+    polar, w0, lam, unravel = polar_h_flow(term.H, k, state0)
     H = polar.H
 
     def loss_flat(x):
@@ -304,7 +263,7 @@ def rescaled_h_path(term: TaylorTerm, lam, tau_s, state0, dt, records, rtol=1e-1
     the residual time along −∇H (first order: the residual is that of the within-step
     inversion)."""
     k = term.order
-    polar, w0, _, unravel = _polar(term.H, k, state0)
+    polar, w0, _, unravel = polar_h_flow(term.H, k, state0)
     tau = jnp.clip(dt * jnp.exp((k - 2) * jnp.log(lam)), 0.0, tau_s)
     target = tau * polar.scale
     sigma = jax.vmap(lambda t: _sigma_at(records, k, t))(target)

@@ -145,17 +145,53 @@ def sphere_field(H, order, scale):
     return field
 
 
+class PolarHFlow(eqx.Module):
+    """The unit-scale H-flow from ŵ₀ = θ₀/‖θ₀‖ in polar form (`sphere_field`): ŵ, log r and the
+    flow time in the dimensionless clock σ̂, on flat vectors (Dopri8's 13 stages are then single
+    arrays, not one per leaf: fewer kernels for XLA to compile). Build it with `polar_h_flow`."""
+
+    H: Callable  # of a flat vector
+    order: int = eqx.field(static=True)
+    scale: Array  # ‖∇H(ŵ₀)‖ (1 where it vanishes): σ̂ = scale·σ and τ = t̂/scale
+
+    def unit_state(self, y):
+        """Γ_H(τ, ŵ₀) = r·ŵ at the polar state y."""
+        w, log_r, _ = y
+        return (jnp.exp(log_r) / two_norm(w)) * w
+
+    def solve(self, w0, horizon, saveat, event, rtol, atol, max_steps) -> diffrax.Solution:
+        """The solve from (ŵ₀, 0, 0) on σ̂ ∈ [0, `horizon`] (`throw=False`: read `result`)."""
+        zero = jnp.zeros((), w0.dtype)
+        return diffrax.diffeqsolve(
+            diffrax.ODETerm(sphere_field(self.H, self.order, self.scale)),
+            diffrax.Dopri8(),
+            zero,
+            horizon,
+            None,
+            (w0, zero, zero),
+            saveat=saveat,
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            event=event,
+            max_steps=max_steps,
+            throw=False,
+        )
+
+
+def polar_h_flow(H: Callable, order: int, theta0: PyTree):
+    """(`PolarHFlow` of H, ŵ₀ flat, r₀ = ‖θ₀‖, unravel) for θ₀ (a pytree H takes); jittable."""
+    x0, unravel = ravel_pytree(theta0)
+    r0 = two_norm(x0)
+    w0 = tree_scale(1.0 / jnp.where(r0 > 0, r0, 1.0), x0)
+    H_flat = GradientField(H, unravel=unravel).loss
+    c = two_norm(jax.grad(H_flat)(w0))
+    # c = 0: θ̃ is a critical point, the flow stays there
+    return PolarHFlow(H_flat, order, jnp.where(c > 0, c, 1.0)), w0, r0, unravel
+
+
 @eqx.filter_jit
 def _blowup_solve(H, theta0, order, tail_rtol, max_time, rtol, atol, max_steps):
-    # On one flat vector: Dopri8's 13 stages are then single arrays, not one per leaf (fewer
-    # kernels for XLA to compile).
-    theta0, unravel = ravel_pytree(theta0)
-    H = GradientField(H, unravel=unravel).loss
-    r0 = two_norm(theta0)
-    w0 = tree_scale(1.0 / jnp.where(r0 > 0, r0, 1.0), theta0)
-    c = two_norm(jax.grad(H)(w0))
-    scale = jnp.where(c > 0, c, 1.0)  # c = 0: θ̃ is a critical point, the flow stays there
-    dtype = r0.dtype
+    polar, w0, r0, unravel = polar_h_flow(H, order, theta0)
+    H, scale = polar.H, polar.scale
 
     def speed(w):  # ŝ = s/c at a (not necessarily unit) w
         w = tree_scale(1.0 / two_norm(w), w)
@@ -172,20 +208,8 @@ def _blowup_solve(H, theta0, order, tail_rtol, max_time, rtol, atol, max_steps):
     def collapsed(sigma, y, args, **kwargs):  # û > 10¹⁰⁰: the flow went to the origin
         return -(order - 2) * y[1] > 100 * math.log(10.0)
 
-    zero = jnp.zeros((), dtype)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(sphere_field(H, order, scale)),
-        diffrax.Dopri8(),
-        zero,
-        max_time,
-        None,
-        (w0, zero, zero),
-        saveat=diffrax.SaveAt(t1=True),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        event=diffrax.Event((escaped, collapsed)),
-        max_steps=max_steps,
-        throw=False,
-    )
+    event = diffrax.Event((escaped, collapsed))
+    sol = polar.solve(w0, max_time, diffrax.SaveAt(t1=True), event, rtol, atol, max_steps)
     w, log_r, t_hat = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
     fired = (sol.result == diffrax.RESULTS.event_occurred) & sol.event_mask[0]
     # Reaching `max_time`, or the collapse event, is a flow that did not blow up; a solver
