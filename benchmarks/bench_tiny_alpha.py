@@ -11,7 +11,8 @@ the drop (`LossBelow(0.75·L(0))`, root-found) and at the next plateau
 By Lemma 13 the flow from α·θ̃ reaches the handoff at t_s = α^{−2}·(T_H(θ̃) − O(α²)), so
 α²·t_s and the time from the handoff to the drop both converge as α → 0, and the plateau level
 does not depend on α. The direct flow at the largest α (no handoff) is the reference for the
-wall times. Wall: the second call (the first compiles).
+wall times. Wall: the best of three calls after the first (which compiles; one call past
+10 s).
 """
 
 import time
@@ -42,9 +43,13 @@ def one(problem, net, alpha, handoff: bool, stop: str):
     start = time.perf_counter()
     run()
     compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    sol = run()
-    wall = time.perf_counter() - start
+    wall = float("inf")
+    for _ in range(3):  # best of three for sub-second runs (one run past 10 s)
+        start = time.perf_counter()
+        sol = run()
+        wall = min(wall, time.perf_counter() - start)
+        if wall > 10.0:
+            break
     row = dict(
         alpha=alpha,
         handoff=handoff,

@@ -534,7 +534,9 @@ def _start_from_origin(field, term, state0, t0, t1, ts, defect_tol):
     )
     # After a failed handoff nothing is integrated (the solve runs from t1 to t1).
     t_start = jnp.where(result == RESULTS.successful, t_s, t1)
-    before, path_result = rescaled_h_path(term, lam, tau_s, state0, ts - t0, records)
+    before, path_result = rescaled_h_path(
+        term, lam, tau_s, state0, ts - t0, ts < t_start, records
+    )
     result = RESULTS.where(result == RESULTS.successful, path_result, result)
     stats = dict(origin_time=t_s, origin_defect=defect, origin_h_steps=h_steps)
     return t_start, state_s, before, stats, result

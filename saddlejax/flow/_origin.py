@@ -254,9 +254,12 @@ def _sigma_at(records, order, target):
 
 
 @eqx.filter_jit
-def rescaled_h_path(term: TaylorTerm, lam, tau_s, state0, dt, records, rtol=1e-10, atol=1e-12):
+def rescaled_h_path(
+    term: TaylorTerm, lam, tau_s, state0, dt, used, records, rtol=1e-10, atol=1e-12
+):
     """θ(t₀ + dt) for elapsed times dt ≤ t_s by Lemma 13: λ·Γ_H(λ^{k−2}·dt, u₀), states stacked
-    along a leading axis (dt clipped to [0, t_s − t₀]), and the solve's result.
+    along a leading axis, and the solve's result; only the rows where `used` holds are computed
+    (the others are placeholders).
 
     Near a k > 2 blow-up τ cannot be resolved in float (τ_s = T − O(λ^{k−2})), so the states
     come from the polar solve at the σ̂ where its clock reaches each τ (`_sigma_at`), moved by
@@ -268,8 +271,13 @@ def rescaled_h_path(term: TaylorTerm, lam, tau_s, state0, dt, records, rtol=1e-1
     target = tau * polar.scale
     sigma = jax.vmap(lambda t: _sigma_at(records, k, t))(target)
     sigma_s = jnp.max(jnp.where(jnp.isfinite(records[0]), records[0], -jnp.inf))
+    # The solve stops at the last used save. When those are the saves before t_s, at tiny λ
+    # that skips most of the clock, which the log(1/λ) growth of r from 1 to R_s/λ fills while
+    # τ stays within λ^{k−2} of τ_s.
+    horizon = jnp.maximum(jnp.max(jnp.where(used, sigma, 0.0)), 1e-9 * sigma_s)
+    sigma = jnp.minimum(sigma, horizon)
     saveat = diffrax.SaveAt(ts=sigma, fn=lambda s, y, args: (polar.unit_state(y), y[2]))
-    sol = polar.solve(w0, sigma_s, saveat, None, rtol, atol, 100_000)
+    sol = polar.solve(w0, horizon, saveat, None, rtol, atol, 100_000)
     v, t_hat = sol.ys
     residual = (target - t_hat) / polar.scale  # τ still to go from each saved state
     v = v - residual[:, None] * jax.vmap(jax.grad(polar.H))(v)
