@@ -298,6 +298,29 @@ def test_tiny_initial_scales_warn_in_float64():
         assert len(found) == expected, [str(w.message) for w in caught]
 
 
+def test_later_escapes_seeded_by_solver_error_warn():
+    """After the first escape, the directions that seed the later ones are still at the initial
+    scale; the solver's per-step error (`rtol` of the grown state) competes with them. Depth-4
+    width-10 DLN, rtol 1e−6, through the first drop by the origin handoff: at α = 1e−4 (2.3
+    digits against rtol) the second drop's α²·t is the α → 0 trend's to 1e−3, unwarned; at
+    α = 1e−6 (0.5 digits) it is off by > 10 % (measured 30 %) and the solve warns."""
+    problem = sj.matrix_completion_problem(jr.key(0), n=6, rank=3)
+    net = sj.nn.DeepLinear((6, 10, 10, 10, 6), key=jr.key(1))
+    times = {}
+    for alpha in (1e-3, 1e-4, 1e-6):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sol = sj.gradient_flow(
+                problem, sj.init.scale(net, alpha), 100 / alpha**2, event=sj.LossBelow(0.01),
+                origin_defect=1e-4, max_steps=20_000,
+            )
+        found = [w for w in caught if "the solver's error" in str(w.message)]
+        assert len(found) == (alpha == 1e-6), [str(w.message) for w in caught]
+        times[alpha] = alpha**2 * float(sol.event_time)
+    assert abs(times[1e-4] / times[1e-3] - 1) < 1e-3, times
+    assert abs(times[1e-6] / times[1e-3] - 1) > 0.1, times
+
+
 class CubicPlusQuadratic(eqx.Module):
     """H(θ) = a·Σθᵢ³ + b·‖θ‖²: min over the unit sphere is −a (at −eᵢ) for b = 0 and b for
     a = 0."""
