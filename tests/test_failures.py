@@ -303,7 +303,8 @@ def test_later_escapes_seeded_by_solver_error_warn():
     scale; the solver's per-step error (`rtol` of the grown state) competes with them. Depth-4
     width-10 DLN, rtol 1e−6, through the first drop by the origin handoff: at α = 1e−4 (2.3
     digits against rtol) the second drop's α²·t is the α → 0 trend's to 1e−3, unwarned; at
-    α = 1e−6 (0.5 digits) it is off by > 10 % (measured 30 %) and the solve warns."""
+    α = 1e−6 (0.5 digits) it is off by > 1 % and the solve warns (measured 10 %, and 30 % with
+    the handoff's H-flow at rtol 1e−10: the value is set by the solves' errors, not by α)."""
     problem = sj.matrix_completion_problem(jr.key(0), n=6, rank=3)
     net = sj.nn.DeepLinear((6, 10, 10, 10, 6), key=jr.key(1))
     times = {}
@@ -318,7 +319,7 @@ def test_later_escapes_seeded_by_solver_error_warn():
         assert len(found) == (alpha == 1e-6), [str(w.message) for w in caught]
         times[alpha] = alpha**2 * float(sol.event_time)
     assert abs(times[1e-4] / times[1e-3] - 1) < 1e-3, times
-    assert abs(times[1e-6] / times[1e-3] - 1) > 0.1, times
+    assert abs(times[1e-6] / times[1e-3] - 1) > 1e-2, times
 
 
 class CubicPlusQuadratic(eqx.Module):

@@ -20,7 +20,7 @@ from .._vector_field import GradientField
 from ..solvers._base import AbstractMatrixFreeSolver, fill_tolerances, work_stats
 from ._events import armed_event, differentiable_event_time, to_diffrax_event
 from ._options import FlowOptions, check_t1
-from ._origin import handoff, origin_term, rescaled_h_path
+from ._origin import h_flow_tolerances, handoff, origin_term, rescaled_h_path
 from ._solution import FlowSolution, solution_from
 
 _STATIC_OPTIONS = (
@@ -518,14 +518,15 @@ def first_nonfinite_save(ts, t_stop, accepted, loss, saved) -> jax.Array:
 def _start_from_origin(field, term, state0, t0, t1, ts, defect_tol):
     """Lemma 13's handoff from θ₀ (`origin_defect`): the start of the flow of L, the states at
     the save times before it (rescaled H-flow), and the handoff's statistics and result."""
+    rtol, atol = h_flow_tolerances(defect_tol)
     state_s, time, defect, lam, tau_s, h_steps, result, records = handoff(
         field.loss,
         term,
         state0,
         defect_tol,
         max_time=jnp.asarray(1e4, ts.dtype),
-        rtol=1e-10,
-        atol=1e-12,
+        rtol=rtol,
+        atol=atol,
         max_steps=100_000,
     )
     t_s = t0 + time
@@ -535,7 +536,7 @@ def _start_from_origin(field, term, state0, t0, t1, ts, defect_tol):
     # After a failed handoff nothing is integrated (the solve runs from t1 to t1).
     t_start = jnp.where(result == RESULTS.successful, t_s, t1)
     before, path_result = rescaled_h_path(
-        term, lam, tau_s, state0, ts - t0, ts < t_start, records
+        term, lam, tau_s, state0, ts - t0, ts < t_start, records, rtol, atol
     )
     result = RESULTS.where(result == RESULTS.successful, path_result, result)
     stats = dict(origin_time=t_s, origin_defect=defect, origin_h_steps=h_steps)
@@ -770,7 +771,7 @@ def _precision_warning(state0, sol: FlowSolution, trainable, rtol) -> None:
     per-step relative error `rtol`. Later escapes start from those directions, so below
     `MIN_DIGITS` their times are set by rounding or by the solver's error, not by θ₀ (measured,
     depth-4 width-10 DLN, rtol 1e−6 against 1e−10: second drop moved 1.2e−5 at 2.3 digits,
-    2.1e−3 at 1.3, 30 % at 0.5; concrete arguments only)."""
+    2.1e−3 at 1.3, 10–30 % at 0.5; concrete arguments only)."""
     leaves = jax.tree_util.tree_leaves(state0)
     final = jax.tree_util.tree_leaves(split_trainable(sol.final_params, trainable)[0])
     if not leaves or not all(map(_is_concrete, leaves + final + [sol.result._value])):
@@ -803,12 +804,17 @@ def _precision_warning(state0, sol: FlowSolution, trainable, rtol) -> None:
         return
     digits = np.log10(scale / (rtol * reached))
     if digits < MIN_DIGITS:
+        enough = 10.0**-MIN_DIGITS * scale / reached
+        fix = (
+            f"Lower `rtol` to ≲ {enough:.2g} (more steps) or use a larger initial scale"
+            if enough >= 4 * eps
+            else "Use a larger initial scale (no `rtol` above roundoff keeps two digits)"
+        )
         _warn(
             growth + f"{max(digits, 0.0):.1f} digits against the solver's error (`rtol` = "
             f"{rtol:.3g} of the state per step), so escapes after the first are seeded partly "
-            "by that error and their times do not follow θ₀'s scale. Lower `rtol` to "
-            f"≲ {10.0**-MIN_DIGITS * scale / reached:.2g} (more steps) or use a larger initial "
-            "scale; the α → 0 limit of the later escapes: `saddle_chain`.",
+            f"by that error and their times do not follow θ₀'s scale. {fix}; the α → 0 limit "
+            "of the later escapes: `saddle_chain`.",
             stacklevel=4,
         )
 
