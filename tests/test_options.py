@@ -84,7 +84,12 @@ def test_every_flow_option_works_in_a_sweep(group):
     # sweep), which is enough to move that floor (measured 2.3e−11 absolute): atol 1e−10·L(θ₀).
     loss0 = float(ref.loss[0])
     np.testing.assert_allclose(sol.loss[0, 0], ref.loss, rtol=1e-9, atol=1e-10 * loss0)
-    assert sol.stats["num_steps"][0, 0] == ref.stats["num_steps"]
+    # The handoff's event is root-found to 1e−12, and the vmapped solve's last bits differ
+    # (t_s moved 2.2e−13 here): the flow of L then starts from a state a few ulps away, and
+    # its step sequence may differ by a step or two (measured 134 / 132) while the trajectory
+    # agrees to the bounds above. Without the handoff the steps are the same.
+    slack = 0.02 * float(ref.stats["num_steps"]) if "origin_defect" in kw else 0
+    assert abs(int(sol.stats["num_steps"][0, 0]) - int(ref.stats["num_steps"])) <= slack
     if "event" in kw:
         assert np.isfinite(float(ref.event_time))
         np.testing.assert_allclose(sol.event_time[0, 0], ref.event_time, rtol=1e-9)
