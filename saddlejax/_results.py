@@ -33,7 +33,8 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "The step size fell to the float resolution of t (≈ 10 ulp(t)) at `sol.stop_time` while "
         "the state stayed bounded: the flow is too stiff there for the solver (use `AutoStiff()` "
         "or an implicit solver), ∇L is discontinuous or singular there (a kink, a division by "
-        "zero), or t is so large that float steps cannot resolve the dynamics (shift `t0`)."
+        "zero; a ReLU net's flow sliding along a kink: `DeepReLU(..., smoothing=1e-4)`), or t "
+        "is so large that float steps cannot resolve the dynamics (shift `t0`)."
     )
     stiff_solver_failed = (
         "The implicit (Newton/Krylov) solve inside the ODE solver did not converge, and the "
@@ -150,15 +151,29 @@ def check(container, *, throw: bool, what: str = "the solve"):
     )
 
 
+# Advice added to the messages saddlejax inherits from diffrax.
+_ADVICE = {
+    int(RESULTS.max_steps_reached._value): (
+        " A step count far above the usual is a flow the solver cannot resolve: a stiff one "
+        "(use `AutoStiff()`), or a ReLU net's flow sliding along a kink (a preactivation held "
+        "at 0 from both sides: use `DeepReLU(..., smoothing=1e-4)`)."
+    ),
+}
+
+
+def _message(code: int) -> str:
+    return RESULTS._index_to_message[code] + _ADVICE.get(code, "")
+
+
 def failure_messages(result) -> list[tuple[tuple[int, ...], str]]:
     """(index, message) for every entry of a (batched) result that is not successful."""
     codes = np.asarray(result._value)
     if codes.ndim == 0:
         code = int(codes)
         ok = code == RESULTS.successful._value
-        return [] if ok else [((), RESULTS._index_to_message[code])]
+        return [] if ok else [((), _message(code))]
     return [
-        (tuple(int(i) for i in idx), RESULTS._index_to_message[int(codes[idx])])
+        (tuple(int(i) for i in idx), _message(int(codes[idx])))
         for idx in zip(*np.nonzero(codes != RESULTS.successful._value))
     ]
 

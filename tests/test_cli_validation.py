@@ -165,6 +165,22 @@ def test_no_parser_allows_abbreviations():
         assert p.allow_abbrev is False, p.prog
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "chain-deep-relu", "--quick", "smoothing=1e-4", "width=3"],
+        ["run", "--quick", "chain-deep-relu", "smoothing=1e-4", "width=3"],
+        ["run", "chain-deep-relu", "smoothing=1e-4", "--quick", "width=3"],
+    ],
+)
+def test_run_overrides_around_options(argv):
+    """`run`'s config and key=value overrides may come before, between or after its options;
+    an unknown option among them is still refused."""
+    parsed = build_parser().parse_args(argv)
+    assert parsed.words == ["chain-deep-relu", "smoothing=1e-4", "width=3"] and parsed.quick
+    assert_refused([*argv, "--bogus"], "--bogus")
+
+
 # --- output paths are checked before the computation -------------------------------------------
 
 

@@ -43,6 +43,11 @@ class ArgumentParser(argparse.ArgumentParser):
         # argparse reports leftover words from the top parser, as `saddlejax: error: ...`;
         # name the sub-command they were given to, and why `--alpha` is not `--alphas`.
         parsed, extras = self.parse_known_args(args, namespace)
+        words = getattr(parsed, "words", None)
+        if extras and isinstance(words, list) and not any(w.startswith("-") for w in extras):
+            # Positional words after an option (`run PRESET --quick key=value`): argparse
+            # takes a `nargs="*"` positional only once, so the later words come back here.
+            parsed.words, extras = words + extras, []
         if extras:
             command = getattr(parsed, "command", None)
             prog = f"{self.prog} {command}" if command else self.prog

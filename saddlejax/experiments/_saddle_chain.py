@@ -42,6 +42,8 @@ class SaddleChainConfig:
     (d, 4, 4, out) on `n_samples` Gaussian inputs) or "two-layer-tanh" (a two-layer tanh net of
     `width` neurons fitted to a three-neuron tanh teacher on `n_samples` Gaussian inputs in
     R^d). `problem_seed`: the key of the data; `seed`: the key of θ̃ and of the chain's probes.
+    `smoothing`: the deep-relu student's `DeepReLU(smoothing=)` (0: exact kinks; ε > 0 lets the
+    flows pass kinks they slide along).
     `alphas`: the scales of the flows from α·θ̃ checked against the chain, distinct, in
     (10⁻¹⁰, 1), sorted here largest first.
     `radius`, `max_saddles`, `max_branches`, `loss_tol` (None: 1e−4·L(0)): of `saddle_chain`.
@@ -71,6 +73,7 @@ class SaddleChainConfig:
     n_samples: int = 32
     problem_seed: int = 0
     seed: int = 0
+    smoothing: float = 0.0
     alphas: tuple[float, ...] = (1e-3, 1e-4)
     radius: float = 1e-3
     max_saddles: int = 10
@@ -97,6 +100,7 @@ class SaddleChainConfig:
         check_int("out", self.out, 1, 1000)
         check_int("n_samples", self.n_samples, 1, 10**5)
         check_int("problem_seed", self.problem_seed, 0, MAX_SEED)
+        check_float("smoothing", self.smoothing, 0.0, 1.0, low_open=False, high_open=False)
         check_int("seed", self.seed, 0, MAX_SEED)
         why = ("θ₀ = α·θ̃ is a small initialisation, and a flow is simulated at each α, over "
                "plateaus as long as α^{−(k−2)}: below 1e-10 they are out of reach")
@@ -140,7 +144,7 @@ def deep_relu_problem(config: SaddleChainConfig):
     teacher = sj.nn.DeepReLU((config.d, 4, 4, config.out), key=k_teacher, std=1.0)
     problem = sj.SquareLoss(x, jax.vmap(teacher)(x))
     widths = (config.d, config.width, config.width, config.out)
-    return problem, sj.nn.DeepReLU(widths, key=jr.key(config.seed))
+    return problem, sj.nn.DeepReLU(widths, key=jr.key(config.seed), smoothing=config.smoothing)
 
 
 def two_layer_tanh_problem(config: SaddleChainConfig):

@@ -6,7 +6,14 @@ import equinox as eqx
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._validate import check_real
-from ._layers import check_std, check_widths, default_std, gaussian_matrices, leaky_relu
+from ._layers import (
+    check_std,
+    check_widths,
+    default_std,
+    gaussian_matrices,
+    leaky_relu,
+    smoothed_leaky_relu,
+)
 
 
 class DeepReLU(eqx.Module):
@@ -18,10 +25,19 @@ class DeepReLU(eqx.Module):
     - `negative_slope`: 0 for ReLU, in (0, 1) for leaky ReLU.
     - `std`, `dtype`: as for `DeepLinear`.
     - `key`: a JAX PRNG key (keyword only).
+    - `smoothing`: ε ≥ 0 (default 0: the exact kink). With ε > 0 unit j's max(zⱼ, 0) becomes a
+        softplus of width ε‖wⱼ ⊙ h‖, which scales with zⱼ, so the net stays L-homogeneous with
+        every rescaling symmetry (`smoothed_leaky_relu`). Use it (e.g. 1e−4) for gradient flows
+        that slide along a kink (zⱼ held at 0 from both sides: no classical solution, adaptive
+        steps collapse into a `max_steps_reached` or `step_size_underflow` failure): the
+        smoothed flow converges to the sliding (Filippov) flow as ε → 0, its distance from
+        gradient descent at η → 0 falling ≈ 10× per decade of ε; smaller ε is stiffer
+        (measured in benchmarks/README.md, `bench_relu_kinks.py`).
     """
 
     weights: tuple[Float[Array, "n_out n_in"], ...]
     negative_slope: float = eqx.field(static=True)
+    smoothing: float = eqx.field(static=True, default=0.0)
 
     def __init__(
         self,
@@ -31,6 +47,7 @@ class DeepReLU(eqx.Module):
         key: PRNGKeyArray,
         std: float | Sequence[float] | None = None,
         dtype=None,
+        smoothing: float = 0.0,
     ):
         widths = check_widths(widths)
         # [0, 1): 0 is ReLU
@@ -41,6 +58,7 @@ class DeepReLU(eqx.Module):
         shapes = [(n_out, n_in) for n_in, n_out in zip(widths[:-1], widths[1:])]
         self.weights = gaussian_matrices(key, shapes, std, dtype)
         self.negative_slope = float(negative_slope)
+        self.smoothing = check_real("smoothing", smoothing, low=0.0, high=1.0)
 
     @property
     def depth(self) -> int:
@@ -48,5 +66,8 @@ class DeepReLU(eqx.Module):
 
     def __call__(self, x: Float[Array, " n_in"]) -> Float[Array, " n_out"]:
         for w in self.weights[:-1]:
-            x = leaky_relu(w @ x, self.negative_slope)
+            if self.smoothing > 0:
+                x = smoothed_leaky_relu(w, x, self.negative_slope, self.smoothing)
+            else:
+                x = leaky_relu(w @ x, self.negative_slope)
         return self.weights[-1] @ x

@@ -88,3 +88,36 @@ def matrix_chain(weights: Sequence[Array]) -> Array:
 
 def leaky_relu(x: Array, negative_slope: float) -> Array:
     return jnp.where(x >= 0, x, negative_slope * x)
+
+
+# Beyond |u| = 40 the softplus equals max(u, 0) to rounding (e^{−40} ≈ 4e−18).
+_SOFTPLUS_CUTOFF = 40.0
+
+
+def smoothed_leaky_relu(
+    w: Array, h: Array, negative_slope: float, smoothing: float
+) -> Array:
+    """σ(w h) for a (leaky) ReLU σ whose kink is smoothed: max(zⱼ, 0) becomes
+    wⱼ·softplus(zⱼ/wⱼ) with the width wⱼ = ε·sⱼ, z = w h, sⱼ = ‖wⱼ ⊙ h‖ (the size of the terms
+    that sum to zⱼ; ε = `smoothing`), which differs from it by at most log 2·wⱼ (at zⱼ = 0) and
+    equals it to rounding where |zⱼ| ≥ 40·wⱼ (computed exactly there).
+
+    sⱼ scales as zⱼ under every rescaling of layers and of single neurons, so the net keeps
+    its homogeneity and rescaling symmetries (and their conserved balancedness), and its
+    gradient flow is smooth: where the exact flow slides along a kink (zⱼ held at 0 from both
+    sides, a Filippov sliding mode with no classical solution, on which adaptive steps
+    collapse), the smoothed flow follows a stiff slow manifold, and it converges to the sliding
+    (Filippov) flow, the η → 0 limit of gradient descent, as ε → 0 (Filippov, *Differential
+    equations with discontinuous righthand sides*, 1988, §2.4; Sotomayor & Teixeira's
+    regularisation, 1996). A C^∞ softplus rather than a polynomial ramp that is exact outside
+    a band: a flow that grazes such a band's edge, where the ramp's higher derivatives jump,
+    stalled the solvers. Where s²ⱼ underflows (every term below ≈ 1e−154) σ is exact.
+    """
+    z = w @ h
+    sq = (w * w) @ (h * h)
+    pos = sq > 0
+    width = jnp.where(pos, smoothing * jnp.sqrt(jnp.where(pos, sq, 1.0)), 1.0)
+    inside = pos & (jnp.abs(z) < _SOFTPLUS_CUTOFF * width)
+    u = jnp.where(inside, z / width, 0.0)  # no overflow, in the value or its derivative
+    smooth = negative_slope * z + (1.0 - negative_slope) * width * jax.nn.softplus(u)
+    return jnp.where(inside, smooth, leaky_relu(z, negative_slope))

@@ -1,0 +1,139 @@
+"""ReLU flows that slide along a kink: the exact net against `DeepReLU(..., smoothing=ε)`.
+
+A gradient flow of a ReLU net can reach a kink where a preactivation is pushed to 0 from both
+sides (a Filippov sliding mode). There the exact flow has no classical solution and an
+adaptive solver's steps collapse. With `smoothing=ε` the kink is replaced by a C² ramp over
+an angular band of width ε (the net stays homogeneous) and the flow is smooth; as ε → 0 it
+should converge to the sliding flow, whose reference here is gradient descent on the exact net
+at a small step η (GD chatters across the kink with amplitude O(η)).
+
+    python benchmarks/bench_relu_kinks.py [--quick] [--n 20] [--t1 5] [--solver auto]
+
+Each draw: `DeepReLU((3, 6, 6, 6, 2))` scaled by 0.5, 12 Gaussian samples, Gaussian targets,
+`SquareLoss`, seeds 0, 1, …; flows to t1 = 5 with the default solver (or `--solver`) at
+rtol 1e−8 and max_steps 20,000; GD at η = 1e−4 and 1e−5 in `lax.scan` (the reference is
+η = 1e−5; its own error is judged by the distance between the two). Distances are
+‖θ_flow(t1) − θ_GD(t1)‖. Walls are warm (each smoothing compiles once, the first draw's call).
+"""
+
+import statistics
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from _common import parser, print_table, solver_named, write_json
+
+import saddlejax as sj
+
+SMOOTHINGS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+ETAS = (1e-4, 1e-5)
+
+
+def draw(seed: int):
+    k_net, k_x, k_y = jr.split(jr.key(seed), 3)
+    net = sj.init.scale(sj.nn.DeepReLU((3, 6, 6, 6, 2), key=k_net), 0.5)
+    loss = sj.SquareLoss(jr.normal(k_x, (12, 3)), jr.normal(k_y, (12, 2)))
+    return net, loss
+
+
+def smoothed(net, eps: float):
+    out = sj.nn.DeepReLU((3, 6, 6, 6, 2), key=jr.key(0), smoothing=eps)
+    return eqx.tree_at(lambda m: m.weights, out, net.weights)
+
+
+def distance(a, b) -> float:
+    """‖a − b‖ over the weights of two nets (smoothed or not)."""
+    return float(jnp.sqrt(sum(jnp.sum((x - y) ** 2) for x, y in zip(a.weights, b.weights))))
+
+
+def gradient_descent(loss, net, eta: float, t1: float):
+    n = int(round(t1 / eta))
+
+    @jax.jit
+    def run(net):
+        grad = jax.grad(loss)
+
+        def body(m, _):
+            return jax.tree_util.tree_map(lambda w, g: w - eta * g, m, grad(m)), None
+
+        return jax.lax.scan(body, net, None, length=n)[0]
+
+    return run(net)
+
+
+def flow(loss, net, t1: float, solver):
+    kwargs = dict(n_save=8, rtol=1e-8, max_steps=20_000, throw=False, solver=solver)
+    jax.block_until_ready(sj.gradient_flow(loss, net, t1 * 1e-9, **kwargs))
+    start = time.perf_counter()
+    sol = jax.block_until_ready(sj.gradient_flow(loss, net, t1, **kwargs))
+    wall = time.perf_counter() - start
+    ok = bool(sol.result == sj.RESULTS.successful)
+    return sol, ok, wall
+
+
+def summarise(rows: list[dict], smoothings) -> dict:
+    """Failures per setting; distances and steps over the successful flows (median, worst)."""
+    summary = dict(
+        draws=len(rows),
+        exact_failures=sum(not r["exact_ok"] for r in rows),
+        gd_error_median=statistics.median(r["gd_error"] for r in rows),
+        gd_error_worst=max(r["gd_error"] for r in rows),
+    )
+    for eps in smoothings:
+        ok = [r for r in rows if r[f"ok_{eps:g}"]]
+        summary[f"{eps:g}"] = dict(
+            failures=len(rows) - len(ok),
+            dist_median=statistics.median(r[f"dist_{eps:g}"] for r in ok),
+            dist_worst=max(r[f"dist_{eps:g}"] for r in ok),
+            steps_median=statistics.median(r[f"steps_{eps:g}"] for r in ok),
+            steps_worst=max(r[f"steps_{eps:g}"] for r in ok),
+            wall_median=statistics.median(r[f"wall_{eps:g}"] for r in ok),
+        )
+    return summary
+
+
+def main(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--n", type=int, default=None, help="draws (default 20; quick 3)")
+    p.add_argument("--t1", type=float, default=5.0)
+    p.add_argument("--solver", default="auto", help="a name of saddlejax.solvers.SOLVER_NAMES")
+    args = p.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)
+    n = args.n if args.n is not None else (3 if args.quick else 20)
+    smoothings = SMOOTHINGS[1::2] if args.quick else SMOOTHINGS
+    solver = solver_named(args.solver)
+    rows = []
+    for seed in range(n):
+        net, loss = draw(seed)
+        gd = {eta: gradient_descent(loss, net, eta, args.t1) for eta in ETAS}
+        ref = gd[ETAS[-1]]
+        sol, ok, wall = flow(loss, net, args.t1, solver)
+        row = dict(
+            seed=seed,
+            exact_ok=ok,
+            exact_steps=int(sol.stats["num_steps"]),
+            gd_error=distance(gd[ETAS[0]], ref),
+        )
+        for eps in smoothings:
+            sol, ok, wall = flow(loss, smoothed(net, eps), args.t1, solver)
+            row[f"ok_{eps:g}"] = ok
+            row[f"steps_{eps:g}"] = int(sol.stats["num_accepted_steps"])
+            row[f"wall_{eps:g}"] = wall
+            row[f"dist_{eps:g}"] = distance(sol.final_params, ref) if ok else float("nan")
+        rows.append(row)
+        print(row, flush=True)
+    columns = ["seed", "exact_ok", "exact_steps", "gd_error"] + [
+        f"{k}_{eps:g}" for eps in smoothings for k in ("ok", "steps", "dist")
+    ]
+    print_table(rows, columns, f"ReLU kinks, t1 = {args.t1:g}")
+    summary = summarise(rows, smoothings)
+    print(summary)
+    payload = dict(t1=args.t1, solver=args.solver, summary=summary, rows=rows)
+    write_json("relu_kinks" if args.solver == "auto" else f"relu_kinks_{args.solver}", payload,
+               args.out)
+
+
+if __name__ == "__main__":
+    main()
