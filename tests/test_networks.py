@@ -93,6 +93,13 @@ def test_smoothed_relu_band(getkey):
     )
     x = jr.normal(getkey(), (9, 3))
     np.testing.assert_allclose(jax.vmap(moved)(x), jax.vmap(net)(x), rtol=1e-12, atol=1e-14)
+    # The two-layer ReLU net smooths the same way, and only a ReLU.
+    two = TwoLayer(3, 6, 2, "relu", key=getkey(), smoothing=0.5)
+    deep = DeepReLU((3, 6, 2), key=getkey(), smoothing=0.5)
+    deep = eqx.tree_at(lambda m: m.weights, deep, (two.w, two.a))
+    np.testing.assert_array_equal(jax.vmap(two)(x), jax.vmap(deep)(x))
+    with pytest.raises(ValueError, match="smoothing"):
+        TwoLayer(3, 6, 2, "tanh", key=getkey(), smoothing=0.5)
     # A zero row and a zero input.
     grads = jax.grad(lambda w, h: jnp.sum(smoothed_leaky_relu(w, h, slope, eps)), (0, 1))
     for args in ((w.at[0].set(0.0), h), (w, jnp.zeros_like(h))):

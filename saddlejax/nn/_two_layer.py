@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._layers import check_std, check_widths, gaussian_matrices
+from .._validate import check_real
+from ._layers import check_std, check_widths, gaussian_matrices, smoothed_leaky_relu
 
 _ACTIVATIONS: dict[str, Callable] = {
     "tanh": jnp.tanh,
@@ -42,11 +43,14 @@ class TwoLayer(eqx.Module):
     - `activation`: a name ("tanh", "relu", "identity", "squared_relu") or a callable.
     - `std`: entry scale of both layers (a float, or a pair (std_w, std_a)); default m^{-1/2}.
     - `key`: a JAX PRNG key (keyword only).
+    - `smoothing`: with `activation="relu"`, the kink smoothing ε of `DeepReLU` (default 0:
+        exact), for flows that slide along a kink.
     """
 
     w: Float[Array, "width in_size"]
     a: Float[Array, "out_size width"]
     activation: Callable = eqx.field(static=True)
+    smoothing: float = eqx.field(static=True, default=0.0)
 
     def __init__(
         self,
@@ -58,15 +62,24 @@ class TwoLayer(eqx.Module):
         key: PRNGKeyArray,
         std: float | tuple[float, float] | None = None,
         dtype=None,
+        smoothing: float = 0.0,
     ):
         in_size, width, out_size = check_widths((in_size, width, out_size), name="sizes")
+        self.smoothing = check_real("smoothing", smoothing, low=0.0, high=1.0)
         std = check_std(width**-0.5 if std is None else std, 2)
         self.w, self.a = gaussian_matrices(key, [(width, in_size), (out_size, width)], std, dtype)
         self.activation = resolve_activation(activation)
+        if self.smoothing > 0 and self.activation is not jax.nn.relu:
+            raise ValueError(
+                f"`smoothing` smooths the ReLU's kink, but `activation` is {activation!r}: use "
+                "`activation=\"relu\"` or `smoothing=0`."
+            )
 
     @property
     def width(self) -> int:
         return self.w.shape[0]
 
     def __call__(self, x: Float[Array, " in_size"]) -> Float[Array, " out_size"]:
+        if self.smoothing > 0:
+            return self.a @ smoothed_leaky_relu(self.w, x, 0.0, self.smoothing)
         return self.a @ self.activation(self.w @ x)
