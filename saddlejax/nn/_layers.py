@@ -98,9 +98,9 @@ def smoothed_leaky_relu(
     w: Array, h: Array, negative_slope: float, smoothing: float
 ) -> Array:
     """σ(w h) for a (leaky) ReLU σ whose kink is smoothed: max(zⱼ, 0) becomes
-    wⱼ·softplus(zⱼ/wⱼ) with the width wⱼ = ε·sⱼ, z = w h, sⱼ = ‖wⱼ ⊙ h‖ (the size of the terms
-    that sum to zⱼ; ε = `smoothing`), which differs from it by at most log 2·wⱼ (at zⱼ = 0) and
-    equals it to rounding where |zⱼ| ≥ 40·wⱼ (computed exactly there).
+    bⱼ·softplus(zⱼ/bⱼ) with the width bⱼ = ε·sⱼ, z = w h, sⱼ = ‖wⱼ ⊙ h‖ (the size of the terms
+    that sum to zⱼ; ε = `smoothing`), which exceeds it by at most log 2·bⱼ (at zⱼ = 0) and
+    equals it to rounding where |zⱼ| ≥ 40·bⱼ (computed exactly there).
 
     sⱼ scales as zⱼ under every rescaling of layers and of single neurons, so the net keeps
     its homogeneity and rescaling symmetries (and their conserved balancedness), and its
