@@ -126,6 +126,16 @@ def from_diffrax(result) -> RESULTS:
     return RESULTS.where(result == RESULTS.event_occurred, RESULTS.successful, result)
 
 
+# Advice that `check` adds to the messages saddlejax inherits from diffrax, keyed by message.
+_ADVICE = {
+    RESULTS._index_to_message[int(RESULTS.max_steps_reached._value)]: (
+        " A step count far above the usual is a flow the solver cannot resolve: a stiff one "
+        "(use `AutoStiff()`), or a ReLU net's flow sliding along a kink (a preactivation held "
+        "at 0 from both sides: use `DeepReLU(..., smoothing=1e-4)`)."
+    ),
+}
+
+
 def check(container, *, throw: bool, what: str = "the solve"):
     """Raise if `container.result` is not successful (any entry, under `vmap` too), as diffrax's
     `result.error_if` does at the end of `diffeqsolve`; return `container` unchanged otherwise.
@@ -143,26 +153,12 @@ def check(container, *, throw: bool, what: str = "the solve"):
     failures = failure_messages(result)
     if not failures:
         return container
-    messages = sorted({message for _, message in failures})
+    messages = sorted({message + _ADVICE.get(message, "") for _, message in failures})
     raise RuntimeError(
         f"{what} failed for {len(failures)} of {np.size(result._value)}: "
         + " | ".join(messages)
         + " (pass `throw=False` to inspect `result` per entry)."
     )
-
-
-# Advice added to the messages saddlejax inherits from diffrax.
-_ADVICE = {
-    int(RESULTS.max_steps_reached._value): (
-        " A step count far above the usual is a flow the solver cannot resolve: a stiff one "
-        "(use `AutoStiff()`), or a ReLU net's flow sliding along a kink (a preactivation held "
-        "at 0 from both sides: use `DeepReLU(..., smoothing=1e-4)`)."
-    ),
-}
-
-
-def _message(code: int) -> str:
-    return RESULTS._index_to_message[code] + _ADVICE.get(code, "")
 
 
 def failure_messages(result) -> list[tuple[tuple[int, ...], str]]:
@@ -171,9 +167,9 @@ def failure_messages(result) -> list[tuple[tuple[int, ...], str]]:
     if codes.ndim == 0:
         code = int(codes)
         ok = code == RESULTS.successful._value
-        return [] if ok else [((), _message(code))]
+        return [] if ok else [((), RESULTS._index_to_message[code])]
     return [
-        (tuple(int(i) for i in idx), _message(int(codes[idx])))
+        (tuple(int(i) for i in idx), RESULTS._index_to_message[int(codes[idx])])
         for idx in zip(*np.nonzero(codes != RESULTS.successful._value))
     ]
 
