@@ -115,13 +115,13 @@ def _sliding_draw():
 
 def test_smoothed_relu_flow_passes_a_sliding_kink():
     """Where the exact ReLU flow slides along a kink its steps collapse (`max_steps_reached`);
-    with `smoothing=ε` the flow finishes and approaches the sliding (Filippov) flow as ε → 0,
-    here gradient descent on the exact net at η = 1e−4 (within 2.1e−6 of η = 1e−5 on this draw).
-    Measured distances at t = 5 from GD at η = 1e−5: 1.8e−3, 1.7e−4, 1.0e−5, 8e−7 for
-    ε = 1e−2 … 1e−5 (≈ 10× per decade); from η = 1e−4 at ε = 1e−4: 8.9e−6. The bounds leave
-    ≈ 3× and ask the error to fall ≥ 20× over the two decades (measured 200×)."""
+    with `smoothing=1e−4` the flow finishes near the sliding (Filippov) flow, here gradient
+    descent on the exact net at η = 1e−4 (within 2.1e−6 of η = 1e−5 on this draw). Measured at
+    t = 5: 8.9e−6 (from η = 1e−5: 1.8e−3, 1.7e−4, 1.0e−5, 8e−7 for ε = 1e−2 … 1e−5, the
+    convergence `bench_relu_kinks.py` measures over 20 draws); the bound leaves ≈ 3×, and a
+    flow that missed the kink's sliding would be off by the kink's effect, O(1e−3) and more."""
     net, loss = _sliding_draw()
-    kwargs = dict(n_save=4, rtol=1e-8, max_steps=5_000, throw=False)
+    kwargs = dict(n_save=4, rtol=1e-8, max_steps=2_000, throw=False)
     exact = sj.gradient_flow(loss, net, 5.0, **kwargs)
     assert exact.result == sj.RESULTS.max_steps_reached
 
@@ -131,18 +131,15 @@ def test_smoothed_relu_flow_passes_a_sliding_kink():
         return jax.tree_util.tree_map(lambda a, g: a - eta * g, m, grad(m)), None
 
     gd = jax.lax.scan(step, net, None, length=round(5.0 / eta))[0]
-    dist = {}
-    for eps in (1e-2, 1e-4):
-        smoothed = eqx.tree_at(
-            lambda m: m.weights, DeepReLU((3, 6, 6, 6, 2), key=jr.key(0), smoothing=eps),
-            net.weights,
-        )
-        sol = sj.gradient_flow(loss, smoothed, 5.0, **kwargs)
-        assert sol.result == sj.RESULTS.successful, sj.RESULTS[sol.result]
-        w = sol.final_params.weights
-        dist[eps] = float(jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(w, gd.weights))))
-    assert dist[1e-2] <= 5e-3 and dist[1e-4] <= 3e-5, dist
-    assert dist[1e-4] <= dist[1e-2] / 20, dist
+    smoothed = eqx.tree_at(
+        lambda m: m.weights, DeepReLU((3, 6, 6, 6, 2), key=jr.key(0), smoothing=1e-4),
+        net.weights,
+    )
+    sol = sj.gradient_flow(loss, smoothed, 5.0, **kwargs)
+    assert sol.result == sj.RESULTS.successful, sj.RESULTS[sol.result]
+    w = sol.final_params.weights
+    dist = float(jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(w, gd.weights))))
+    assert dist <= 3e-5, dist
 
 
 def test_deep_linear_matrix(getkey):
