@@ -28,11 +28,11 @@ class DeepReLU(eqx.Module):
     - `smoothing`: ε ≥ 0 (default 0: the exact kink). With ε > 0 unit j's max(zⱼ, 0) becomes a
         softplus of width ε‖wⱼ ⊙ h‖, which scales with zⱼ, so the net stays L-homogeneous with
         every rescaling symmetry (`smoothed_leaky_relu`). Use it (e.g. 1e−4) for gradient flows
-        that slide along a kink (zⱼ held at 0 from both sides: no classical solution, adaptive
-        steps collapse into a `max_steps_reached` or `step_size_underflow` failure): the
-        smoothed flow converges to the sliding (Filippov) flow as ε → 0, its distance from
-        gradient descent at η → 0 falling ≈ 10× per decade of ε; smaller ε is stiffer
-        (measured in benchmarks/README.md, `bench_relu_kinks.py`).
+        that slide along a kink (zⱼ held at 0 from both sides: no classical solution; adaptive
+        steps chatter across it by the thousand and, at tight rtol, collapse into a
+        `max_steps_reached` failure): the smoothed flow converges to the sliding (Filippov)
+        flow as ε → 0, its distance from gradient descent at η → 0 falling ≈ 10× per decade of
+        ε; smaller ε is stiffer (benchmarks/README.md, `bench_relu_kinks.py`).
     """
 
     weights: tuple[Float[Array, "n_out n_in"], ...]
