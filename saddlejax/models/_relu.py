@@ -61,6 +61,7 @@ def relu_optimal_escape(
     *,
     key: PRNGKeyArray,
     n_restarts: int = 16,
+    smoothing: float = 0.0,
     **kwargs,
 ) -> ReLUEscape:
     """The optimal escape direction at the origin of a bias-free deep (leaky-)ReLU net (SPEC §9).
@@ -68,17 +69,22 @@ def relu_optimal_escape(
     H is built by the "outputs" route of `taylor_term` (AD at the origin of a ReLU net
     differentiates one branch of each kink), then minimised on the sphere by `optimal_escape`.
     H is only piecewise smooth, so the KKT residual can stall where ρ* sits on a kink; the
-    default `kkt_rtol` is loosened to 1e−6 here.
+    default `kkt_rtol` is loosened to 1e−6 here. With `smoothing` (of `DeepReLU`, e.g. 1e−4)
+    H is smooth and the residual converges: on the `relu-lowrank` data at widths (8, 32, 32, 3)
+    8e−12 against 9e−3 on the exact kinks, at the same speed to 2e−6; on 10 random (4, 6, 6, 2)
+    problems ≤ 8e−10 on 9 (1e−5 on one) against up to 8e−2, at speeds never lower and up to
+    1.5 % higher (where every exact restart stalled on a kink).
 
     **Arguments:**
 
     - `objective`: a per-sample loss with `x`, `from_outputs` (e.g. `SquareLoss`).
     - `widths`: (n_0, …, n_L).
     - `negative_slope`: 0 for ReLU.
+    - `smoothing`: the kink smoothing ε of `DeepReLU` (default 0: exact kinks).
     - `key`, `n_restarts`, `kwargs`: passed to `optimal_escape`.
     """
     k_model, k_solve = jr.split(key)
-    net = DeepReLU(widths, negative_slope, key=k_model)
+    net = DeepReLU(widths, negative_slope, key=k_model, smoothing=smoothing)
     origin = jax.tree_util.tree_map(
         lambda a: jnp.zeros_like(a) if eqx.is_inexact_array(a) else a, net
     )
