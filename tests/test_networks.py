@@ -49,7 +49,7 @@ def _homogeneity_cases(key):
         (DeepLinear((3, 5, 5, 5, 2), key=k[0]), 4),
         (DeepReLU((3, 6, 6, 2), key=k[1]), 3),
         (DeepReLU((3, 6, 6, 6, 2), 0.2, key=k[1]), 4),
-        # A wide band (ε = 0.3), so that most units sit inside it and use the ramp.
+        # A wide band (ε = 0.3), so that most units sit inside it and use the softplus.
         (DeepReLU((3, 6, 6, 2), 0.1, key=k[1], smoothing=0.3), 3),
         (SquaredReLU(3, 7, key=k[2], std=1.0), 2),
         (TwoLayer(3, 7, 2, "relu", key=k[3]), 2),
@@ -125,12 +125,7 @@ def test_smoothed_relu_flow_passes_a_sliding_kink():
     exact = sj.gradient_flow(loss, net, 5.0, **kwargs)
     assert exact.result == sj.RESULTS.max_steps_reached
 
-    eta, grad = 1e-4, jax.jit(jax.grad(loss))
-
-    def step(m, _):
-        return jax.tree_util.tree_map(lambda a, g: a - eta * g, m, grad(m)), None
-
-    gd = jax.lax.scan(step, net, None, length=round(5.0 / eta))[0]
+    gd = sj.gradient_descent(loss, net, learning_rate=1e-4, steps=50_000).final_params
     smoothed = eqx.tree_at(
         lambda m: m.weights, DeepReLU((3, 6, 6, 6, 2), key=jr.key(0), smoothing=1e-4),
         net.weights,
