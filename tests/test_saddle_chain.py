@@ -2,6 +2,8 @@
 chain), against small-α flows (plateau levels and drop times), and the k = 2 closed form at the
 origin of a two-layer tanh net (SPEC §4, §5, §8; Jacot et al. Conj. 3)."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -223,3 +225,19 @@ def test_zero_init_is_refused():
     net = jax.tree.map(jnp.zeros_like, sj.nn.DeepLinear((4, 4, 4), key=jr.key(0)))
     with pytest.raises(ValueError, match="`init` is 0"):
         sj.saddle_chain(prob, net)
+
+
+def test_unconverged_matrix_free_hessian_warns():
+    """Above `dense_max` the chain reads the index and null space from LOBPCG; eigenpairs that
+    ran out of iterations are named in a NumericalWarning, not used silently."""
+    from saddlejax.analysis._saddle_chain import _converged
+
+    net = sj.nn.DeepLinear((3, 4, 3), key=jr.key(0), std=0.7)
+    loss = lambda m: 0.5 * jnp.sum((m.matrix() - jnp.eye(3)) ** 2)  # noqa: E731
+    spec = sj.hessian_spectrum(loss, net, k=1, key=jr.key(1), max_steps=2)
+    with pytest.warns(sj.NumericalWarning, match="did not converge"):
+        _converged(spec)
+    spec = sj.hessian_spectrum(loss, net, k=1, key=jr.key(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _converged(spec)

@@ -331,6 +331,18 @@ def _dense_hessian(f, x):
     return jax.hessian(f)(x)
 
 
+def _converged(spec):
+    """`spec`, with a warning where LOBPCG ran out of iterations: its eigenvalues then set the
+    saddle's index and allowed directions unconverged."""
+    if spec.result != RESULTS.successful:
+        warnings.warn(
+            "LOBPCG on the Hessian at a critical point did not converge: the saddle's index and "
+            "null space below come from unconverged eigenpairs. Raise `dense_max` above P to "
+            "use the dense Hessian.", NumericalWarning, stacklevel=3,
+        )
+    return spec
+
+
 def _curvature(f, x, *, hess_rtol, dense_max, n_eig, max_positive, key) -> _Curvature:
     n = x.size
     if n <= dense_max:
@@ -347,7 +359,9 @@ def _curvature(f, x, *, hess_rtol, dense_max, n_eig, max_positive, key) -> _Curv
         )
     objective = lambda y: f(y)  # noqa: E731
     k = max(1, min(n_eig, (n - 1) // 5))
-    spec = hessian_spectrum(objective, x, k=k, which="both", key=key, index_tol=hess_rtol)
+    spec = _converged(
+        hessian_spectrum(objective, x, k=k, which="both", key=key, index_tol=hess_rtol)
+    )
     top = np.asarray(spec.top)
     scale = float(max(np.max(np.abs(top)), np.max(np.abs(np.asarray(spec.bottom)))))
     bottom = np.asarray(spec.bottom)
@@ -359,7 +373,9 @@ def _curvature(f, x, *, hess_rtol, dense_max, n_eig, max_positive, key) -> _Curv
     # The positive eigenspace: more top pairs until the smallest found is ≈ 0.
     while top[-1] > tol and 2 * k < min(max_positive, (n - 1) // 5) + 1:
         k = min(2 * k, max_positive, (n - 1) // 5)
-        spec = hessian_spectrum(objective, x, k=k, which="top", key=key, index_tol=hess_rtol)
+        spec = _converged(
+            hessian_spectrum(objective, x, k=k, which="top", key=key, index_tol=hess_rtol)
+        )
         top = np.asarray(spec.top)
     if top[-1] > tol and index == 0:
         raise ValueError(
