@@ -3,11 +3,18 @@ says what was expected and what was received (STYLE, Errors). Numbers are Python
 scalars, or concrete 0-d arrays; bools, complex numbers, strings and containers are refused
 here rather than failing later inside JAX with a message that names none of the arguments."""
 
+import difflib
 import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def did_you_mean(name: str, names) -> str:
+    """"did you mean 'x'? " for the closest of `names` to a misspelt `name`, else ""."""
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def describe(value) -> str:

@@ -693,6 +693,7 @@ _FIXED = [
     ("t0", lambda: sj.gradient_flow(PROBLEM, NET, 1.0, **{**FLOW, "t0": "abc"})),
     ("t0", lambda: sj.gradient_flow(PROBLEM, NET, 1.0, **{**FLOW, "t0": 1 + 2j})),
     ("trainable", lambda: sj.gradient_flow(PROBLEM, NET, 1.0, **{**FLOW, "trainable": False})),
+    ("rtoll", lambda: sj.gradient_flow(PROBLEM, NET, 1.0, **{**FLOW, "rtoll": 1e-6})),  # TypeError
     ("radius", lambda: sj.EscapeRadius(())),
     ("radius", lambda: sj.EscapeRadius("abc")),
     ("radius", lambda: sj.EscapeRadius(jnp.asarray(jnp.nan))),

@@ -107,12 +107,15 @@ def test_every_flow_option_works_in_a_sweep(group):
 
 def test_solver_strings_are_refused_with_the_fix():
     """`solver=` takes objects; a name gets a message pointing at the objects and at
-    `solver_from_name` (the CLI's convenience)."""
+    `solver_from_name` (the CLI's convenience); a keyword that is no option is named, with the
+    closest option where one is close."""
     net = sj.init.scale(_draw(jr.key(0)), 0.1)
     with pytest.raises(ValueError, match="solver_from_name"):
         sj.gradient_flow(_problem(), net, 1.0, solver="tsit5")
-    with pytest.raises(TypeError, match="unexpected keyword"):
+    with pytest.raises(ValueError, match="`krylov` is not an option of the flow; the options"):
         sj.gradient_flow(_problem(), net, 1.0, krylov=None)
+    with pytest.raises(ValueError, match="`max_step` .* did you mean 'max_steps'"):
+        sj.sweep(_problem(), _draw, 1.0, alphas=[0.1], seeds=[0], max_step=10)
 
 
 def test_throw_false_returns_every_failure_kind():

@@ -931,7 +931,7 @@ def gradient_flow(
     sol = saddlejax.gradient_flow(problem, net, 500.0)
     ```
     """
-    options = FlowOptions(**options)
+    options = FlowOptions.of(options)
     with cacheable_errors():
         sol = solve_flow(*prepare(objective, params0, t1, options))
     _precision_warning(
@@ -979,7 +979,7 @@ def continue_flow(
     for name in ("t0", "origin_defect"):
         if options.get(name) is not None:
             raise ValueError(f"`{name}` is set by the continuation; do not pass it.")
-    options = FlowOptions(**dict(options, t0=stopped, keep_solver_state=True))
+    options = FlowOptions.of(dict(options, t0=stopped, keep_solver_state=True))
     field, state0, times, origin, config = prepare(objective, sol.final_params, t1, options)
     times["resume"] = dict(
         solver_state=resume["solver_state"], controller_state=resume["controller_state"]

@@ -1,5 +1,6 @@
 """The options of a gradient-flow solve: one set, shared by `gradient_flow` and `sweep`."""
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,7 @@ import jax
 import numpy as np
 from jaxtyping import ArrayLike
 
-from .._validate import check_int, check_real, describe
+from .._validate import check_int, check_real, describe, did_you_mean
 from ..solvers import AutoStiff
 from ._events import check_event
 
@@ -148,6 +149,18 @@ class FlowOptions(eqx.Module):
     progress: bool = False
     adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint()
     keep_solver_state: bool = False
+
+    @classmethod
+    def of(cls, options: dict) -> "FlowOptions":
+        """`FlowOptions(**options)`, with a misspelt keyword named and its closest field."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "keep_solver_state"]
+        for name in options:
+            if name not in names and name != "keep_solver_state":
+                raise ValueError(
+                    f"`{name}` is not an option of the flow; {did_you_mean(name, names)}the "
+                    f"options are {', '.join(names)}."
+                )
+        return cls(**options)
 
     def __check_init__(self):
         if isinstance(self.solver, str):

@@ -276,7 +276,7 @@ def sweep(
     if not isinstance(batching, str):  # (an array would fail `in` before naming `batching`)
         raise ValueError(f"`batching` must be 'auto', 'vmap' or 'loop', got {describe(batching)}.")
     options.setdefault("progress", True)
-    options = FlowOptions(**options)
+    options = FlowOptions.of(options)
     t1_of = t1 if callable(t1) else (lambda _: t1)
     times, origin, setup = _setup(objective, draw, t1_of, alphas, options)
     devices = local_devices(devices)
