@@ -32,15 +32,19 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def solver_named(name: str, *, deflate: int | None = None, recycle: int | None = None):
-    """The solver called `name` (`saddlejax.solvers.SOLVER_NAMES`); for the Rosenbrock–Krylov
-    ones ("rodas3", "rodas4", and "auto" through its implicit solver) with `deflate` tracked
-    eigenvectors deflated in CG and `recycle` CG directions recycled, where given."""
+    """The solver called `name` (`saddlejax.solvers.SOLVER_NAMES`, or "auto-rodas5p":
+    `AutoStiff` with a RODAS5P implicit solver); for the Rosenbrock–Krylov ones (and "auto"
+    through its implicit solver) with `deflate` tracked eigenvectors deflated in CG and
+    `recycle` CG directions recycled, where given."""
     krylov = {k: v for k, v in dict(deflate=deflate, recycle=recycle).items() if v is not None}
-    if not krylov or name not in ("auto", "rodas3", "rodas4"):
+    if not krylov and name != "auto-rodas5p":
         return saddlejax.solvers.solver_from_name(name)
-    tableau = saddlejax.RODAS3 if name == "rodas3" else saddlejax.RODAS4
-    implicit = saddlejax.RosenbrockKrylov(tableau=tableau, **krylov)
-    return saddlejax.AutoStiff(implicit=implicit) if name == "auto" else implicit
+    tableaus = {"rodas3": saddlejax.RODAS3, "rodas5p": saddlejax.RODAS5P}
+    tableaus["auto-rodas5p"] = saddlejax.RODAS5P
+    if name not in ("auto", "rodas4", *tableaus):
+        return saddlejax.solvers.solver_from_name(name)
+    implicit = saddlejax.RosenbrockKrylov(tableau=tableaus.get(name, saddlejax.RODAS4), **krylov)
+    return saddlejax.AutoStiff(implicit=implicit) if name.startswith("auto") else implicit
 
 
 def default_problem(alpha: float, widths=(10, 100, 100, 100, 10), key=1, problem_key=0):

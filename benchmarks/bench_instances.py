@@ -243,7 +243,9 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=None, help="random instances (default 20; quick 3)")
     p.add_argument("--alphas", nargs="+", type=float, default=[1e-1, 1e-3])
     p.add_argument("--rtol", type=float, default=1e-6)
-    p.add_argument("--solver", default="auto", help="a name of saddlejax.solvers.SOLVER_NAMES")
+    p.add_argument(
+        "--solver", default="auto", help="a name of saddlejax.solvers.SOLVER_NAMES, or auto-rodas5p"
+    )
     p.add_argument(
         "--t1-factor", type=float, default=None, help="t1 = factor·α^-2, α < 0.1 (4; quick 0.5)"
     )

@@ -137,6 +137,7 @@ from .problems import (
 from .solvers import (
     RODAS3 as RODAS3,
     RODAS4 as RODAS4,
+    RODAS5P as RODAS5P,
     AbstractMatrixFreeSolver as AbstractMatrixFreeSolver,
     AutoStiff as AutoStiff,
     RosenbrockKrylov as RosenbrockKrylov,

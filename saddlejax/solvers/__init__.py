@@ -21,6 +21,7 @@ from ._names import (
 from ._rosenbrock import (
     RODAS3 as RODAS3,
     RODAS4 as RODAS4,
+    RODAS5P as RODAS5P,
     RosenbrockKrylov as RosenbrockKrylov,
     RosenbrockTableau as RosenbrockTableau,
 )

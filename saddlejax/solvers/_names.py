@@ -7,7 +7,7 @@ import lineax as lx
 import optimistix as optx
 
 from ._auto import AutoStiff
-from ._rosenbrock import RODAS3, RODAS4, RosenbrockKrylov
+from ._rosenbrock import RODAS3, RODAS4, RODAS5P, RosenbrockKrylov
 
 
 def newton_krylov(
@@ -37,6 +37,7 @@ _NAMED = {
     "kvaerno5": lambda: diffrax.Kvaerno5(root_finder=newton_krylov()),
     "rodas3": lambda: RosenbrockKrylov(tableau=RODAS3),
     "rodas4": lambda: RosenbrockKrylov(tableau=RODAS4),
+    "rodas5p": lambda: RosenbrockKrylov(tableau=RODAS5P),
     "auto": AutoStiff,
 }
 SOLVER_NAMES = tuple(_NAMED)

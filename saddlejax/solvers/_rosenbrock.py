@@ -45,7 +45,7 @@ from ._krylov import (
 class RosenbrockTableau(eqx.Module):
     """Coefficients of an s-stage Rosenbrock method in the (A, C, m, e) form of Hairer–Wanner
     (IV.7.25): stage i evaluates f at θₙ + Σ aᵢⱼKⱼ and adds Σ (cᵢⱼ/h)Kⱼ to it; θₙ₊₁ = θₙ + Σ mⱼKⱼ
-    and the local-error estimate is Σ eⱼKⱼ. `dense`: the two rows (d₂ⱼ), (d₃ⱼ) of the method's
+    and the local-error estimate is Σ eⱼKⱼ. `dense`: the rows (d₂ⱼ), (d₃ⱼ), … of the method's
     continuous extension (see `RosenbrockInterpolation`), or `None` (dense output by a line)."""
 
     gamma: float = eqx.field(static=True)
@@ -121,23 +121,80 @@ RODAS4 = RosenbrockTableau(
 )
 
 
+_A6 = [
+    -7.502846399306121, 2.561846144803919, -11.627539656261098, -0.18268767659942256,
+    0.030198172008377946,
+]
+# Rodas5P (Steinebach 2023, "Construction of Rosenbrock–Wanner method Rodas5P and numerical
+# benchmarks within the Julia Differential Equations package", BIT 63:27; the coefficients of
+# OrdinaryDiffEq.jl): 8 stages, order 5 (embedded 4), L-stable, stiffly accurate, with a
+# continuous extension of order 4.
+RODAS5P = RosenbrockTableau(
+    gamma=0.21193756319429014,
+    a=_lower(
+        [
+            [],
+            [3.0],
+            [2.849394379747939, 0.45842242204463923],
+            [-6.954028509809101, 2.489845061869568, -10.358996098473584],
+            [2.8029986275628964, 0.5072464736228206, -0.3988312541770524, -0.04721187230404641],
+            _A6,
+            _A6 + [1.0],
+            _A6 + [1.0, 1.0],
+        ]
+    ),
+    c=_lower(
+        [
+            [],
+            [-14.155112264123755],
+            [-17.97296035885952, -2.859693295451294],
+            [147.12150275711716, -1.41221402718213, 71.68940251302358],
+            [165.43517024871676, -0.4592823456491126, 42.90938336958603, -5.961986721573306],
+            [
+                24.854864614690072, -3.0009227002832186, 47.4931110020768, 5.5814197821558125,
+                -0.6610691825249471,
+            ],
+            [
+                30.91273214028599, -3.1208243349937974, 77.79954646070892, 34.28646028294783,
+                -19.097331116725623, -28.087943162872662,
+            ],
+            [
+                37.80277123390563, -3.2571969029072276, 112.26918849496327, 66.9347231244047,
+                -40.06618937091002, -54.66780262877968, -9.48861652309627,
+            ],
+        ]
+    ),
+    m=tuple(_A6) + (1.0, 1.0, 1.0),
+    e=(0.0,) * 7 + (1.0,),
+    order=5,
+    error_order=5,
+    dense=(
+        (25.948786856663858, -2.5579724845846235, 10.433815404888879, -2.3679251022685204,
+         0.524948541321073, 1.1241088310450404, 0.4272876194431874, -0.17202221070155493),
+        (-9.91568850695171, -0.9689944594115154, 3.0438037242978453, -24.495224566215796,
+         20.176138334709044, 15.98066361424651, -6.789040303419874, -6.710236069923372),
+        (11.419903575922262, 2.8879645146136994, 72.92137995996029, 80.12511834622643,
+         -52.072871366152654, -59.78993625266729, -0.15582684282751913, 4.883087185713722),
+    ),
+)
+
+
 class RosenbrockInterpolation(diffrax.AbstractLocalInterpolation):
     """The continuous extension of a Rosenbrock step (Hairer & Wanner II, §IV.6 and their
     RODAS code): with s = (t − tₙ)/h,
 
-        θ(tₙ + sh) = (1 − s)·θₙ + s·(θₙ₊₁ + (1 − s)·(q₁ + s·q₂)),   qᵣ = Σⱼ dᵣⱼKⱼ,
+        θ(tₙ + sh) = (1 − s)·θₙ + s·(θₙ₊₁ + (1 − s)·(q₁ + s·(q₂ + s·q₃ …))),   qᵣ = Σⱼ dᵣⱼKⱼ,
 
     built from the stages alone (no extra gradient), exact at both ends, of order 3 for
-    RODAS4, and — unlike a cubic Hermite with slopes h·f(θₙ), h·f(θₙ₊₁), whose stiff
-    components are multiplied by hλ_max ≫ 1 — damped like the step itself. q₁ = q₂ = 0 is the
-    straight line (tableaus without `dense`)."""
+    RODAS4 (q₁, q₂) and 4 for RODAS5P (q₁, q₂, q₃), and — unlike a cubic Hermite with slopes
+    h·f(θₙ), h·f(θₙ₊₁), whose stiff components are multiplied by hλ_max ≫ 1 — damped like the
+    step itself. No q is the straight line (tableaus without `dense`)."""
 
     t0: jax.Array
     t1: jax.Array
     y0: PyTree
     y1: PyTree
-    q1: PyTree
-    q2: PyTree
+    qs: tuple
 
     def evaluate(self, t0, t1=None, left=True):
         del left
@@ -145,11 +202,14 @@ class RosenbrockInterpolation(diffrax.AbstractLocalInterpolation):
             return tree_sub(self.evaluate(t1), self.evaluate(t0))
         s = (t0 - self.t0) / (self.t1 - self.t0)
 
-        def blend(y0, y1, q1, q2):
+        def blend(y0, y1, *qs):
             s_ = s.astype(y0.dtype)
-            return (1 - s_) * y0 + s_ * (y1 + (1 - s_) * (q1 + s_ * q2))
+            inner = 0.0
+            for q in reversed(qs):
+                inner = q + s_ * inner
+            return (1 - s_) * y0 + s_ * (y1 + (1 - s_) * inner)
 
-        return jax.tree_util.tree_map(blend, self.y0, self.y1, self.q1, self.q2)
+        return jax.tree_util.tree_map(blend, self.y0, self.y1, *self.qs)
 
 
 def _grad_evals_per_step(tableau: RosenbrockTableau) -> int:
@@ -183,8 +243,9 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
 
     **Arguments:**
 
-    - `tableau`: `RODAS3` (default; 3 gradients + 4 CG solves per step, order 3) or `RODAS4`
-        (6 gradients + 6 CG solves, order 4).
+    - `tableau`: `RODAS3` (default; 3 gradients + 4 CG solves per step, order 3), `RODAS4`
+        (6 gradients + 6 CG solves, order 4; `AutoStiff`'s) or `RODAS5P` (8 + 8, order 5:
+        fewer steps, each dearer; it pays at tight tolerances, see benchmarks/README.md).
     - `rtol`, `atol`: the tolerances the CG residual is measured in (default `None`: the
         step-size controller's); the CG residual tolerance is
         `linear_factor`·(atol + rtol·|θₙ|) in RMS.
@@ -201,7 +262,7 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
         initial error of the later stages, which share the matrix (see `conjugate_gradient`).
 
     Dense output: the tableau's continuous extension (`RosenbrockInterpolation`; order 3 for
-    RODAS4), else the straight line between θₙ and θₙ₊₁. `work` reports the
+    RODAS4, 4 for RODAS5P), else the straight line between θₙ and θₙ₊₁. `work` reports the
     gradients and Hessian-vector products (CG and subspace tracking) of the accepted steps and
     the largest per-stage CG count.
     """
@@ -415,11 +476,8 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
         y1 = _combine(tab.m, ks, y0)
         finite = tree_all_finite(y1) & ok
         err = jax.tree_util.tree_map(lambda e: jnp.where(finite, e, jnp.inf), _combine(tab.e, ks))
-        if tab.dense is None:
-            q1 = q2 = jax.tree_util.tree_map(jnp.zeros_like, y0)
-        else:
-            q1, q2 = (_combine(row, ks) for row in tab.dense)
-        dense_info = dict(y0=y0, y1=y1, q1=q1, q2=q2)
+        qs = () if tab.dense is None else tuple(_combine(row, ks) for row in tab.dense)
+        dense_info = dict(y0=y0, y1=y1, qs=qs)
         state = dict(
             grads=solver_state["grads"] + _grad_evals_per_step(tab),
             hvp=solver_state["hvp"] + n_track + n_hvp,
