@@ -806,7 +806,9 @@ def _precision_warning(state0, sol: FlowSolution, trainable, rtol) -> None:
     if digits < MIN_DIGITS:
         enough = 10.0**-MIN_DIGITS * scale / reached
         fix = (
-            f"Lower `rtol` to ≲ {enough:.2g} (more steps) or use a larger initial scale"
+            f"Lower `rtol` to ≲ {enough:.2g} (more steps; fewer with "
+            "`AutoStiff(implicit=RosenbrockKrylov(tableau=RODAS5P))`) or use a larger "
+            "initial scale"
             if enough >= 4 * eps
             else "Use a larger initial scale (no `rtol` above roundoff keeps two digits)"
         )
