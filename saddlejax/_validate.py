@@ -12,7 +12,8 @@ import numpy as np
 
 
 def did_you_mean(name: str, names) -> str:
-    """"did you mean 'x'? " for the closest of `names` to a misspelt `name`, else ""."""
+    """The hint "did you mean 'x'? " for the closest of `names` to a misspelt `name`, or an
+    empty string when none is close."""
     close = difflib.get_close_matches(name, list(names), n=1)
     return f"did you mean {close[0]!r}? " if close else ""
 

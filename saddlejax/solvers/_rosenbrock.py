@@ -126,9 +126,9 @@ _A6 = [
     0.030198172008377946,
 ]
 # Rodas5P (Steinebach 2023, "Construction of Rosenbrock–Wanner method Rodas5P and numerical
-# benchmarks within the Julia Differential Equations package", BIT 63:27; the coefficients of
-# OrdinaryDiffEq.jl): 8 stages, order 5 (embedded 4), L-stable, stiffly accurate, with a
-# continuous extension of order 4.
+# benchmarks within the Julia Differential Equations package", BIT 63:27; the coefficients
+# distributed with the method, to 16 digits): 8 stages, order 5 (embedded 4), L-stable,
+# stiffly accurate, with a continuous extension of order 4.
 RODAS5P = RosenbrockTableau(
     gamma=0.21193756319429014,
     a=_lower(
