@@ -110,8 +110,12 @@ def test_solver_strings_are_refused_with_the_fix():
     `solver_from_name` (the CLI's convenience); a keyword that is no option is named, with the
     closest option where one is close."""
     net = sj.init.scale(_draw(jr.key(0)), 0.1)
-    with pytest.raises(ValueError, match="solver_from_name"):
+    with pytest.raises(ValueError, match=r"solver_from_name\('tsit5'\)"):
         sj.gradient_flow(_problem(), net, 1.0, solver="tsit5")
+    with pytest.raises(ValueError, match="did you mean 'rodas5p'\\? the names are tsit5"):
+        sj.gradient_flow(_problem(), net, 1.0, solver="rodas5")
+    with pytest.raises(ValueError, match="unknown solver name 'rodas5'; did you mean 'rodas5p'"):
+        sj.solvers.solver_from_name("rodas5")
     with pytest.raises(ValueError, match="`krylov` is not an option of the flow; the options"):
         sj.gradient_flow(_problem(), net, 1.0, krylov=None)
     with pytest.raises(ValueError, match="`max_step` .* did you mean 'max_steps'"):

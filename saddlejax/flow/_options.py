@@ -11,7 +11,7 @@ import numpy as np
 from jaxtyping import ArrayLike
 
 from .._validate import check_int, check_real, describe, did_you_mean
-from ..solvers import AutoStiff
+from ..solvers import SOLVER_NAMES, AutoStiff
 from ._events import check_event
 
 # Caps of the static counts: above them a solve cannot run (memory, int32 step counters).
@@ -164,10 +164,16 @@ class FlowOptions(eqx.Module):
 
     def __check_init__(self):
         if isinstance(self.solver, str):
+            name = self.solver.lower()
+            named = (
+                f"`saddlejax.solvers.solver_from_name({self.solver!r})`"
+                if name in SOLVER_NAMES
+                else "`saddlejax.solvers.solver_from_name(name)`; "
+                f"{did_you_mean(name, SOLVER_NAMES)}the names are {', '.join(SOLVER_NAMES)}"
+            )
             raise ValueError(
                 f"`solver` takes a solver object, got the string {self.solver!r}: use e.g. "
-                "`saddlejax.AutoStiff()`, `diffrax.Tsit5()`, or "
-                f"`saddlejax.solvers.solver_from_name({self.solver!r})`."
+                f"`saddlejax.AutoStiff()`, `diffrax.Tsit5()`, or {named}."
             )
         if not isinstance(self.solver, diffrax.AbstractSolver):
             raise ValueError(

@@ -6,6 +6,7 @@ import diffrax
 import lineax as lx
 import optimistix as optx
 
+from .._validate import did_you_mean
 from ._auto import AutoStiff
 from ._rosenbrock import RODAS3, RODAS4, RODAS5P, RosenbrockKrylov
 
@@ -48,4 +49,7 @@ def solver_from_name(name: str) -> diffrax.AbstractSolver:
     try:
         return _NAMED[name.lower()]()
     except (KeyError, AttributeError):
-        raise ValueError(f"unknown solver name {name!r}; use one of {', '.join(SOLVER_NAMES)}.")
+        hint = did_you_mean(str(name).lower(), SOLVER_NAMES)
+        raise ValueError(
+            f"unknown solver name {name!r}; {hint}use one of {', '.join(SOLVER_NAMES)}."
+        )
