@@ -37,13 +37,13 @@ def solver_named(name: str, *, deflate: int | None = None, recycle: int | None =
     through its implicit solver) with `deflate` tracked eigenvectors deflated in CG and
     `recycle` CG directions recycled, where given."""
     krylov = {k: v for k, v in dict(deflate=deflate, recycle=recycle).items() if v is not None}
-    if not krylov and name != "auto-rodas5p":
+    tableaus = {
+        "rodas3": saddlejax.RODAS3, "rodas4": saddlejax.RODAS4, "rodas5p": saddlejax.RODAS5P,
+        "auto": saddlejax.RODAS4, "auto-rodas5p": saddlejax.RODAS5P,
+    }
+    if name not in tableaus or (not krylov and name in saddlejax.solvers.SOLVER_NAMES):
         return saddlejax.solvers.solver_from_name(name)
-    tableaus = {"rodas3": saddlejax.RODAS3, "rodas5p": saddlejax.RODAS5P}
-    tableaus["auto-rodas5p"] = saddlejax.RODAS5P
-    if name not in ("auto", "rodas4", *tableaus):
-        return saddlejax.solvers.solver_from_name(name)
-    implicit = saddlejax.RosenbrockKrylov(tableau=tableaus.get(name, saddlejax.RODAS4), **krylov)
+    implicit = saddlejax.RosenbrockKrylov(tableau=tableaus[name], **krylov)
     return saddlejax.AutoStiff(implicit=implicit) if name.startswith("auto") else implicit
 
 

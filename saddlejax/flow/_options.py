@@ -153,9 +153,10 @@ class FlowOptions(eqx.Module):
     @classmethod
     def of(cls, options: dict) -> "FlowOptions":
         """`FlowOptions(**options)`, with a misspelt keyword named and its closest field."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "keep_solver_state"]
+        fields = [f.name for f in dataclasses.fields(cls)]
+        names = [f for f in fields if f != "keep_solver_state"]  # internal: `continue_flow`'s
         for name in options:
-            if name not in names and name != "keep_solver_state":
+            if name not in fields:
                 raise ValueError(
                     f"`{name}` is not an option of the flow; {did_you_mean(name, names)}the "
                     f"options are {', '.join(names)}."
