@@ -24,6 +24,8 @@ import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .._validate import did_you_mean
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Keys of a config file that are not fields of the experiment's config.
 RESERVED = ("experiment", "description", "paper", "quick", "full")
@@ -265,13 +267,9 @@ def configure(
 
 
 def _unknown(key, fields, experiment) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, list(fields), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
     return (
-        f"`{key}` is not a setting of experiment {experiment!r}; {hint}its settings are "
-        f"{', '.join(fields)}"
+        f"`{key}` is not a setting of experiment {experiment!r}; {did_you_mean(key, fields)}"
+        f"its settings are {', '.join(fields)}"
     )
 
 
