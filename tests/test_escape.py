@@ -205,18 +205,22 @@ def test_invalid_order_raises(getkey):
 
 def test_smoothed_relu_escape_converges():
     """On exact ReLU kinks the optimal escape direction can sit on a kink of H, where its KKT
-    residual stalls; with `smoothing=1e−4` H is smooth and the residual converges, at a speed
-    no lower (f moves by ≤ log 2·ε per unit). This draw: 3.6e−3 exact, 6e−14 smoothed, speeds
-    0.467658 and 0.467669; over 10 draws the smoothed speed was never lower (up to 1.5 %
-    higher, where every exact restart stalled on a kink) and its residual ≤ 8e−10 on 9."""
+    residual stalls; with `smoothing=1e−4` H is smooth and the residual converges (the default
+    `kkt_rtol` = 1e−6 is met), at a speed no lower (f moves by ≤ log 2·ε per unit). This draw:
+    3.6e−3 exact, 1.8e−8 smoothed (1.6e−6 under the tests' XLA flags: the restart of highest
+    speed converges more or less far depending on rounding), speeds 0.467658 and 0.467669;
+    over 10 draws the smoothed speed was never lower (up to 1.5 % higher, where every exact
+    restart stalled on a kink) and its residual ≤ 4.3e−7 on 9."""
     k = jr.split(jr.key(3), 3)
     x = jr.normal(k[0], (24, 4))
     loss = sj.SquareLoss(x, jr.normal(k[1], (24, 2)))
     kwargs = dict(key=k[2], n_restarts=4, kkt_rtol=1.0)
     exact = sj.relu_optimal_escape(loss, (4, 6, 6, 2), **kwargs)
-    smooth = sj.relu_optimal_escape(loss, (4, 6, 6, 2), smoothing=1e-4, **kwargs)
-    assert smooth.result == sj.RESULTS.successful
-    assert float(exact.kkt_residual) >= 1e-4 and float(smooth.kkt_residual) <= 1e-9
+    smooth = sj.relu_optimal_escape(
+        loss, (4, 6, 6, 2), smoothing=1e-4, **{**kwargs, "kkt_rtol": 1e-6}
+    )
+    assert smooth.result == sj.RESULTS.successful, sj.RESULTS[smooth.result]
+    assert float(exact.kkt_residual) >= 1e-4 and float(smooth.kkt_residual) <= 1e-6
     ratio = float(smooth.speed / exact.speed)
     assert 1 - 1e-6 <= ratio <= 1 + 1e-3, ratio
 

@@ -71,16 +71,18 @@ def test_homogeneity(getkey, case, lam):
 
 
 def test_smoothed_relu_band(getkey):
-    """`smoothing=ε` changes σ(zⱼ) only where |zⱼ| < 40·ε·sⱼ, sⱼ = ‖wⱼ ⊙ h‖, and there by at
-    most the softplus's excess at the kink, log 2·ε·sⱼ; it keeps the per-neuron rescaling
-    symmetry of a ReLU net; and its gradient is finite where a row wⱼ or the input vanishes."""
+    """`smoothing=ε` changes σ(zⱼ) only where |zⱼ| < 40·ε·sⱼ, sⱼ = ‖wⱼ ⊙ z′‖ (z′ = h for the
+    input), and there by at most the softplus's excess at the kink, log 2·ε·sⱼ; it keeps the
+    per-neuron rescaling symmetry of a ReLU net; and its gradient is finite where a row wⱼ or
+    the input vanishes."""
     eps, slope = 0.01, 0.1
     w, h = jr.normal(getkey(), (400, 4)), jr.normal(getkey(), (4,))
     z, s = w @ h, jnp.linalg.norm(w * h[None, :], axis=1)
     outside = jnp.abs(z) >= 40 * eps * s
     assert bool(outside.any()) and bool((~outside).any())
     for a in (0.0, slope):
-        smooth = smoothed_leaky_relu(w, h, a, eps)
+        smooth, z_out = smoothed_leaky_relu(w, h, a, eps)
+        np.testing.assert_array_equal(z_out, z)
         exact = leaky_relu(z, a)
         np.testing.assert_array_equal(smooth[outside], exact[outside])
         bound = (1 - a) * math.log(2) * eps * s * (1 + 1e-12)
@@ -101,9 +103,33 @@ def test_smoothed_relu_band(getkey):
     with pytest.raises(ValueError, match="smoothing"):
         TwoLayer(3, 6, 2, "tanh", key=getkey(), smoothing=0.5)
     # A zero row and a zero input.
-    grads = jax.grad(lambda w, h: jnp.sum(smoothed_leaky_relu(w, h, slope, eps)), (0, 1))
+    grads = jax.grad(lambda w, h: jnp.sum(smoothed_leaky_relu(w, h, slope, eps)[0]), (0, 1))
     for args in ((w.at[0].set(0.0), h), (w, jnp.zeros_like(h))):
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads(*args))
+
+
+def test_smoothed_relu_with_one_live_input():
+    """A sample that reaches unit j through one live input k (the other inputs dead, hₖ' = 0
+    with pre-activations zₖ' < 0): as wⱼₖ changes sign, zⱼ = wⱼₖhₖ crosses 0. Measured by
+    ‖wⱼ ⊙ h‖ = |zⱼ| alone the band would never contain zⱼ (|zⱼ|/bⱼ = 1/ε) and this kink would
+    stay exact (AD: σ' = 1 at 0); the dead inputs' pre-activations, weighted by the live
+    fraction ρ̄ = meanₖ hₖ²/(hₖ² + zₖ²) = 1/6, keep the band open, so σ(zⱼ(t)) is smooth in
+    t = wⱼₖ, with slope hₖ·sigmoid(0) = hₖ/2 at 0. Where every input is dead σ stays exactly 0,
+    and so does its gradient."""
+    eps = 1e-4
+    h, z_in = jnp.array([0.7, 0.0, 0.0]), jnp.array([0.7, -1.0, -2.0])
+
+    def unit(t, h=h):
+        w = jnp.array([[t, 0.5, -0.3]])
+        return smoothed_leaky_relu(w, h, 0.0, eps, z_in)[0][0]
+
+    np.testing.assert_allclose(jax.grad(unit)(0.0), 0.35, rtol=1e-12)
+    width = eps * math.sqrt(eps * (0.5**2 * 1.0 + 0.3**2 * 4.0) / 6)
+    np.testing.assert_allclose(unit(0.0), width * math.log(2), rtol=1e-12)
+    # Far from the band (|zⱼ| ≥ 40·bⱼ) the unit is the exact ReLU.
+    assert float(unit(-1e-2)) == 0.0 and float(unit(1e-2)) == 1e-2 * 0.7
+    dead = jnp.zeros(3)
+    assert float(unit(0.3, dead)) == 0.0 and float(jax.grad(unit)(0.3, dead)) == 0.0
 
 
 def _sliding_draw():

@@ -71,8 +71,8 @@ def relu_optimal_escape(
     H is only piecewise smooth, so the KKT residual can stall where ρ* sits on a kink; the
     default `kkt_rtol` is loosened to 1e−6 here. With `smoothing` (of `DeepReLU`, e.g. 1e−4)
     H is smooth and the residual converges: on the `relu-lowrank` data at widths (8, 32, 32, 3)
-    8e−12 against 9e−3 on the exact kinks, at the same speed to 2e−6; on 10 random (4, 6, 6, 2)
-    problems ≤ 8e−10 on 9 (1e−5 on one) against up to 8e−2, at speeds never lower and up to
+    7e−7 against 2e−3 on the exact kinks, at the same speed to 5e−7; on 10 random (4, 6, 6, 2)
+    problems ≤ 4.3e−7 on 9 (1.7e−5 on one) against up to 8e−2, at speeds never lower and up to
     1.5 % higher (where every exact restart stalled on a kink).
 
     **Arguments:**

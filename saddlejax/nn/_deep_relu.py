@@ -26,9 +26,10 @@ class DeepReLU(eqx.Module):
     - `std`, `dtype`: as for `DeepLinear`.
     - `key`: a JAX PRNG key (keyword only).
     - `smoothing`: ε ≥ 0 (default 0: the exact kink). With ε > 0 unit j's max(zⱼ, 0) becomes a
-        softplus of width ε‖wⱼ ⊙ h‖, which scales with zⱼ, so the net stays L-homogeneous with
-        every rescaling symmetry (`smoothed_leaky_relu`). Use it (e.g. 1e−4) for gradient flows
-        that slide along a kink (zⱼ held at 0 from both sides: no classical solution; adaptive
+        softplus of width ε·sⱼ, sⱼ the size of the terms that sum to zⱼ (with a floor from the
+        dead inputs' pre-activations), which scales with zⱼ, so the net stays L-homogeneous
+        with every rescaling symmetry (`smoothed_leaky_relu`). Use it (e.g. 1e−4) for gradient
+        flows that slide along a kink (zⱼ held at 0 from both sides: no classical solution; adaptive
         steps chatter across it by the thousand and, at tight rtol, collapse into a
         `max_steps_reached` failure): the smoothed flow converges to the sliding (Filippov)
         flow as ε → 0, its distance from gradient descent at η → 0 falling ≈ 10× per decade of
@@ -65,9 +66,10 @@ class DeepReLU(eqx.Module):
         return len(self.weights)
 
     def __call__(self, x: Float[Array, " n_in"]) -> Float[Array, " n_out"]:
+        z = None  # the input has no pre-activations
         for w in self.weights[:-1]:
             if self.smoothing > 0:
-                x = smoothed_leaky_relu(w, x, self.negative_slope, self.smoothing)
+                x, z = smoothed_leaky_relu(w, x, self.negative_slope, self.smoothing, z)
             else:
                 x = leaky_relu(w @ x, self.negative_slope)
         return self.weights[-1] @ x

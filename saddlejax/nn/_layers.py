@@ -95,29 +95,42 @@ _SOFTPLUS_CUTOFF = 40.0
 
 
 def smoothed_leaky_relu(
-    w: Array, h: Array, negative_slope: float, smoothing: float
-) -> Array:
+    w: Array, h: Array, negative_slope: float, smoothing: float, z_in: Array | None = None
+) -> tuple[Array, Array]:
     """σ(w h) for a (leaky) ReLU σ whose kink is smoothed: max(zⱼ, 0) becomes
-    bⱼ·softplus(zⱼ/bⱼ) with the width bⱼ = ε·sⱼ, z = w h, sⱼ = ‖wⱼ ⊙ h‖ (the size of the terms
-    that sum to zⱼ; ε = `smoothing`), which exceeds it by at most log 2·bⱼ (at zⱼ = 0) and
-    equals it to rounding where |zⱼ| ≥ 40·bⱼ (computed exactly there).
+    bⱼ·softplus(zⱼ/bⱼ) with the width bⱼ = ε·sⱼ (ε = `smoothing`), z = w h, which exceeds it by
+    at most log 2·bⱼ (at zⱼ = 0) and equals it to rounding where |zⱼ| ≥ 40·bⱼ (computed exactly
+    there). **Returns:** (σ(z), z).
 
-    sⱼ scales as zⱼ under every rescaling of layers and of single neurons, so the net keeps
-    its homogeneity and rescaling symmetries (and their conserved balancedness), and its
-    gradient flow is smooth: where the exact flow slides along a kink (zⱼ held at 0 from both
-    sides, a Filippov sliding mode with no classical solution, on which adaptive steps
-    collapse), the smoothed flow follows a stiff slow manifold, and it converges to the sliding
-    (Filippov) flow, the η → 0 limit of gradient descent, as ε → 0 (Filippov, *Differential
-    equations with discontinuous righthand sides*, 1988, §2.4; Sotomayor & Teixeira's
-    regularisation, 1996). A C^∞ softplus rather than a polynomial ramp that is exact outside
-    a band: a flow that grazes such a band's edge, where the ramp's higher derivatives jump,
-    stalled the solvers. Where s²ⱼ underflows (every term below ≈ 1e−154) σ is exact.
+    sⱼ² = ‖wⱼ ⊙ h‖² + ρ̄·‖wⱼ ⊙ z_in‖², where `z_in` are the pre-activations that produced h
+    (None for the net's input: then sⱼ = ‖wⱼ ⊙ h‖) and ρ̄ = meanₖ hₖ²/(hₖ² + z_in,ₖ²) (½ for a
+    live input, 0 for a dead one). Every term, wⱼₖhₖ, wⱼₖz_in,ₖ and hₖ/z_in,ₖ, is unchanged or
+    scales as zⱼ under the rescalings of layers and of single neurons, so the net keeps its
+    homogeneity and rescaling symmetries (and their conserved balancedness), and its gradient
+    flow is smooth: where the exact flow slides along a kink (zⱼ held at 0 from both sides, a
+    Filippov sliding mode with no classical solution, on which adaptive steps collapse), the
+    smoothed flow follows a stiff slow manifold, and it converges to the sliding (Filippov)
+    flow, the η → 0 limit of gradient descent, as ε → 0 (Filippov, *Differential equations
+    with discontinuous righthand sides*, 1988, §2.4; Sotomayor & Teixeira's regularisation,
+    1996). Why the second term: a sample that reaches unit j through one live input k has
+    ‖wⱼ ⊙ h‖ = |wⱼₖhₖ| = |zⱼ|, so with the first term alone |zⱼ|/bⱼ = 1/ε and the kink crossed
+    when wⱼₖ changes sign stays exact (it stalled flows); the dead inputs' pre-activations keep
+    bⱼ of the scale of wⱼ. ρ̄ = 0 where every input is dead: zⱼ ≡ 0 has no kink to cross, and
+    σ stays exactly 0, with no ε-sized force on wⱼ. A C^∞ softplus rather than a polynomial
+    ramp that is exact outside a band: a flow that grazes such a band's edge, where the ramp's
+    higher derivatives jump, stalled the solvers. Where s²ⱼ underflows (every term below
+    ≈ 1e−154) σ is exact.
     """
     z = w @ h
-    sq = (w * w) @ (h * h)
+    ww = w * w
+    sq = ww @ (h * h)
+    if z_in is not None:
+        hz = h * h + z_in * z_in
+        live = jnp.where(hz > 0, h * h / jnp.where(hz > 0, hz, 1.0), 0.0)
+        sq = sq + smoothing * jnp.mean(live) * (ww @ (z_in * z_in))
     pos = sq > 0
     width = jnp.where(pos, smoothing * jnp.sqrt(jnp.where(pos, sq, 1.0)), 1.0)
     inside = pos & (jnp.abs(z) < _SOFTPLUS_CUTOFF * width)
     u = jnp.where(inside, z / width, 0.0)  # no overflow, in the value or its derivative
     smooth = negative_slope * z + (1.0 - negative_slope) * width * jax.nn.softplus(u)
-    return jnp.where(inside, smooth, leaky_relu(z, negative_slope))
+    return jnp.where(inside, smooth, leaky_relu(z, negative_slope)), z

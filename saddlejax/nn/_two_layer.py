@@ -81,5 +81,5 @@ class TwoLayer(eqx.Module):
 
     def __call__(self, x: Float[Array, " in_size"]) -> Float[Array, " out_size"]:
         if self.smoothing > 0:
-            return self.a @ smoothed_leaky_relu(self.w, x, 0.0, self.smoothing)
+            return self.a @ smoothed_leaky_relu(self.w, x, 0.0, self.smoothing)[0]
         return self.a @ self.activation(self.w @ x)
