@@ -131,7 +131,10 @@ _ADVICE = {
     RESULTS._index_to_message[int(RESULTS.max_steps_reached._value)]: (
         " A step count far above the usual is a flow the solver cannot resolve: a stiff one "
         "(use `AutoStiff()`), or a ReLU net's flow sliding along a kink (a preactivation held "
-        "at 0 from both sides: use `DeepReLU(..., smoothing=1e-4)`)."
+        "at 0 from both sides: use `DeepReLU(..., smoothing=1e-4)`). From a tiny initial "
+        "scale, the kinks of a unit decaying far below it are still resolved to the default "
+        "`atol` = rtol·RMS(θ₀): a larger `atol` passes them, at the cost of the accuracy of "
+        "every entry below it (the seeds of later escapes)."
     ),
 }
 
