@@ -29,8 +29,8 @@ class DeepReLU(eqx.Module):
         softplus of width ε·sⱼ, sⱼ the size of the terms that sum to zⱼ (with a floor from the
         dead inputs' pre-activations), which scales with zⱼ, so the net stays L-homogeneous
         with every rescaling symmetry (`smoothed_leaky_relu`). Use it (e.g. 1e−4) for gradient
-        flows that slide along a kink (zⱼ held at 0 from both sides: no classical solution; adaptive
-        steps chatter across it by the thousand and, at tight rtol, collapse into a
+        flows that slide along a kink (zⱼ held at 0 from both sides: no classical solution;
+        adaptive steps chatter across it by the thousand and, at tight rtol, collapse into a
         `max_steps_reached` failure): the smoothed flow converges to the sliding (Filippov)
         flow as ε → 0, its distance from gradient descent at η → 0 falling ≈ 10× per decade of
         ε; smaller ε is stiffer (benchmarks/README.md, `bench_relu_kinks.py`).

@@ -102,7 +102,7 @@ def smoothed_leaky_relu(
     at most log 2·bⱼ (at zⱼ = 0) and equals it to rounding where |zⱼ| ≥ 40·bⱼ (computed exactly
     there). **Returns:** (σ(z), z).
 
-    sⱼ² = ‖wⱼ ⊙ h‖² + ρ̄·‖wⱼ ⊙ z_in‖², where `z_in` are the pre-activations that produced h
+    sⱼ² = ‖wⱼ ⊙ h‖² + ε·ρ̄·‖wⱼ ⊙ z_in‖², where `z_in` are the pre-activations that produced h
     (None for the net's input: then sⱼ = ‖wⱼ ⊙ h‖) and ρ̄ = meanₖ hₖ²/(hₖ² + z_in,ₖ²) (½ for a
     live input, 0 for a dead one). Every term, wⱼₖhₖ, wⱼₖz_in,ₖ and hₖ/z_in,ₖ, is unchanged or
     scales as zⱼ under the rescalings of layers and of single neurons, so the net keeps its
@@ -115,11 +115,13 @@ def smoothed_leaky_relu(
     1996). Why the second term: a sample that reaches unit j through one live input k has
     ‖wⱼ ⊙ h‖ = |wⱼₖhₖ| = |zⱼ|, so with the first term alone |zⱼ|/bⱼ = 1/ε and the kink crossed
     when wⱼₖ changes sign stays exact (it stalled flows); the dead inputs' pre-activations keep
-    bⱼ of the scale of wⱼ. ρ̄ = 0 where every input is dead: zⱼ ≡ 0 has no kink to cross, and
-    σ stays exactly 0, with no ε-sized force on wⱼ. A C^∞ softplus rather than a polynomial
-    ramp that is exact outside a band: a flow that grazes such a band's edge, where the ramp's
-    higher derivatives jump, stalled the solvers. Where s²ⱼ underflows (every term below
-    ≈ 1e−154) σ is exact.
+    bⱼ > 0 there, and their weight ε leaves the band of an ordinary unit nearly as it was
+    (with weight 1 the optimal escape directions' KKT residuals stalled at 1.5e−4 … 1e−1 on 4
+    of 10 random nets, benchmarks/README.md). ρ̄ = 0 where every input is dead: zⱼ ≡ 0 has no
+    kink to cross, and σ stays exactly 0, with no ε-sized force on wⱼ. A C^∞ softplus rather
+    than a polynomial ramp that is exact outside a band: a flow that grazes such a band's edge,
+    where the ramp's higher derivatives jump, stalled the solvers. Where s²ⱼ underflows (every
+    term below ≈ 1e−154) σ is exact.
     """
     z = w @ h
     ww = w * w
