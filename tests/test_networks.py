@@ -71,10 +71,10 @@ def test_homogeneity(getkey, case, lam):
 
 
 def test_smoothed_relu_band(getkey):
-    """`smoothing=ε` changes σ(zⱼ) only where |zⱼ| < 40·ε·sⱼ, sⱼ = ‖wⱼ ⊙ z′‖ (z′ = h for the
-    input), and there by at most the softplus's excess at the kink, log 2·ε·sⱼ; it keeps the
-    per-neuron rescaling symmetry of a ReLU net; and its gradient is finite where a row wⱼ or
-    the input vanishes."""
+    """`smoothing=ε` changes σ(zⱼ) only where |zⱼ| < 40·ε·sⱼ, sⱼ = ‖wⱼ ⊙ h‖ at the net's input
+    (the floor of later layers: the next test), and there by at most the softplus's excess at
+    the kink, log 2·ε·sⱼ; it keeps the per-neuron rescaling symmetry of a ReLU net; and its
+    gradient is finite where a row wⱼ or the input vanishes."""
     eps, slope = 0.01, 0.1
     w, h = jr.normal(getkey(), (400, 4)), jr.normal(getkey(), (4,))
     z, s = w @ h, jnp.linalg.norm(w * h[None, :], axis=1)
@@ -112,7 +112,7 @@ def test_smoothed_relu_with_one_live_input():
     """A sample that reaches unit j through one live input k (the other inputs dead, hₖ' = 0
     with pre-activations zₖ' < 0): as wⱼₖ changes sign, zⱼ = wⱼₖhₖ crosses 0. Measured by
     ‖wⱼ ⊙ h‖ = |zⱼ| alone the band would never contain zⱼ (|zⱼ|/bⱼ = 1/ε) and this kink would
-    stay exact (AD: σ' = 1 at 0); the dead inputs' pre-activations, weighted by the live
+    stay exact (AD: σ' = 1 at 0); the dead inputs' pre-activations, weighted by ε and the live
     fraction ρ̄ = meanₖ hₖ²/(hₖ² + zₖ²) = 1/6, keep the band open, so σ(zⱼ(t)) is smooth in
     t = wⱼₖ, with slope hₖ·sigmoid(0) = hₖ/2 at 0. Where every input is dead σ stays exactly 0,
     and so does its gradient."""
