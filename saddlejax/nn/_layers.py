@@ -124,12 +124,13 @@ def smoothed_leaky_relu(
     term below ≈ 1e−154) σ is exact.
     """
     z = w @ h
-    ww = w * w
-    sq = ww @ (h * h)
+    ww, hh = w * w, h * h
+    sq = ww @ hh
     if z_in is not None:
-        hz = h * h + z_in * z_in
-        live = jnp.where(hz > 0, h * h / jnp.where(hz > 0, hz, 1.0), 0.0)
-        sq = sq + smoothing * jnp.mean(live) * (ww @ (z_in * z_in))
+        zz = z_in * z_in
+        hz = hh + zz
+        live = jnp.where(hz > 0, hh / jnp.where(hz > 0, hz, 1.0), 0.0)
+        sq = sq + smoothing * jnp.mean(live) * (ww @ zz)
     pos = sq > 0
     width = jnp.where(pos, smoothing * jnp.sqrt(jnp.where(pos, sq, 1.0)), 1.0)
     inside = pos & (jnp.abs(z) < _SOFTPLUS_CUTOFF * width)
