@@ -108,8 +108,8 @@ def test_matrix_completion_dln_uses_outputs_route(getkey, as_tuple):
 
 
 def test_relu_origin_uses_outputs_route(getkey):
-    """At the origin of a ReLU net AD differentiates one branch of each kink; `auto` detects
-    the homogeneous network and uses H(θ) = Σ⟨∂ℓ/∂f(0), f_θ(x_i)⟩, which equals the one-sided
+    """At the origin of a ReLU net `auto` detects the homogeneous network and takes the fast
+    "outputs" route, H(θ) = Σ⟨∂ℓ/∂f(0), f_θ(x_i)⟩, which equals the one-sided
     limit (L(tδ) − L(0))/t^L as t → 0⁺ (SPEC §4, §9)."""
     loss = _mse(getkey)
     net = sj.nn.DeepReLU((5, 6, 6, 3), key=getkey())
@@ -123,6 +123,107 @@ def test_relu_origin_uses_outputs_route(getkey):
     tol = 1e-5 * (jnp.abs(taylor.H(net)) + loss(origin))
     assert jnp.abs(one_sided - taylor.H(net)) < tol
     assert sj.homogeneity_error(taylor.H, 3, net, (0.5, 2.0)) < 1e-12
+
+
+_RELU_NETS = {
+    "relu": (lambda k: sj.nn.DeepReLU((5, 6, 6, 3), key=k), 3),
+    "leaky_relu": (lambda k: sj.nn.DeepReLU((5, 6, 6, 3), 0.2, key=k), 3),
+    "two_layer_relu": (lambda k: sj.nn.TwoLayer(5, 6, 3, "relu", key=k), 2),
+    "squared_relu": (lambda k: sj.nn.SquaredReLU(5, 6, key=k, std=1.0), 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_RELU_NETS))
+def test_relu_ray_route_is_one_sided_at_origin(getkey, case):
+    """Every pre-activation is 0 at the origin. The "ray" route's Taylor mode takes each
+    kink's branch from the sign of the first non-zero ray coefficient (`saddlejax.nn.relu`),
+    so it equals the "outputs" route's H(δ) = ⟨∂ℓ/∂f(0), f_δ⟩, exact by homogeneity. The
+    branch-at-z₀ rule of `jnp.where` made every derivative of order ≤ 8 vanish there."""
+    make, order = _RELU_NETS[case]
+    net = make(getkey())
+    n_out = 1 if case == "squared_relu" else 3
+    loss = _mse(getkey, n_out=n_out)
+    origin = _zeros(net)
+    ray = sj.taylor_term(loss, origin, key=getkey(), method="ray")
+    outputs = sj.taylor_term(loss, origin, key=getkey(), method="outputs")
+    assert ray.order == outputs.order == order
+    for _ in range(3):
+        delta = jax.tree_util.tree_map(lambda a: jr.normal(getkey(), a.shape), net)
+        exact = outputs.H(delta)
+        # both sum the same products in another order: rounding of the sum's terms
+        assert jnp.abs(ray.H(delta) - exact) <= 1e-12 * jnp.abs(exact)
+
+
+def _masked_deep_relu(weights, x, masks, slope):
+    """The deep ReLU net with each kink's branch fixed by `masks` (a polynomial in θ)."""
+    for w, m in zip(weights[:-1], masks):
+        z = x @ w.T
+        x = jnp.where(m, z, slope * z)
+    return x @ weights[-1].T
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+@pytest.mark.parametrize("residue", [0.0, 1e-17])
+def test_relu_ray_coefficients_at_new_neurons(getkey, slope, residue):
+    """At a point with dead hidden units (zero incoming rows and outgoing columns, up to
+    `residue`, as a solver leaves them), L(θ* + tδ) for small t > 0 is the polynomial of the
+    net whose branches are those the pre-activations take at t = 1e−6. Its exact coefficients
+    (nested jvps of that fixed-branch net, an independent route) equal the "ray" coefficients
+    (Taylor mode through the one-sided rule). AD's branch at z₀ = 0 (the linear one) gives
+    other c₂, c₃ wherever a new unit's pre-activation starts negative."""
+    x = jr.normal(getkey(), (24, 4))
+    y = jr.normal(getkey(), (24, 2))
+    net = sj.nn.DeepReLU((4, 5, 5, 2), slope, key=getkey(), std=1.0)
+    w1, w2, w3 = net.weights
+    w1 = w1.at[3:].set(residue)  # two dead units in the first hidden layer
+    w2 = w2.at[2:].set(residue).at[:, 3:].set(residue)  # three in the second
+    w3 = w3.at[:, 2:].set(residue)
+    point = eqx.tree_at(lambda m: m.weights, net, (w1, w2, w3))
+    delta = jax.tree_util.tree_map(lambda a: jr.normal(getkey(), a.shape), net)
+    loss = sj.SquareLoss(x, y)
+    got = sj.ray_taylor_coefficients(loss, point, delta, 6)
+
+    shifted = [p + 1e-6 * d for p, d in zip(point.weights, delta.weights)]
+    masks, h = [], x
+    for w in shifted[:-1]:
+        z = h @ w.T
+        masks.append(z > 0)
+        h = jnp.where(z > 0, z, slope * z)
+
+    def masked_loss(ws):
+        return loss.from_outputs(_masked_deep_relu(ws, x, masks, slope))
+
+    assert jnp.allclose(masked_loss(point.weights), loss(point), rtol=1e-14)
+    exact = sj.ray_taylor_coefficients(masked_loss, list(point.weights), list(delta.weights), 6)
+    scale = jnp.max(jnp.abs(exact))
+    assert jnp.max(jnp.abs(got - exact)) <= 1e-12 * scale
+
+
+def test_kink_jet_rule_closed_forms():
+    """z(t) = a·t + b·t², z(0) = 0: σ(z(t)) for small t > 0 is z(t) if the first non-zero of
+    (a, b) is positive, slope·z(t) otherwise; value, jvp and vmap are `jnp.where`'s. A z(0) at
+    rounding (1e−20) is the kink's own point."""
+    from jax.experimental.jet import jet
+
+    slope = 0.1
+    cases = [(0.0, 1.0, -3.0), (0.0, -1.0, 3.0), (0.0, 0.0, 2.0), (0.0, 0.0, -2.0)]
+    # z₀ = 1e−20 is below the rule's 1e−9 of the largest coefficient: taken as 0
+    cases += [(1e-20, -1.0, 3.0), (1e-20, 0.0, -2.0), (-1e-20, 1.0, -3.0)]
+    for c, a, b in cases:
+        branch = 1.0 if (a > 0 or (a == 0 and b > 0)) else slope
+        _, (d1, d2) = jet(
+            lambda t, c=c, a=a, b=b: sj.nn.leaky_relu(c + a * t + b * t * t, slope),
+            (0.0,), ((1.0, 0.0),),
+        )
+        # jet's factorial scaling rounds: 1e-14 relative
+        assert math.isclose(float(d1), branch * a, rel_tol=1e-14)
+        assert math.isclose(float(d2), branch * 2 * b, rel_tol=1e-14)
+    z = jnp.asarray([-2.0, -0.0, 0.0, 3.0])
+    where = jnp.where(z >= 0, z, slope * z)
+    assert jnp.array_equal(jax.jit(sj.nn.leaky_relu, static_argnums=1)(z, slope), where)
+    grad = jax.vmap(jax.grad(lambda u: sj.nn.leaky_relu(u, slope)))(z)
+    assert jnp.array_equal(grad, jnp.where(z >= 0, 1.0, slope))
+    assert jnp.array_equal(sj.nn.relu(jnp.asarray([-1, 2])), jnp.asarray([0.0, 2.0]))
 
 
 def test_ray_coefficients_match_polynomial():

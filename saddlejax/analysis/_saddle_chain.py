@@ -924,7 +924,7 @@ def saddle_chain(
             esc = _strict_escape(curv, u, degenerate_rtol)
         else:
             origin = None
-            if j == 0:  # at a ReLU origin AD differentiates one side of the kinks
+            if j == 0:  # at an origin the "outputs" route is exact for any activation, and fast
                 term = taylor_term(objective, here, key=k_esc)
                 if term.method == "outputs":
                     origin = _OriginTerm(_OriginH(term, f), term.order, term.next_order)
@@ -997,20 +997,19 @@ def _outputs(objective, params):
 
 def _output_invariant(objective, params_of, x):
     """ρ ↦ the order-k coefficient of the outputs along ϑ + tρ (outputs(ρ) at the origin of a
-    homogeneous net, where AD would pick one side of a ReLU kink), flattened; None if the
-    model has no outputs to read."""
+    homogeneous net, by homogeneity), flattened; None if the model has no outputs to read."""
     if _outputs(objective, params_of(x)) is None:
         return None
     at_origin = not bool(jnp.any(x != 0))
+
+    def outputs_at(y):
+        return jnp.ravel(_outputs(objective, params_of(y)))
 
     def make(k):
         def invariant(rho):
             if at_origin:
                 return jnp.ravel(_outputs(objective, params_of(rho)))
-            g = lambda t: jnp.ravel(_outputs(objective, params_of(x + t * rho)))  # noqa: E731
-            for _ in range(k):
-                g = (lambda h: lambda t: jax.jvp(h, (t,), (jnp.ones_like(t),))[1])(g)
-            return g(jnp.zeros((), x.dtype)) / math.factorial(k)
+            return _kth_ray_derivative(outputs_at, x, rho, k)
 
         return invariant
 

@@ -66,8 +66,8 @@ def relu_optimal_escape(
 ) -> ReLUEscape:
     """The optimal escape direction at the origin of a bias-free deep (leaky-)ReLU net (SPEC §9).
 
-    H is built by the "outputs" route of `taylor_term` (AD at the origin of a ReLU net
-    differentiates one branch of each kink), then minimised on the sphere by `optimal_escape`.
+    H is built by the "outputs" route of `taylor_term` (one pass through the net, exact at the
+    kinks by homogeneity), then minimised on the sphere by `optimal_escape`.
     H is only piecewise smooth, so the KKT residual can stall where ρ* sits on a kink; the
     default `kkt_rtol` is loosened to 1e−6 here. With `smoothing` (of `DeepReLU`, e.g. 1e−4)
     H is smooth and the residual converges: on the `relu-lowrank` data at widths (8, 32, 32, 3)

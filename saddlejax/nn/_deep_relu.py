@@ -6,14 +6,8 @@ import equinox as eqx
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._validate import check_real
-from ._layers import (
-    check_std,
-    check_widths,
-    default_std,
-    gaussian_matrices,
-    leaky_relu,
-    smoothed_leaky_relu,
-)
+from ._kinks import leaky_relu
+from ._layers import check_std, check_widths, default_std, gaussian_matrices, smoothed_leaky_relu
 
 
 class DeepReLU(eqx.Module):

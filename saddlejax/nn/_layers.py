@@ -9,6 +9,7 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 from .._validate import check_key, check_real, describe
+from ._kinks import leaky_relu
 
 # The largest layer size accepted. Larger sizes fail inside JAX (beyond int64) or exhaust
 # memory long before; a width of 2³¹ neurons is never meant.
@@ -84,10 +85,6 @@ def matrix_chain(weights: Sequence[Array]) -> Array:
     for w in weights[1:]:
         out = w @ out
     return out
-
-
-def leaky_relu(x: Array, negative_slope: float) -> Array:
-    return jnp.where(x >= 0, x, negative_slope * x)
 
 
 # Beyond |u| = 40 the softplus equals max(u, 0) to rounding (e^{−40} ≈ 4e−18).

@@ -1,9 +1,9 @@
 """Single-layer squared-ReLU networks f(x) = Σ_j max(0, w_jᵀx)² (SPEC §2, §6; Kumar & Haupt)."""
 
 import equinox as eqx
-import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._kinks import relu
 from ._layers import check_std, check_widths, gaussian_matrices
 
 
@@ -34,7 +34,7 @@ class SquaredReLU(eqx.Module):
 
     def neurons(self, x: Float[Array, " in_size"]) -> Float[Array, " width"]:
         """The per-neuron outputs max(0, w_jᵀx)² (their sum is f(x))."""
-        return jax.nn.relu(self.w @ x) ** 2
+        return relu(self.w @ x) ** 2
 
     def __call__(self, x: Float[Array, " in_size"]) -> Float[Array, "1"]:
         return self.neurons(x).sum(keepdims=True)

@@ -3,18 +3,18 @@
 from collections.abc import Callable
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._validate import check_real
+from ._kinks import relu
 from ._layers import check_std, check_widths, gaussian_matrices, smoothed_leaky_relu
 
 _ACTIVATIONS: dict[str, Callable] = {
     "tanh": jnp.tanh,
-    "relu": jax.nn.relu,
+    "relu": relu,
     "identity": lambda x: x,
-    "squared_relu": lambda x: jax.nn.relu(x) ** 2,
+    "squared_relu": lambda x: relu(x) ** 2,
 }
 
 
@@ -69,7 +69,7 @@ class TwoLayer(eqx.Module):
         std = check_std(width**-0.5 if std is None else std, 2)
         self.w, self.a = gaussian_matrices(key, [(width, in_size), (out_size, width)], std, dtype)
         self.activation = resolve_activation(activation)
-        if self.smoothing > 0 and self.activation is not jax.nn.relu:
+        if self.smoothing > 0 and self.activation is not relu:
             raise ValueError(
                 f"`smoothing` smooths the ReLU's kink, but `activation` is {activation!r}: use "
                 "`activation=\"relu\"` or `smoothing=0`."

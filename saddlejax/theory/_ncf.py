@@ -20,6 +20,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
 from .._results import RESULTS, NumericalWarning
 from .._validate import check_int, check_key, check_real
+from ..nn._kinks import relu
 from ._escape import (
     EscapeDirections,
     _dedup,
@@ -347,7 +348,7 @@ def neuron_ncf(neuron: Callable, x: Array, y: Array) -> Callable:
 
 def squared_relu_neuron(w: Float[Array, " d"], x: Float[Array, " d"]) -> Scalar:
     """g(w; x) = max(0, wᵀx)², one neuron of `SquaredReLU` (2-homogeneous)."""
-    return jax.nn.relu(jnp.dot(w, x)) ** 2
+    return relu(jnp.dot(w, x)) ** 2
 
 
 def ncf_kkt_residual(N: Callable, w: PyTree) -> Scalar:

@@ -7,15 +7,16 @@ t = 0 (never finite differences); ∇H and Hessian-vector products of H come fro
 
 Two routes evaluate H:
 
-- `"ray"` (any smooth loss, any critical point): H(δ) = (1/k!) d^k/dt^k L(θ* + tδ)|_{t=0} by k
-    nested `jax.jvp`s. Cost ≈ 2^k loss evaluations.
+- `"ray"` (any critical point): H(δ) = (1/k!) d^k/dt^k L(θ* + tδ)|_{t=0} by Taylor-mode AD
+    (`jax.experimental.jet`), or k nested `jax.jvp`s (cost ≈ 2^k loss evaluations) where jet
+    has no rule. Nets built on `saddlejax.nn.relu`/`leaky_relu` get the one-sided terms of
+    t > 0 at zero pre-activations (dead or new neurons, the origin); other kinked activations
+    (`jnp.where`, `jax.nn.relu`) get the terms of one branch, or of the two branches' average.
 - `"outputs"` (the origin of a positively homogeneous network under a loss of its outputs, e.g.
     a bias-free (leaky-)ReLU net with a per-sample loss, or a DLN's end-to-end matrix under
-    `MatrixCompletion`): H(δ) = ⟨∂ℓ/∂f(0), f_δ⟩ (SPEC §4, second bullet). One pass through
-    the network, against 2^k for the "ray" route, so it is also the fast one.
-    AD through a ReLU at a zero pre-activation returns the derivative of one branch, so the
-    "ray" route at the origin of a ReLU net silently differentiates the wrong (linear) function;
-    this route avoids it by using the network's homogeneity f_{tδ} = t^k f_δ (t > 0) instead.
+    `MatrixCompletion`): H(δ) = ⟨∂ℓ/∂f(0), f_δ⟩ (SPEC §4, second bullet), from the network's
+    homogeneity f_{tδ} = t^k f_δ (t > 0). One pass through the network, against k² (jet) or
+    2^k (nested) for the "ray" route, so it is the fast one, and exact for any activation.
 """
 
 import math
@@ -121,8 +122,10 @@ def ray_taylor_coefficients(loss: Callable, point: PyTree, delta: PyTree, max_or
     """[c_0, …, c_K] with c_j = (1/j!) d^j/dt^j L(θ* + tδ) at t = 0 (exact AD, no differences).
 
     c_j = (1/j!) D^jL(θ*)[δ, …, δ]. Taylor-mode AD (`jax.experimental.jet`, cost O(K²)) is tried
-    first; where jet lacks a rule (e.g. `custom_jvp` functions such as `jax.nn.relu`), K nested
-    `jax.jvp`s are used instead (cost ≈ 2^K evaluations of L).
+    first; where jet lacks a rule, K nested `jax.jvp`s are used instead (cost ≈ 2^K evaluations
+    of L). At a zero pre-activation of `saddlejax.nn.relu`/`leaky_relu` (dead or new neurons)
+    the coefficients are the one-sided ones of t > 0; `jnp.where` and `jax.nn.relu` there give
+    those of another branch (`saddlejax.nn._kinks`).
     """
     deltas = jax.tree_util.tree_map(lambda a: a[None], _params(delta))
     return _coefficients(loss, point, deltas, _check_max_order(max_order, 1))[0]
@@ -136,6 +139,12 @@ def _coefficients(loss, point, deltas, max_order):
 
 
 def _kth_ray_derivative(loss, point, delta, k):
+    """c_k of `ray_taylor_coefficients`: Taylor mode, or k nested `jax.jvp`s where jet has no
+    rule."""
+    try:
+        return _jet_coefficients(loss, point, delta, k)[k] / math.factorial(k)
+    except Exception:  # noqa: BLE001 - jet has no rule for some primitive: use nested jvp
+        pass
     g, dtype = _ray_function(loss, point, delta)
     d = g
     for _ in range(k):
@@ -362,11 +371,11 @@ def taylor_term(
     counts as zero, so a genuine but tiny next term is missed; a critical point known only to
     1e−6 has |c_1| r ≈ 1e−6·S and is reported as k = 1 (pass a larger `rtol` to accept it);
     a first non-zero order above `max_order` raises; non-smooth losses (next paragraph).
-    At the origin of a ReLU network AD differentiates one branch of each kink, so the "ray"
-    route is wrong there; `method="auto"` switches to the "outputs" route when `loss` is an
-    objective with `from_outputs` and either `outputs` or `x` (L = ℓ∘f), the outputs f vanish
-    at `point`, and f is positively homogeneous in the parameters (f_{2δ} = 2^k f_δ on every
-    probe).
+    At the origin of a network `method="auto"` takes the "outputs" route (exact for any
+    activation, and the fast one; the "ray" route is exact there only for kinks built on
+    `saddlejax.nn.relu`/`leaky_relu`) when `loss` is an objective with `from_outputs` and
+    either `outputs` or `x` (L = ℓ∘f), the outputs f vanish at `point`, and f is positively
+    homogeneous in the parameters (f_{2δ} = 2^k f_δ on every probe).
 
     This function reads concrete values to decide integer orders, so it is not jittable;
     `taylor.H` is.
