@@ -13,7 +13,7 @@ branch lexicographically; its value and its `jvp`/`grad` are those of
 import jax
 import jax.numpy as jnp
 from jax.experimental import jet as _jet
-from jax.extend.core import Primitive
+from jax.extend.core import Jaxpr, Primitive, jaxprs_in_params
 from jax.interpreters import ad, batching, mlir
 from jaxtyping import Array, ArrayLike
 
@@ -75,3 +75,12 @@ def leaky_relu(x: ArrayLike, negative_slope: float) -> Array:
 def relu(x: ArrayLike) -> Array:
     """max(x, 0), elementwise, with exact one-sided Taylor terms at x = 0 (`leaky_relu`)."""
     return leaky_relu(x, 0.0)
+
+
+def has_kinks(jaxpr: Jaxpr) -> bool:
+    """Whether `jaxpr` (or one nested in it) applies `leaky_relu`: then only Taylor mode gives
+    its one-sided ray derivatives, and nested `jvp`s those of one branch."""
+    return any(
+        eqn.primitive is leaky_relu_p or any(has_kinks(sub) for sub in jaxprs_in_params(eqn.params))
+        for eqn in jaxpr.eqns
+    )
