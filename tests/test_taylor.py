@@ -199,6 +199,31 @@ def test_relu_ray_coefficients_at_new_neurons(getkey, slope, residue):
     assert jnp.max(jnp.abs(got - exact)) <= 1e-12 * scale
 
 
+def test_smoothed_relu_taylor_mode_under_vmap_and_grad(getkey):
+    """A smoothed ReLU net has kinks outside its bands, so its ray derivatives take Taylor mode,
+    under the vmap and gradient of the escape solvers. At a point where every unit is smooth
+    along the ray, they and their gradients equal those of nested jvps (both exact: rounding)."""
+    from saddlejax.theory._taylor import _kth_ray_derivative, _nested_jvp_coefficients
+
+    net = sj.nn.DeepReLU((4, 6, 6, 2), key=getkey(), std=1.0, smoothing=1e-1)
+    loss = _mse(getkey, n_in=4, n_out=2)
+    deltas = jax.tree_util.tree_map(lambda a: jr.normal(getkey(), (3, *a.shape)), net)
+    deltas = eqx.filter(deltas, eqx.is_inexact_array)
+
+    def taylor(d):
+        return _kth_ray_derivative(loss, net, d, 3)
+
+    def nested(d):
+        return _nested_jvp_coefficients(loss, net, d, 3)[3] / 6
+
+    got = eqx.filter_jit(jax.vmap(jax.value_and_grad(taylor)))(deltas)
+    want = eqx.filter_jit(jax.vmap(jax.value_and_grad(nested)))(deltas)
+    scale = jnp.max(jnp.abs(want[0]))
+    assert jnp.max(jnp.abs(got[0] - want[0])) <= 1e-10 * scale
+    for a, b in zip(jax.tree_util.tree_leaves(got[1]), jax.tree_util.tree_leaves(want[1])):
+        assert jnp.max(jnp.abs(a - b)) <= 1e-10 * jnp.max(jnp.abs(b))
+
+
 def test_kink_jet_rule_closed_forms():
     """z(t) = a·t + b·t², z(0) = 0: σ(z(t)) for small t > 0 is z(t) if the first non-zero of
     (a, b) is positive, slope·z(t) otherwise; value, jvp and vmap are `jnp.where`'s. A z(0) at

@@ -91,6 +91,12 @@ def matrix_chain(weights: Sequence[Array]) -> Array:
 _SOFTPLUS_CUTOFF = 40.0
 
 
+def _softplus(u: Array) -> Array:
+    """log(1 + eᵘ) for |u| ≤ 40, without `jax.nn.softplus`'s custom jvp, through which Taylor
+    mode (`jax.experimental.jet`) leaks tracers."""
+    return jnp.where(u > 0, u + jnp.log1p(jnp.exp(-u)), jnp.log1p(jnp.exp(u)))
+
+
 def smoothed_leaky_relu(
     w: Array, h: Array, negative_slope: float, smoothing: float, z_in: Array | None = None
 ) -> tuple[Array, Array]:
@@ -132,5 +138,5 @@ def smoothed_leaky_relu(
     width = jnp.where(pos, smoothing * jnp.sqrt(jnp.where(pos, sq, 1.0)), 1.0)
     inside = pos & (jnp.abs(z) < _SOFTPLUS_CUTOFF * width)
     u = jnp.where(inside, z / width, 0.0)  # no overflow, in the value or its derivative
-    smooth = negative_slope * z + (1.0 - negative_slope) * width * jax.nn.softplus(u)
+    smooth = negative_slope * z + (1.0 - negative_slope) * width * _softplus(u)
     return jnp.where(inside, smooth, leaky_relu(z, negative_slope)), z
