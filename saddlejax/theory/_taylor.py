@@ -7,11 +7,12 @@ t = 0 (never finite differences); ∇H and Hessian-vector products of H come fro
 
 Two routes evaluate H:
 
-- `"ray"` (any critical point): H(δ) = (1/k!) d^k/dt^k L(θ* + tδ)|_{t=0} by Taylor-mode AD
-    (`jax.experimental.jet`), or k nested `jax.jvp`s (cost ≈ 2^k loss evaluations) where jet
-    has no rule. Nets built on `saddlejax.nn.relu`/`leaky_relu` get the one-sided terms of
-    t > 0 at zero pre-activations (dead or new neurons, the origin); other kinked activations
-    (`jnp.where`, `jax.nn.relu`) get the terms of one branch, or of the two branches' average.
+- `"ray"` (any critical point): H(δ) = (1/k!) d^k/dt^k L(θ* + tδ)|_{t=0} by k nested
+    `jax.jvp`s (cost ≈ 2^k loss evaluations), or by Taylor-mode AD (`jax.experimental.jet`)
+    where L has ReLU kinks; the orders are read from Taylor-mode coefficients. Nets built on
+    `saddlejax.nn.relu`/`leaky_relu` get the one-sided terms of t > 0 at zero pre-activations
+    (dead or new neurons, the origin); other kinked activations (`jnp.where`, `jax.nn.relu`)
+    get the terms of one branch, or of the two branches' average.
 - `"outputs"` (the origin of a positively homogeneous network under a loss of its outputs, e.g.
     a bias-free (leaky-)ReLU net with a per-sample loss, or a DLN's end-to-end matrix under
     `MatrixCompletion`): H(δ) = ⟨∂ℓ/∂f(0), f_δ⟩ (SPEC §4, second bullet), from the network's
