@@ -1008,7 +1008,7 @@ def _output_invariant(objective, params_of, x):
     def make(k):
         def invariant(rho):
             if at_origin:
-                return jnp.ravel(_outputs(objective, params_of(rho)))
+                return outputs_at(rho)
             return _kth_ray_derivative(outputs_at, x, rho, k)
 
         return invariant
