@@ -399,3 +399,72 @@ def test_auto_step_count_is_not_a_coin_toss():
         steps.append(int(sol.stats["num_steps"]))
     assert max(steps) / min(steps) < 1.1, steps
     assert max(steps) < 1200, steps
+
+
+@pytest.mark.parametrize("explicit", [diffrax.Tsit5(), diffrax.Dopri5(), diffrax.Dopri8()])
+def test_stage_stiffness_estimate_on_a_linear_flow(explicit):
+    """DOPRI5's stiffness estimate h·λ ≈ ‖k_s − k_{s−1}‖/‖y₁ − Y_{s−1}‖ (Hairer & Wanner II
+    §IV.2) from one explicit step of y′ = −diag(λ)y, λ = (10³, 1), at h·λ_max = 3: the stiff
+    component, at 1e−6 of the smooth one, dominates the difference of the last two stages, so
+    the estimate is 3 (measured 2.99998 for Tsit5; 1e−3 relative leaves room for the smooth
+    component's share). Without a stiff component it falls to the smooth h·λ = 3e−3 (Tsit5,
+    Dopri5) or to 0 where the two stages agree to rounding (Dopri8)."""
+    from saddlejax.solvers._auto import _stage_stiffness, _stage_weights
+
+    lam = jnp.array([1e3, 1.0])
+    term = diffrax.ODETerm(lambda t, y, args: -lam * y)
+    weights = _stage_weights(explicit)
+
+    def estimate(y0):
+        h = 3e-3
+        state = explicit.init(term, 0.0, h, y0, None)
+        *_, dense, _, _ = explicit.step(term, 0.0, h, y0, None, state, False)
+        return float(_stage_stiffness(weights, dense["k"]))
+
+    np.testing.assert_allclose(estimate(jnp.array([1e-6, 1.0])), 3.0, rtol=1e-3)
+    assert estimate(jnp.array([0.0, 1.0])) <= 3e-3 * (1 + 1e-3)
+    # Solvers whose last two stages are not both at the step's end give no estimate.
+    assert _stage_weights(diffrax.Bosh3()) is None
+    assert _stage_weights(diffrax.Heun()) is None
+
+
+def test_auto_explicit_step_reports_the_stage_estimate():
+    """One explicit step of `AutoStiff` on L = ½θᵀdiag(λ)θ, n = 400, one eigenvalue 10⁴ and
+    the rest 1, at h·λ_max = 3: the power iteration's first Rayleigh quotient from its fixed
+    start vector sees 1 + 10⁴·v₀[7]² < 10³ (the start vector's weight on the stiff coordinate), the
+    step's stage estimate the stiff eigenvalue itself. The λ the switch and the stability cap
+    read must be the larger: within 1 % of 10⁴ (the power estimate alone is < 10 % of it)."""
+    lam = jnp.ones(400).at[7].set(1e4)
+    term = diffrax.ODETerm(lambda t, y, args: -lam * y)
+    solver = AutoStiff().with_tolerances(1e-6, 1e-9)
+    y0 = jnp.ones(400)
+    t0, h = jnp.asarray(0.0), jnp.asarray(3e-4)
+    state = solver.init(term, t0, h, y0, None)
+    *_, state, _ = solver.step(term, t0, h, y0, None, state, False)
+    assert not bool(state["implicit_mode"])
+    np.testing.assert_allclose(float(state["lam"]), 1e4, rtol=1e-2)
+    from saddlejax.solvers._krylov import power_start
+
+    v0 = power_start(y0)  # the power iteration's first Rayleigh quotient
+    assert float(jnp.vdot(v0, lam * v0)) < 1e3
+
+
+def test_auto_stays_implicit_on_a_step_that_just_collapsed():
+    """An implicit step that fell to a fraction of the previous one (a kink crossed, a
+    transient) says nothing of the stiffness after it: `AutoStiff` stays implicit however small
+    h·λ is then, and leaves on a steady step. L = ½θᵀθ (h·λ ≪ to_explicit), the implicit mode
+    entered with a dwell past its minimum and a previous step 1e−2."""
+    term = diffrax.ODETerm(lambda t, y, args: -y)
+    solver = AutoStiff().with_tolerances(1e-6, 1e-9)
+    y0 = jnp.ones(4)
+
+    def next_mode(h):
+        t0, h = jnp.asarray(0.0), jnp.asarray(h)
+        state = solver.init(term, t0, h, y0, None)
+        state = dict(state, implicit_mode=jnp.asarray(True), dwell=jnp.asarray(100),
+                     h=jnp.asarray(1e-2))
+        *_, state, _ = solver.step(term, t0, h, y0, None, state, False)
+        return bool(state["implicit_mode"])
+
+    assert next_mode(1e-4)  # collapsed: stays implicit
+    assert not next_mode(1e-2)  # steady: back to the explicit solver

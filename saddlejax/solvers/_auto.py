@@ -10,7 +10,10 @@ Hairer & Wanner II, §IV.2). `AutoStiff` wraps one solver of each kind, as diffr
 
 - λ_max(∇²L) is tracked by power iteration, one Hessian-vector product every `power_every`-th
     explicit step and every implicit step, the vector kept across steps (a secant estimate
-    ‖Δf‖/‖Δθ‖ sees only the soft curvature along the motion).
+    ‖Δf‖/‖Δθ‖ between steps sees only the soft curvature along the motion). An explicit step
+    raises it to its own stage estimate ‖k_s − k_{s−1}‖/‖y₁ − Y_{s−1}‖ (DOPRI5's, Hairer &
+    Wanner II §IV.2; no extra gradient), which sees a stiff direction the moment a step excites
+    it: where kinks of a smoothed ReLU net come and go the power vector lags behind them.
 - explicit → implicit when h·λ ≥ `to_implicit` (the step is near the stability boundary, so
     it is stability-limited) and, with `min_gain` > 0 (default 0: off), the explicit step's
     own error estimate before the stability cap would let an accuracy-limited step be at least
@@ -19,8 +22,10 @@ Hairer & Wanner II, §IV.2). `AutoStiff` wraps one solver of each kind, as diffr
     explicit with a saved ‖∇L‖ that rises 9×), after at least `min_explicit_steps`·2^b
     explicit steps, where b counts the implicit stretches in a row that ended without reaching
     h·λ ≥ `to_explicit` (at most 3: a back-off against flip-flopping in fast drops).
-- implicit → explicit when h·λ < `to_explicit` and the step stopped growing (by 20 % a step),
-    after at least `min_implicit_steps`·2^b implicit steps (the same b): an implicit try
+- implicit → explicit when h·λ < `to_explicit` and the step is steady (it neither grew by 20 %
+    nor fell by half over the last step: a step that just collapsed on a kink says nothing of
+    the stiffness after it), after at least `min_implicit_steps`·2^b implicit steps (the
+    same b): an implicit try
     shorter than that often gave up just before its step took off, and whether it did hung on
     rounding. With a fixed 6, each try on a long stiff plateau stopped at h·λ ≈ 7–8 and was
     followed by a 128-step explicit wait, and the solve took 1,977 or ≈ 7,000 steps depending
@@ -38,6 +43,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from optax.tree_utils import tree_size, tree_vdot
 
 from ._base import AbstractMatrixFreeSolver, evals_per_step, set_missing
@@ -70,6 +76,33 @@ def _switched_interpolation(
         implicit=implicit_cls(t0=t0, t1=t1, **implicit),
         use_implicit=use_implicit,
     )
+
+
+def _stage_weights(solver):
+    """Weights w with Σⱼ wⱼkⱼ = y₁ − Y_{s−1}, for an explicit FSAL Runge–Kutta solver whose last
+    two stages both sit at the step's end (c = 1: Tsit5, Dopri5, Dopri8); else None.
+
+    Then h·λ ≈ ‖k_s − k_{s−1}‖ / ‖Σⱼ wⱼkⱼ‖ (diffrax's kⱼ are increments h·f), the stiffness
+    estimate of Hairer & Wanner II §IV.2 (DOPRI5's): the difference of two approximations of
+    y(t₁) is dominated, at the stability limit, by the stiff component the step excites.
+    """
+    if not (isinstance(solver, diffrax.AbstractERK) and solver.tableau.fsal):
+        return None
+    tableau = solver.tableau
+    if len(tableau.c) < 2 or tableau.c[-1] != 1 or tableau.c[-2] != 1:
+        return None
+    b = np.asarray(tableau.b_sol, dtype=np.float64)
+    a = np.zeros_like(b)
+    a[: len(tableau.a_lower[-2])] = tableau.a_lower[-2]
+    return b - a
+
+
+def _stage_stiffness(weights, ks):
+    """h·λ from an explicit step's stages (`_stage_weights`); 0 where the difference vanishes."""
+    dy = jax.tree_util.tree_map(lambda k: jnp.tensordot(weights.astype(k.dtype), k, 1), ks)
+    dk = jax.tree_util.tree_map(lambda k: k[-1] - k[-2], ks)
+    num, den = tree_vdot(dk, dk), tree_vdot(dy, dy)
+    return jnp.sqrt(jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0))
 
 
 def _reuses_last_stage(solver) -> bool:
@@ -219,6 +252,10 @@ class AutoStiff(AbstractMatrixFreeSolver):
                 lambda: power(st["v"]),
                 lambda: (st["v"], st["lam"], jnp.zeros((), jnp.int32)),
             )
+            weights = _stage_weights(self.explicit)
+            if weights is not None:
+                stage_hl = jax.lax.stop_gradient(_stage_stiffness(weights, dense["k"]))
+                lam = jnp.maximum(lam, (stage_hl / jnp.abs(h)).astype(lam.dtype))
             err = jax.tree_util.tree_map(
                 lambda e: jnp.where(result == diffrax.RESULTS.successful, e, jnp.inf), err
             )
@@ -282,9 +319,10 @@ class AutoStiff(AbstractMatrixFreeSolver):
             & (gain >= self.min_gain)
         )
         growing = jnp.abs(h) > 1.2 * st["h"]
+        steady = ~growing & (jnp.abs(h) >= 0.5 * st["h"])
         implicit_wait = self.min_implicit_steps * backed_off
         go_explicit = (
-            was_implicit & (dwell >= implicit_wait) & (hl < self.to_explicit) & ~growing
+            was_implicit & (dwell >= implicit_wait) & (hl < self.to_explicit) & steady
         )
         implicit_next = jnp.where(was_implicit, ~go_explicit, go_implicit)
         skipped = was_implicit & (hl >= self.to_explicit)
