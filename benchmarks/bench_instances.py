@@ -3,6 +3,7 @@
 
     python benchmarks/bench_instances.py [--quick] [--n 20] [--alphas 1e-1 1e-3]
                                          [--t1-factor 4] [--meta-seed 0]
+                                         [--versus tsit5] [--repeat 3]
 
 An instance is `matrix_completion_problem(jr.key(problem_seed), n=10, rank=3, observed=ρ)` with
 ρ uniform in [0.3, 0.6] and `DeepLinear((10, 100, 100, 100, 10), key=jr.key(init_seed))`
@@ -19,6 +20,12 @@ instances are then still on an earlier plateau, see `same_level`), max_steps 200
 share shapes and options, so the solve compiles once per process: every row's `compile_s` is
 its warm-up call (t1·1e−9), ≈ 10 s for the first row and milliseconds after, which the summary
 checks.
+
+`--versus NAME` runs each instance and α also with solver NAME (either may carry Krylov
+options: `--versus auto:deflate=0,recycle=0`), right after the main one, and
+reports the wall ratio main ÷ NAME per instance (paired runs: a machine whose speed drifts
+between two separate runs of the whole bench moves both sides of each ratio alike);
+`--repeat K` times each solve K times and keeps the best.
 """
 
 import statistics
@@ -71,9 +78,16 @@ def top_singular_values(model):
     return jnp.linalg.svd(model.matrix(), compute_uv=False)[:4]
 
 
+def solver_from_spec(spec: str):
+    """A solver name, optionally with Krylov options: "auto", "auto:deflate=0,recycle=0"."""
+    name, _, options = spec.partition(":")
+    kwargs = dict(item.split("=") for item in options.split(",")) if options else {}
+    return solver_named(name, **{k: int(v) for k, v in kwargs.items()})
+
+
 def run_one(
     inst: dict, alpha: float, *, t1_factor, t1_base, rtol, max_steps, show_keys=False,
-    solver="auto",
+    solver="auto", repeat=1,
 ) -> dict:
     problem, params0 = instance(inst, alpha)
     t1 = t1_of(alpha, t1_factor, t1_base)
@@ -85,7 +99,8 @@ def run_one(
         max_steps=max_steps,
         throw=False,
         observe=top_singular_values,
-        solver=solver_named(solver),
+        solver=solver_from_spec(solver),
+        repeat=repeat,
     )
     if show_keys:
         print(f"sol.stats keys: {sorted(sol.stats)}", flush=True)
@@ -100,6 +115,7 @@ def run_one(
         observed=inst["observed"],
         init_seed=inst["init_seed"],
         alpha=alpha,
+        solver=solver,
         t1=t1,
         ok=ok,
         result="successful" if ok else str(RESULTS[sol.result]),
@@ -121,26 +137,52 @@ def run_one(
 
 def run(
     instances, alphas, *, t1_factor=4.0, t1_base=500.0, rtol=1e-6, max_steps=200_000,
-    solver="auto",
+    solvers=("auto",), repeat=1,
 ) -> list[dict]:
+    """Rows of every instance × α × solver, the solvers of one instance and α back to back."""
     rows = []
     for inst in instances:
         for alpha in alphas:
-            row = run_one(
-                inst,
-                alpha,
-                t1_factor=t1_factor,
-                t1_base=t1_base,
-                rtol=rtol,
-                max_steps=max_steps,
-                show_keys=not rows,
-                solver=solver,
-            )
-            rows.append(row)
-            if not row["ok"]:
-                print(f"FAILED: instance {inst['label']}, α = {alpha:g}: {row['result']}")
-            print({k: v for k, v in row.items() if k != "result"}, flush=True)
+            for solver in solvers:
+                row = run_one(
+                    inst,
+                    alpha,
+                    t1_factor=t1_factor,
+                    t1_base=t1_base,
+                    rtol=rtol,
+                    max_steps=max_steps,
+                    show_keys=not rows,
+                    solver=solver,
+                    repeat=repeat,
+                )
+                rows.append(row)
+                if not row["ok"]:
+                    print(f"FAILED: instance {inst['label']}, α = {alpha:g}, {solver}: "
+                          f"{row['result']}")
+                print({k: v for k, v in row.items() if k != "result"}, flush=True)
     return rows
+
+
+def versus(rows: list[dict], solver: str, other: str) -> dict:
+    """Per α over the random instances: wall(`solver`) ÷ wall(`other`) of the paired runs
+    (median, worst, best, and the instance of the worst)."""
+    walls = {(r["instance"], r["alpha"], r["solver"]): r["wall_s"] for r in rows}
+    out = {}
+    for alpha in dict.fromkeys(r["alpha"] for r in rows):
+        ratios = {
+            label: walls[label, alpha, solver] / walls[label, alpha, other]
+            for label, a, s in walls
+            if a == alpha and s == solver and label != DEFAULT_INSTANCE["label"]
+        }
+        worst = max(ratios, key=ratios.get)
+        out[f"{alpha:g}"] = dict(
+            median=statistics.median(ratios.values()),
+            worst=ratios[worst],
+            worst_instance=worst,
+            best=min(ratios.values()),
+            ratios=ratios,
+        )
+    return out
 
 
 def per_instance(rows: list[dict], alphas) -> list[dict]:
@@ -206,6 +248,7 @@ COLUMNS = [
     "instance",
     "observed",
     "alpha",
+    "solver",
     "t1",
     "ok",
     "wall_s",
@@ -253,6 +296,8 @@ def main(argv=None):
     p.add_argument("--max-steps", type=int, default=200_000)
     p.add_argument("--meta-seed", type=int, default=0, help="numpy seed drawing the instances")
     p.add_argument("--no-default", action="store_true", help="leave out the default instance")
+    p.add_argument("--versus", default=None, help="a second solver, run paired with --solver")
+    p.add_argument("--repeat", type=int, default=1, help="time each solve K times, keep the best")
     args = p.parse_args(argv)
     n = args.n if args.n is not None else (3 if args.quick else 20)
     t1_factor = args.t1_factor if args.t1_factor is not None else (0.5 if args.quick else 4.0)
@@ -267,9 +312,23 @@ def main(argv=None):
         t1_base=args.t1_base,
         rtol=args.rtol,
         max_steps=args.max_steps,
-        solver=args.solver,
+        solvers=(args.solver,) if args.versus is None else (args.solver, args.versus),
+        repeat=args.repeat,
     )
     print_table(rows, COLUMNS, "Runs (wall and compile in s; compile_s = warm-up call)")
+    paired, all_rows = None, rows
+    if args.versus is not None:
+        paired = versus(rows, args.solver, args.versus)
+        for alpha, v in paired.items():
+            print(
+                f"α = {alpha}: {args.solver} ÷ {args.versus} wall, median {v['median']:.3g}, "
+                f"worst {v['worst']:.3g} (instance {v['worst_instance']}), best {v['best']:.3g}",
+                flush=True,
+            )
+        rows_main = [r for r in rows if r["solver"] == args.solver]
+    else:
+        rows_main = rows
+    rows = rows_main
     inst_rows = per_instance(rows, args.alphas)
     small, big = min(args.alphas), max(args.alphas)
     title = f"Per instance: ratio = wall(α={small:g}) / wall(α={big:g}), counters at α={small:g}"
@@ -314,9 +373,10 @@ def main(argv=None):
             alphas=args.alphas,
             drift_sv1=DRIFT_SV1,
             instances=instances,
+            versus=paired,
             summary=summary,
             per_instance=inst_rows,
-            rows=rows,
+            rows=all_rows,
         ),
         args.out,
     )
