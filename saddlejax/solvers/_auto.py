@@ -25,11 +25,11 @@ Hairer & Wanner II, §IV.2). `AutoStiff` wraps one solver of each kind, as diffr
 - implicit → explicit when h·λ < `to_explicit` and the step is steady (it neither grew by 20 %
     nor fell by half over the last step: a step that just collapsed on a kink says nothing of
     the stiffness after it), after at least `min_implicit_steps`·2^b implicit steps (the
-    same b): an implicit try
-    shorter than that often gave up just before its step took off, and whether it did hung on
-    rounding. With a fixed 6, each try on a long stiff plateau stopped at h·λ ≈ 7–8 and was
-    followed by a 128-step explicit wait, and the solve took 1,977 or ≈ 7,000 steps depending
-    on the deflation basis (DLN (4, 6, 6, 6, 4), α = 0.03); lengthened, 889–893 for every draw.
+    same b): an implicit try shorter than that often gave up just before its step took off,
+    and whether it did hung on rounding. With a fixed 6, each try on a long stiff plateau
+    stopped at h·λ ≈ 7–8 and was followed by a 128-step explicit wait, and the solve took
+    1,977 or ≈ 7,000 steps depending on the deflation basis (DLN (4, 6, 6, 6, 4), α = 0.03);
+    lengthened, 889–893 for every draw.
 - a stability cap on explicit steps (`_stability_floor`) keeps h·λ ≈ 0.9·`stability_cap`
     inside the explicit method's real stability interval instead of oscillating about its edge.
 
@@ -255,7 +255,8 @@ class AutoStiff(AbstractMatrixFreeSolver):
             weights = _stage_weights(self.explicit)
             if weights is not None:
                 stage_hl = jax.lax.stop_gradient(_stage_stiffness(weights, dense["k"]))
-                lam = jnp.maximum(lam, (stage_hl / jnp.abs(h)).astype(lam.dtype))
+                safe_h = jnp.where(h != 0, jnp.abs(h), 1.0)  # a zero step says nothing of λ
+                lam = jnp.maximum(lam, jnp.where(h != 0, stage_hl / safe_h, 0.0).astype(lam.dtype))
             err = jax.tree_util.tree_map(
                 lambda e: jnp.where(result == diffrax.RESULTS.successful, e, jnp.inf), err
             )
