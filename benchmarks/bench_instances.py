@@ -325,10 +325,7 @@ def main(argv=None):
                 f"worst {v['worst']:.3g} (instance {v['worst_instance']}), best {v['best']:.3g}",
                 flush=True,
             )
-        rows_main = [r for r in rows if r["solver"] == args.solver]
-    else:
-        rows_main = rows
-    rows = rows_main
+    rows = [r for r in all_rows if r["solver"] == args.solver]  # the α-ratio: main solver's
     inst_rows = per_instance(rows, args.alphas)
     small, big = min(args.alphas), max(args.alphas)
     title = f"Per instance: ratio = wall(α={small:g}) / wall(α={big:g}), counters at α={small:g}"
