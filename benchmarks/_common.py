@@ -31,12 +31,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def solver_named(name: str, *, deflate: int | None = None, recycle: int | None = None):
+def solver_named(name: str, **krylov):
     """The solver called `name` (`saddlejax.solvers.SOLVER_NAMES`, or "auto-rodas5p":
     `AutoStiff` with a RODAS5P implicit solver); for the Rosenbrock–Krylov ones (and "auto"
-    through its implicit solver) with `deflate` tracked eigenvectors deflated in CG and
-    `recycle` CG directions recycled, where given."""
-    krylov = {k: v for k, v in dict(deflate=deflate, recycle=recycle).items() if v is not None}
+    through its implicit solver) with the `RosenbrockKrylov` options in `krylov` (`deflate`,
+    `recycle`, `deflate_above`, `linear_factor`, ...), where given."""
+    krylov = {k: v for k, v in krylov.items() if v is not None}
     tableaus = {
         "rodas3": saddlejax.RODAS3, "rodas4": saddlejax.RODAS4, "rodas5p": saddlejax.RODAS5P,
         "auto": saddlejax.RODAS4, "auto-rodas5p": saddlejax.RODAS5P,

@@ -3,7 +3,7 @@
 
     python benchmarks/bench_instances.py [--quick] [--n 20] [--alphas 1e-1 1e-3]
                                          [--t1-factor 4] [--meta-seed 0]
-                                         [--versus tsit5] [--repeat 3]
+                                         [--versus tsit5 ...] [--repeat 3]
 
 An instance is `matrix_completion_problem(jr.key(problem_seed), n=10, rank=3, observed=ρ)` with
 ρ uniform in [0.3, 0.6] and `DeepLinear((10, 100, 100, 100, 10), key=jr.key(init_seed))`
@@ -21,8 +21,8 @@ share shapes and options, so the solve compiles once per process: every row's `c
 its warm-up call (t1·1e−9), ≈ 10 s for the first row and milliseconds after, which the summary
 checks.
 
-`--versus NAME` runs each instance and α also with solver NAME (either may carry Krylov
-options: `--versus auto:deflate=0,recycle=0`), right after the main one, and
+`--versus NAME ...` runs each instance and α also with each solver NAME (any may carry
+Krylov options: `--versus auto:deflate=0,recycle=0 tsit5`), right after the main one, and
 reports the wall ratio main ÷ NAME per instance (paired runs: a machine whose speed drifts
 between two separate runs of the whole bench moves both sides of each ratio alike);
 `--repeat K` times each solve K times and keeps the best.
@@ -79,10 +79,11 @@ def top_singular_values(model):
 
 
 def solver_from_spec(spec: str):
-    """A solver name, optionally with Krylov options: "auto", "auto:deflate=0,recycle=0"."""
+    """A solver name, optionally with Krylov options: "auto", "auto:deflate=0,recycle=0",
+    "auto:deflate_above=0"."""
     name, _, options = spec.partition(":")
     kwargs = dict(item.split("=") for item in options.split(",")) if options else {}
-    return solver_named(name, **{k: int(v) for k, v in kwargs.items()})
+    return solver_named(name, **{k: float(v) if "." in v else int(v) for k, v in kwargs.items()})
 
 
 def run_one(
@@ -296,7 +297,9 @@ def main(argv=None):
     p.add_argument("--max-steps", type=int, default=200_000)
     p.add_argument("--meta-seed", type=int, default=0, help="numpy seed drawing the instances")
     p.add_argument("--no-default", action="store_true", help="leave out the default instance")
-    p.add_argument("--versus", default=None, help="a second solver, run paired with --solver")
+    p.add_argument(
+        "--versus", nargs="+", default=[], help="other solvers, each run paired with --solver"
+    )
     p.add_argument("--repeat", type=int, default=1, help="time each solve K times, keep the best")
     args = p.parse_args(argv)
     n = args.n if args.n is not None else (3 if args.quick else 20)
@@ -312,16 +315,15 @@ def main(argv=None):
         t1_base=args.t1_base,
         rtol=args.rtol,
         max_steps=args.max_steps,
-        solvers=(args.solver,) if args.versus is None else (args.solver, args.versus),
+        solvers=(args.solver, *args.versus),
         repeat=args.repeat,
     )
     print_table(rows, COLUMNS, "Runs (wall and compile in s; compile_s = warm-up call)")
-    paired, all_rows = None, rows
-    if args.versus is not None:
-        paired = versus(rows, args.solver, args.versus)
-        for alpha, v in paired.items():
+    paired, all_rows = {other: versus(rows, args.solver, other) for other in args.versus}, rows
+    for other, by_alpha in paired.items():
+        for alpha, v in by_alpha.items():
             print(
-                f"α = {alpha}: {args.solver} ÷ {args.versus} wall, median {v['median']:.3g}, "
+                f"α = {alpha}: {args.solver} ÷ {other} wall, median {v['median']:.3g}, "
                 f"worst {v['worst']:.3g} (instance {v['worst_instance']}), best {v['best']:.3g}",
                 flush=True,
             )

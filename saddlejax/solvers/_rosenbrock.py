@@ -251,6 +251,11 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
         `linear_factor`·(atol + rtol·|θₙ|) in RMS.
     - `linear_factor`: see above (inexact solves: 0.1 keeps the solve error well inside the
         local error the controller accepts; at 0.5 the stage errors spoil the error estimate).
+        The stages pass their solve errors on through the cᵢⱼ: into RODAS4's error estimate
+        with gain 11 (RMS over independent errors; 20 at worst), so undeflated CG, which stops
+        just under the tolerance, can spoil it already at 0.1 (a linear flow with a bulk
+        spectrum: 307 steps against 119 at 0.03, 135 deflated; benchmarks/README.md): with
+        `deflate=0`, pass 0.03.
     - `max_cg_steps`: cap on CG iterations per stage; reaching it rejects the step.
     - `deflate`: dimension k of the tracked dominant invariant subspace of ∇²L used as the
         deflation preconditioner M⁻¹ = I − Ṽᵀ diag(hγθ/(1 + hγθ)) Ṽ (0: plain CG); see
@@ -258,6 +263,15 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
         200–8,000 and a gap below, so 16 covers them. The basis lives in the solver state and
         is refreshed (k Hessian-vector products in one batch) every `refresh_every` accepted
         steps, or after a step whose stages needed more than `refresh_cg` CG iterations.
+    - `deflate_above`: 0 (default) deflates from the first step. Else tracking and
+        deflation start (and then stay on) once the stages need more than this many
+        Hessian-vector products each (a step's mean over its stages, averaged with weight ½
+        over the accepted steps): each deflated CG iteration also passes twice over the
+        k-vector stacks (≈ 0.8 of a product at P = 22,000 on a CPU), and tracking costs k
+        products every `refresh_every` steps, so where deflated stages take ≈ 4 products
+        deflation pays from ≈ 8 undeflated ones. 8 saves ≈ 11 % of a large-α solve (short
+        stiff stretches of 2–9 products a stage) and costs ≈ 6 % at small α, where the steps
+        before it starts run undeflated (benchmarks/README.md).
     - `recycle`: the first `recycle` CG directions of stage 1 (and their products) project the
         initial error of the later stages, which share the matrix (see `conjugate_gradient`).
 
@@ -278,6 +292,7 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
     deflate: int = eqx.field(static=True, default=16)
     refresh_every: int = eqx.field(static=True, default=4)
     refresh_cg: int = eqx.field(static=True, default=6)
+    deflate_above: float = eqx.field(static=True, default=0.0)
     recycle: int = eqx.field(static=True, default=16)
 
     def order(self, terms):
@@ -307,6 +322,8 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
             ritz=jnp.zeros((self._k(y0),), dtype),
             age=jnp.asarray(self.refresh_every, jnp.int32),
             last_cg=zero,
+            deflating=jnp.asarray(self.deflate_above <= 0.0),
+            stage_products=jnp.zeros((), dtype),
         )
 
     def _k(self, y0) -> int:
@@ -327,7 +344,10 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
         basis, ritz, age = solver_state["basis"], solver_state["ritz"], solver_state["age"]
         if jax.tree_util.tree_leaves(basis)[0].shape[0] == 0:
             return None, basis, ritz, age, jnp.zeros((), jnp.int32)
-        refresh = (age >= self.refresh_every) | (solver_state["last_cg"] > self.refresh_cg)
+        on = solver_state["deflating"]
+        refresh = on & (
+            (age >= self.refresh_every) | (solver_state["last_cg"] > self.refresh_cg)
+        )
 
         def hvp_batch(stack):
             return jax.vmap(lambda v: tree_scale(-1.0, jvp(v)))(stack)
@@ -342,8 +362,14 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
         pre_v, ritz, basis, age, n_track = jax.lax.cond(refresh, do_refresh, keep)
         shrink = jnp.where(ritz > 0, hg * ritz / (1 + hg * jnp.maximum(ritz, 0)), 0.0)
 
-        def precondition(r):
+        def deflated(r):
             return tree_sub(r, stack_combine(shrink * stack_dot(pre_v, r), pre_v))
+
+        if self.deflate_above <= 0:
+            return deflated, basis, ritz, age, n_track
+
+        def precondition(r):  # the identity (shrink = 0) until deflation starts: skip the passes
+            return jax.lax.cond(on, deflated, lambda r: r, r)
 
         return precondition, basis, ritz, age, n_track
 
@@ -478,6 +504,8 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
         err = jax.tree_util.tree_map(lambda e: jnp.where(finite, e, jnp.inf), _combine(tab.e, ks))
         qs = () if tab.dense is None else tuple(_combine(row, ks) for row in tab.dense)
         dense_info = dict(y0=y0, y1=y1, qs=qs)
+        products = 0.5 * (solver_state["stage_products"] + n_hvp / len(tab.m))
+        products = products.astype(solver_state["stage_products"].dtype)
         state = dict(
             grads=solver_state["grads"] + _grad_evals_per_step(tab),
             hvp=solver_state["hvp"] + n_track + n_hvp,
@@ -486,5 +514,7 @@ class RosenbrockKrylov(AbstractMatrixFreeSolver):
             ritz=ritz,
             age=age + 1,
             last_cg=max_cg,
+            deflating=solver_state["deflating"] | (products > self.deflate_above),
+            stage_products=products,
         )
         return y1, err, dense_info, state
