@@ -83,7 +83,15 @@ def solver_from_spec(spec: str):
     "auto:deflate_above=0"."""
     name, _, options = spec.partition(":")
     kwargs = dict(item.split("=") for item in options.split(",")) if options else {}
-    return solver_named(name, **{k: float(v) if "." in v else int(v) for k, v in kwargs.items()})
+    return solver_named(name, **{k: _number(v) for k, v in kwargs.items()})
+
+
+def _number(text: str) -> int | float:
+    """An option's value: an int where it reads as one ("16"), else a float ("0.03", "1e-2")."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def run_one(
@@ -319,7 +327,7 @@ def main(argv=None):
         repeat=args.repeat,
     )
     print_table(rows, COLUMNS, "Runs (wall and compile in s; compile_s = warm-up call)")
-    paired, all_rows = {other: versus(rows, args.solver, other) for other in args.versus}, rows
+    paired = {other: versus(rows, args.solver, other) for other in args.versus}
     for other, by_alpha in paired.items():
         for alpha, v in by_alpha.items():
             print(
@@ -327,12 +335,12 @@ def main(argv=None):
                 f"worst {v['worst']:.3g} (instance {v['worst_instance']}), best {v['best']:.3g}",
                 flush=True,
             )
-    rows = [r for r in all_rows if r["solver"] == args.solver]  # the α-ratio: main solver's
-    inst_rows = per_instance(rows, args.alphas)
+    main_rows = [r for r in rows if r["solver"] == args.solver]  # the α-ratio: main solver's
+    inst_rows = per_instance(main_rows, args.alphas)
     small, big = min(args.alphas), max(args.alphas)
     title = f"Per instance: ratio = wall(α={small:g}) / wall(α={big:g}), counters at α={small:g}"
     print_table(inst_rows, INSTANCE_COLUMNS, title)
-    summary = summarise(inst_rows, rows)
+    summary = summarise(inst_rows, main_rows)
     print(
         f"Summary over {summary['instances']} random instances: ratio median "
         f"{summary['median_ratio']:.3g}, worst {summary['worst_ratio']:.3g} (instance "
@@ -375,7 +383,7 @@ def main(argv=None):
             versus=paired,
             summary=summary,
             per_instance=inst_rows,
-            rows=all_rows,
+            rows=rows,
         ),
         args.out,
     )
