@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from saddlejax.analysis._crossings import crossing_times, first_crossing
+from saddlejax.analysis._crossings import crossing_times, first_crossing, hermite_interp
 
 
 def test_first_crossing_is_exact_where_the_interpolant_is():
@@ -34,3 +34,27 @@ def test_first_crossing_edges():
     assert first_crossing(ts, v, 0.5, start=3) == (3.5, 4)
     times = crossing_times(ts, v, [3.5, 4.5, 0.5, -1.0])
     np.testing.assert_array_equal(times, [0.5, 1.0, 3.5, np.nan])
+
+
+def test_hermite_interp():
+    """Exact on a cubic and at the saves; on e^{−t} the error falls 16× per halving of h (O(h⁴):
+    measured ratios 15.6–15.9) where `np.interp`'s falls 4×; outside the saves it holds the end
+    values' cubic pieces clipped to the first and last save."""
+    ts = np.array([0.0, 0.3, 1.0, 2.5])
+    t = np.linspace(0.0, 2.5, 101)
+    cubic = lambda x: 2 * x**3 - x**2 + 0.5 * x - 1  # noqa: E731
+    slope = lambda x: 6 * x**2 - 2 * x + 0.5  # noqa: E731
+    np.testing.assert_allclose(hermite_interp(t, ts, cubic(ts), slope(ts)), cubic(t),
+                               rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(hermite_interp(ts, ts, cubic(ts), slope(ts)), cubic(ts))
+    np.testing.assert_array_equal(hermite_interp([-1.0, 9.0], ts, cubic(ts), slope(ts)),
+                                  cubic(ts[[0, -1]]))
+    t = np.linspace(0.0, 4.0, 1001)
+    errors, lines = [], []
+    for n in (9, 17, 33):
+        ts = np.linspace(0.0, 4.0, n)
+        errors.append(np.max(np.abs(hermite_interp(t, ts, np.exp(-ts), -np.exp(-ts))
+                                    - np.exp(-t))))
+        lines.append(np.max(np.abs(np.interp(t, ts, np.exp(-ts)) - np.exp(-t))))
+    assert all(14 < a / b < 17 for a, b in zip(errors, errors[1:])), errors
+    assert all(3.5 < a / b < 4.5 for a, b in zip(lines, lines[1:])), lines

@@ -130,6 +130,50 @@ def test_two_layer_tanh_first_drop(tanh):
     assert errors[1] < 5e-4 and errors[1] < errors[0], errors
 
 
+@pytest.fixture(scope="module")
+def tanh3():
+    """Three outputs, width 12 (more neurons than `n_eig` = 8 bottom pairs)."""
+    kx, ky = jr.split(jr.key(0))
+    x = jr.normal(kx, (32, 3))
+    teacher = sj.nn.TwoLayer(3, 3, 3, "tanh", key=ky, std=(1.0, 1.0))
+    y = jax.vmap(teacher)(x)
+    prob = sj.SquareLoss(x, y)
+    net = sj.nn.TwoLayer(3, 12, 3, "tanh", key=jr.key(0), std=1.0)
+    sigma = np.linalg.svd(2 * np.asarray(y).T @ np.asarray(x) / 32, compute_uv=False)
+    return prob, net, sigma, sj.saddle_chain(prob, net, key=jr.key(0), max_saddles=1)
+
+
+def test_two_layer_tanh_flows_approach_the_chain_at_the_gap_rate(tanh3):
+    """At the origin ∇²L has eigenvalues ±σᵢ(2Σyxᵀ/n), one copy per neuron: the bottom
+    eigenspace (12 > `n_eig`) is taken whole, and gap = 1 − σ₂/σ₁ (0.233). The flow from α·θ̃
+    leaves the origin with a part c·α^gap along the σ₂ directions (`path_deviations`), so the
+    drop-time error falls at that rate: measured 1.4e−3 at α = 1e−12, 2.4e−6 at 1e−24, rate
+    0.232, each 0.9 × the deviation. Between the path's saves the staircase is the Hermite
+    cubic on dL/dτ = −‖∇L‖²: within 1.5e−4 of the α = 1e−24 flow's loss across the drop (a
+    line between the saves: 4.5e−3)."""
+    prob, net, sigma, ch = tanh3
+    origin = ch.saddles[0]
+    assert origin.multiplicity == net.width
+    np.testing.assert_allclose(origin.speed, sigma[0], rtol=1e-10)
+    np.testing.assert_allclose(origin.gap, 1 - sigma[1] / sigma[0], rtol=1e-8)
+    errors, deviations, loss = [], [], None
+    taus = np.linspace(-3.0, 12.0, 600)
+    for alpha in (1e-12, 1e-24):
+        predicted = ch.drop_times(alpha)[:1]
+        ts = np.sort(np.concatenate([np.linspace(0, predicted[0] + 12, 3000),
+                                     predicted[0] + taus]))
+        sol = sj.gradient_flow(prob, sj.init.scale(net, alpha), ts[-1], saveat=ts, rtol=1e-10)
+        errors.append(abs(predicted[0] / _crossings(sol, ch.losses[:2])[0] - 1))
+        deviations.append(ch.path_deviations(alpha)[0])
+        loss = np.interp(predicted[0] + taus, np.asarray(sol.ts), np.asarray(sol.loss))
+    print(errors, deviations)
+    rate = np.log(errors[0] / errors[1]) / np.log(1e12)
+    assert 0.8 * origin.gap < rate < 1.25 * origin.gap, (rate, origin.gap)
+    assert np.all(np.array(errors) < 2 * np.array(deviations)), (errors, deviations)
+    staircase = ch.staircase(1e-24, ch.drop_times(1e-24)[0] + taus)
+    assert np.max(np.abs(staircase - loss)) < 1e-3, np.max(np.abs(staircase - loss))
+
+
 def test_branches_of_a_degenerate_saddle():
     """Depth 2: the origin's bottom eigenspace is one copy per hidden unit, and −ρ escapes too;
     both branches reach a saddle of the same loss (the symmetry θ ↦ −θ of a DLN with L = 2)."""

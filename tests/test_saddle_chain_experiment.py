@@ -48,11 +48,18 @@ def test_config_names_the_bad_field():
         SaddleChainConfig(problem="resnet")
     with pytest.raises(ValueError, match="`alphas`"):
         SaddleChainConfig(alphas=())
+    # k = 2 at a tanh net's origin: plateaus of log(1/α), so α down to 1e-60; elsewhere 1e-10.
+    assert SaddleChainConfig(problem="two-layer-tanh", alphas=(1e-24,)).alphas == (1e-24,)
+    with pytest.raises(ValueError, match="`alphas`.*1e-60"):
+        SaddleChainConfig(problem="two-layer-tanh", alphas=(1e-100,))
+    with pytest.raises(ValueError, match="`alphas`.*1e-10"):
+        SaddleChainConfig(problem="deep-relu", alphas=(1e-24,))
 
 
 def test_quick_preset_writes_a_run_folder(tmp_path):
     """The quick chain-two-layer-tanh run (the cheapest preset; the notebook runs all three):
-    its checks pass (plateau level and drop time against the flows at α = 1e−2, 1e−3) and the
+    its checks pass (plateau level and drop time against the flows at α = 1e−6, 1e−12, and the
+    rate at which the drop-time error falls against the chain's α^(e·gap)) and the
     run folder holds the resolved config, the summary with the chain and the figure."""
     (job,) = ex.configure("chain-two-layer-tanh", quick=True)
     record = ex.execute(job, tmp_path, progress=False)
@@ -62,6 +69,8 @@ def test_quick_preset_writes_a_run_folder(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [s["kind"] for s in summary["values"]["saddles"]] == ["saddle", "loss_floor"]
     assert summary["values"]["saddles"][0]["order"] == 2
+    assert summary["values"]["saddles"][0]["gap"] == pytest.approx(0.233, abs=1e-3)
+    assert len(summary["values"]["approach_rate"]["measured"]) == 1
     assert (tmp_path / "config.yaml").is_file()
     if ex.has_matplotlib():
         assert (tmp_path / "saddle_chain.png").is_file()

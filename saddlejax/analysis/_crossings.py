@@ -44,8 +44,7 @@ def first_crossing(
         lo, hi = 0.0, 1.0  # the Hermite cubic is on the far side of the level at 0, not at 1
         for _ in range(60):
             x = 0.5 * (lo + hi)
-            p = ((2 * x**3 - 3 * x**2 + 1) * y0 + (x**3 - 2 * x**2 + x) * m0
-                 + (-2 * x**3 + 3 * x**2) * y1 + (x**3 - x**2) * m1)
+            p = _hermite(x, y0, m0, y1, m1)
             lo, hi = (x, hi) if (p < level if rising else p > level) else (lo, x)
         return float(t0 + h * 0.5 * (lo + hi)), i
     if log_values:
@@ -54,6 +53,27 @@ def first_crossing(
         t0, t1 = np.log(t0), np.log(t1)
     t = t0 + (t1 - t0) * (target - y0) / (y1 - y0)
     return float(np.exp(t) if log_time else t), i
+
+
+def _hermite(x, y0, m0, y1, m1):
+    """The cubic with values y0, y1 and slopes m0, m1 (per unit x) at x = 0, 1."""
+    return ((2 * x**3 - 3 * x**2 + 1) * y0 + (x**3 - 2 * x**2 + x) * m0
+            + (-2 * x**3 + 3 * x**2) * y1 + (x**3 - x**2) * m1)
+
+
+def hermite_interp(t, ts, values, slopes) -> np.ndarray:
+    """`values` saved at increasing `ts`, read at `t` (inside [ts[0], ts[-1]]) by the piecewise
+    cubic Hermite interpolant with `slopes` dv/dt at the saves: for a gradient flow's loss,
+    dL/dt = −‖∇L‖² is known exactly at every save, and the error is O(h⁴) in the spacing h
+    where `np.interp`'s is O(h²) (across a drop, 5e−3 against 2e−4 of the loss at 256 saves)."""
+    t, ts = np.asarray(t, float), np.asarray(ts, float)
+    values, slopes = np.asarray(values, float), np.asarray(slopes, float)
+    if ts.size < 2:
+        return np.full(t.shape, values[0])
+    i = np.clip(np.searchsorted(ts, t, side="right") - 1, 0, ts.size - 2)
+    h = ts[i + 1] - ts[i]
+    x = np.clip((t - ts[i]) / np.where(h > 0, h, 1.0), 0.0, 1.0)
+    return _hermite(x, values[i], h * slopes[i], values[i + 1], h * slopes[i + 1])
 
 
 def crossing_times(ts, loss, levels, grad_norm=None) -> np.ndarray:

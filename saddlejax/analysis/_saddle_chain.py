@@ -55,7 +55,7 @@ from ..theory import (
 )
 from ..theory._h_flow import solve_h_flow
 from ..theory._taylor import _kth_ray_derivative
-from ._crossings import crossing_times
+from ._crossings import crossing_times, hermite_interp
 from ._matrices import bottleneck_rank
 from ._ranks import numerical_rank
 from ._spectra import hessian_spectrum
@@ -95,6 +95,14 @@ class ChainSaddle(eqx.Module):
     - `strict`: Prop. 14 at every non-optimal escape direction found (k > 2; None otherwise).
     - `plateau`: how the plateau at ϑ^j lasts at scale α: ("power", k, T) for α^{−(k−2)}·T,
         ("log", a, b) for a·log(1/α) + b; None at a minimum.
+    - `gap`, `deviation_coefficient`: k = 2: 1 − λ₂/λ₁, with λ₁ = s the followed growth rate
+        (−λ_min(∇²L)) and λ₂ the next fastest, −(the most negative eigenvalue outside the
+        bottom eigenspace), 0 when there is none; and c₂·c₁^{−λ₂/λ₁}, c₁ and c₂ the sizes of
+        the carried part's projections on the two eigenspaces (on everything outside the
+        bottom eigenspace when λ₂ = 0). The flow from αθ̃ leaves the saddle off the chain's
+        path by that coefficient × α^{e·gap} (`SaddleChain.path_deviations`): how fast the
+        flows approach the chain as α → 0. None for k > 2, at a minimum, or when every bottom
+        eigenvalue computed lies in the eigenspace (λ₂ unknown).
     """
 
     params: PyTree
@@ -115,6 +123,8 @@ class ChainSaddle(eqx.Module):
     degenerate: bool
     strict: bool | None
     plateau: tuple | None
+    gap: float | None = None
+    deviation_coefficient: float | None = None
 
     @property
     def null_dim(self) -> int | None:
@@ -258,10 +268,33 @@ class SaddleChain(eqx.Module):
             out.append(t_j + crossing_times(p.ts, p.loss, [mid], p.grad_norm)[0])
         return np.array(out)
 
+    def path_deviations(self, alpha: float) -> np.ndarray:
+        """Per saddle that is left, c·α^{e·gap} (`ChainSaddle.gap`, c its
+        `deviation_coefficient`, e = a·s of the k = 2 plateau, 1 at the origin): how far off the
+        chain's path the flow from αθ̃ leaves the saddle, so the order of the chain's error as a
+        prediction of that flow. The part along the next fastest unstable direction grows from
+        c₂α^e as e^{λ₂t} while the followed one grows from c₁α^e to 1, in time
+        log(1/(c₁α^e))/λ₁, and ends at c₂c₁^{−λ₂/λ₁}α^{e(1 − λ₂/λ₁)} (exact at the origin; at
+        a later saddle it assumes both parts arrive at the scale α^e). A drop time is off by
+        at most about this, less where the deviation acts only at second order. NaN for k > 2
+        and where λ₂ is unknown. A small gap means the flows reach the chain's α → 0 limit
+        only at far smaller α (two-layer tanh with three outputs: gap 0.23)."""
+        if not 0 < alpha < 1:
+            raise ValueError(f"`alpha` must be in (0, 1), got {alpha}.")
+        out = []
+        for s in self.saddles[: self.n_arrived]:
+            if s.plateau[0] != "log" or s.gap is None:
+                out.append(math.nan)
+                continue
+            e = s.plateau[1] * s.direction_speed
+            out.append(s.deviation_coefficient * math.exp(e * s.gap * math.log(alpha)))
+        return np.array(out)
+
     def staircase(self, alpha: float, ts) -> np.ndarray:
         """The predicted loss of the flow from αθ̃ at times `ts`: the saddle levels, joined by
-        the paths' loss curves placed at `escape_times(alpha)`. Path j is drawn from where
-        path j − 1 arrived (its clock reaches far back, over the earlier plateaus)."""
+        the paths' loss curves placed at `escape_times(alpha)` (between a path's saves the
+        cubic Hermite interpolant with the flow's own slopes dL/dτ = −‖∇L‖²). Path j is drawn
+        from where path j − 1 arrived (its clock reaches far back, over the earlier plateaus)."""
         ts = np.asarray(ts, float)
         out = np.full(ts.shape, self.saddles[0].loss)
         start = -np.inf
@@ -269,7 +302,7 @@ class SaddleChain(eqx.Module):
             p = self.paths[j]
             tau = ts - t_j
             inside = (tau >= p.ts[0]) & (tau <= p.ts[-1]) & (ts >= start)
-            out[inside] = np.interp(tau[inside], p.ts, p.loss)
+            out[inside] = hermite_interp(tau[inside], p.ts, p.loss, -p.grad_norm**2)
             out[tau > p.ts[-1]] = self.saddles[j + 1].loss
             start = t_j + p.ts[-1]
         return out
@@ -352,7 +385,9 @@ def _curvature(f, x, *, hess_rtol, dense_max, n_eig, max_positive, key) -> _Curv
         if not scale > tol:
             scale = 0.0
         pos = vecs[:, lam > tol] if scale > 0 else None
-        m = min(n_eig, n)
+        # Every negative pair and the next: a bottom eigenspace larger than `n_eig` (a
+        # two-layer net's origin: one copy per neuron) is then whole, and λ₂ known.
+        m = min(n, max(n_eig, int(np.sum(lam < -tol)) + 1))
         return _Curvature(
             lam[:m], vecs[:, :m], pos, int(np.sum(lam > tol)) if scale > 0 else 0,
             int(np.sum(lam < -tol)) if scale > 0 else 0, scale,
@@ -405,6 +440,8 @@ class _Escape(eqx.Module):
     coefficient: float | None  # |c|, the carried part's size along ρ (k = 2)
     carried: np.ndarray | None = None  # the carried part when the plateau ends (k > 2)
     others: tuple = ()  # other escape directions, for branches
+    gap: float | None = None  # 1 − λ₂/λ₁ (k = 2)
+    deviation_coefficient: float | None = None  # c₂·c₁^{−λ₂/λ₁} (k = 2)
 
 
 def _strict_escape(curv, u, degenerate_rtol) -> _Escape:
@@ -415,9 +452,21 @@ def _strict_escape(curv, u, degenerate_rtol) -> _Escape:
     size = float(np.linalg.norm(c))
     rho = E @ c / size if size > 1e-12 * max(float(np.linalg.norm(u)), 1e-300) else E[:, 0]
     others = [-rho] + [e for e in E.T if abs(float(e @ rho)) < 1 - 1e-6]
+    rest = curv.bottom[~in_space]
+    gap = coefficient = None
+    if rest.size:
+        lam_2 = float(np.min(rest))
+        ratio = min(lam_2, 0.0) / lam_min  # λ₂/λ₁ of the growth rates −λ
+        gap = 1.0 - ratio
+        if lam_2 < 0:
+            E_2 = curv.bottom_vectors[:, ~in_space][:, rest <= lam_2 * (1 - degenerate_rtol)]
+            c_2 = float(np.linalg.norm(E_2.T @ u))
+        else:
+            c_2 = float(np.linalg.norm(u - E @ c))
+        coefficient = c_2 * max(size, 1e-300) ** -ratio
     return _Escape(
         2, None, False, None, -lam_min, rho, -lam_min, int(in_space.sum()), None, None,
-        max(size, 1e-300), None, tuple(others),
+        max(size, 1e-300), None, tuple(others), gap, coefficient,
     )
 
 
@@ -1067,7 +1116,8 @@ def _classified(point, curv, esc, f, x, log_stages) -> ChainSaddle:
         speed=esc.speed, direction=esc.rho, direction_speed=esc.rho_speed,
         multiplicity=esc.multiplicity,
         degenerate=esc.multiplicity > 1 or esc.rho_speed < esc.speed * (1 - 1e-6),
-        strict=esc.strict, plateau=plateau,
+        strict=esc.strict, plateau=plateau, gap=esc.gap,
+        deviation_coefficient=esc.deviation_coefficient,
     )
 
 

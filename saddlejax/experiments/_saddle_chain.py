@@ -13,6 +13,7 @@ al. Fig. 1, the saddles against those of the greedy low-rank algorithm (§5.3). 
 """
 
 import dataclasses
+import math
 import time
 
 import equinox as eqx
@@ -27,7 +28,7 @@ from ._checks import MAX_SEED, check_choice, check_float, check_floats, check_in
 from ._config import register
 from ._plot import colormap
 from ._progress import RunContext
-from ._record import Array, Outcome, check_at_most, check_close, check_equal
+from ._record import Array, Outcome, check_at_least, check_at_most, check_close, check_equal
 
 PROBLEMS = ("jacot-fig1", "deep-relu", "two-layer-tanh")
 
@@ -40,12 +41,14 @@ class SaddleChainConfig:
     rank-`rank` matrix completion with an `observed` fraction known, Jacot et al. Fig. 1),
     "deep-relu" (a bias-free ReLU net (d, width, width, out) fitted to a ReLU teacher
     (d, 4, 4, out) on `n_samples` Gaussian inputs) or "two-layer-tanh" (a two-layer tanh net of
-    `width` neurons fitted to a three-neuron tanh teacher on `n_samples` Gaussian inputs in
-    R^d). `problem_seed`: the key of the data; `seed`: the key of θ̃ and of the chain's probes.
+    `width` neurons and `out` outputs fitted to a three-neuron tanh teacher on `n_samples`
+    Gaussian inputs in R^d). `problem_seed`: the key of the data; `seed`: the key of θ̃ and of
+    the chain's probes.
     `smoothing`: the deep-relu student's `DeepReLU(smoothing=)` (0: exact kinks; ε > 0 lets the
     flows pass kinks they slide along).
     `alphas`: the scales of the flows from α·θ̃ checked against the chain, distinct, in
-    (10⁻¹⁰, 1), sorted here largest first.
+    (10⁻¹⁰, 1) (two-layer-tanh: (10⁻⁶⁰, 1), its plateaus last log(1/α)), sorted here largest
+    first.
     `radius`, `max_saddles`, `max_branches`, `loss_tol` (None: 1e−4·L(0)): of `saddle_chain`.
     `rtol`, `max_steps`: of the flows (a flow that reaches `max_steps` is a reported failure).
     `n_save`: the flows' evenly spread saves (more are added around each
@@ -102,9 +105,14 @@ class SaddleChainConfig:
         check_int("problem_seed", self.problem_seed, 0, MAX_SEED)
         check_float("smoothing", self.smoothing, 0.0, 1.0, low_open=False, high_open=False)
         check_int("seed", self.seed, 0, MAX_SEED)
-        why = ("θ₀ = α·θ̃ is a small initialisation, and a flow is simulated at each α, over "
-               "plateaus as long as α^{−(k−2)}: below 1e-10 they are out of reach")
-        alphas = check_floats("alphas", self.alphas, 1e-10, 1.0, why=why)
+        if self.problem == "two-layer-tanh":  # k = 2 at the origin
+            low, why = 1e-60, ("θ₀ = α·θ̃ is a small initialisation; the flows' plateaus last "
+                               "log(1/α), and the tiny-α flows are checked to 1e-60")
+        else:
+            low, why = 1e-10, ("θ₀ = α·θ̃ is a small initialisation, and a flow is simulated "
+                               "at each α, over plateaus as long as α^{−(k−2)}: below 1e-10 "
+                               "they are out of reach")
+        alphas = check_floats("alphas", self.alphas, low, 1.0, why=why)
         if not alphas:
             raise ValueError("`alphas` is empty; give at least one α in (0, 1).")
         object.__setattr__(self, "alphas", tuple(sorted(alphas, reverse=True)))
@@ -148,13 +156,14 @@ def deep_relu_problem(config: SaddleChainConfig):
 
 
 def two_layer_tanh_problem(config: SaddleChainConfig):
-    """A three-neuron tanh teacher on Gaussian inputs in R^d, a tanh student of `width`."""
+    """A three-neuron tanh teacher on Gaussian inputs in R^d, a tanh student of `width`, both
+    with `out` outputs."""
     k_x, k_teacher = jr.split(jr.key(config.problem_seed))
     x = jr.normal(k_x, (config.n_samples, config.d))
-    teacher = sj.nn.TwoLayer(config.d, 3, 1, "tanh", key=k_teacher, std=(1.0, 1.0))
+    teacher = sj.nn.TwoLayer(config.d, 3, config.out, "tanh", key=k_teacher, std=(1.0, 1.0))
     problem = sj.SquareLoss(x, jax.vmap(teacher)(x))
-    return problem, sj.nn.TwoLayer(config.d, config.width, 1, "tanh", key=jr.key(config.seed),
-                                   std=1.0)
+    return problem, sj.nn.TwoLayer(config.d, config.width, config.out, "tanh",
+                                   key=jr.key(config.seed), std=1.0)
 
 
 PROBLEM_BUILDERS = {
@@ -281,7 +290,8 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
         flow_seconds=flow_seconds,
         drops=[
             {"alpha": a, "predicted": predicted[i].tolist(), "simulated": simulated[i].tolist(),
-             "relative_error": drop_error[i].tolist()}
+             "relative_error": drop_error[i].tolist(),
+             "path_deviation": chain.path_deviations(a).tolist()}
             for i, a in enumerate(config.alphas)
         ],
         plateaus=[
@@ -290,6 +300,9 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
             for i, a in enumerate(config.alphas)
         ],
     )
+    rates = approach_rates(config.alphas, drop_error, chain)
+    if rates is not None:
+        values["approach_rate"] = {"measured": rates[0].tolist(), "predicted": rates[1].tolist()}
     if greedy is not None:
         values["greedy"] = {"losses": greedy.losses.tolist(), "ranks": greedy.ranks.tolist(),
                             "stop_reason": greedy.stop_reason}
@@ -309,7 +322,7 @@ def _saddle_rows(chain) -> list[dict]:
         {"loss": float(s.loss), "rank": int(s.rank), "kind": s.kind, "order": s.order,
          "speed": float(s.speed), "hessian_index": int(s.hessian_index),
          "null_dim": s.null_dim, "multiplicity": int(s.multiplicity),
-         "degenerate": bool(s.degenerate), "strict": s.strict}
+         "degenerate": bool(s.degenerate), "strict": s.strict, "gap": s.gap}
         for s in chain.saddles
     ]
 
@@ -331,6 +344,12 @@ def _arrays(config, chain, predicted, simulated, drop_error, plateau_loss, level
         "simulated_drop": Array(("alpha", "drop"), simulated,
                                 "the flow's crossing of (L_j + L_{j+1})/2"),
         "drop_error": Array(("alpha", "drop"), drop_error, "|simulated − predicted|/simulated"),
+        "path_deviation": Array(
+            ("alpha", "drop"),
+            np.array([chain.path_deviations(a)[: drop_error.shape[1]] for a in config.alphas]),
+            "chain.path_deviations(α): how far off the chain's path the flow leaves the saddle "
+            "(k = 2; NaN otherwise)",
+        ),
         "plateau_loss": Array(("alpha", "saddle"), plateau_loss[:, :n],
                               "the flow's loss in the middle of each predicted plateau"),
         "level_error": Array(("alpha", "saddle"), level_error[:, :n],
@@ -348,7 +367,8 @@ def _arrays(config, chain, predicted, simulated, drop_error, plateau_loss, level
 
 def _claims(config, chain, drop_error, level_error, values, greedy) -> list:
     """Conjecture 3 made checkable: the plateaus sit at the chain's saddle levels, the drops
-    happen at the predicted times (more closely as α → 0), on jacot-fig1 the saddles are those
+    happen at the predicted times (more closely as α → 0, and after k = 2 saddles at least at
+    the rate α^(e·gap) the chain predicts), on jacot-fig1 the saddles are those
     of the greedy low-rank algorithm with ranks 0, 1, 2, …, and the chain costs less than one
     small-α flow."""
     checks = []
@@ -378,6 +398,20 @@ def _claims(config, chain, drop_error, level_error, values, greedy) -> list:
                 config.shrink_atol,
                 note="the prediction is the α → 0 limit: its error shrinks as α decreases "
                 "(slack: the resolution of the crossing times)",
+            )
+        )
+    rates = approach_rates(config.alphas, drop_error, chain)
+    if rates is not None:
+        measured, predicted = rates
+        checks.append(
+            check_at_least(
+                f"measured ÷ predicted rate at which the drop-time error falls, α = "
+                f"{config.alphas[0]:g} → {config.alphas[-1]:g} (min over k = 2 drops)",
+                float(np.min(measured / predicted)), 0.8,
+                note="the flows approach the chain's path as α^(e·gap) (`path_deviations`: "
+                "the part along the next fastest unstable direction) or faster, where that part "
+                "acts on the drop only at second order; drops whose error is under 1e-5 (the "
+                "chain's own precision) are left out",
             )
         )
     if greedy is not None:
@@ -412,18 +446,39 @@ def _claims(config, chain, drop_error, level_error, values, greedy) -> list:
     return checks
 
 
+def approach_rates(alphas, drop_error, chain, floor=1e-5):
+    """Per drop from a k = 2 saddle whose `gap` is known and whose error at both the largest
+    and the smallest α is above `floor`: the measured rate log(err₀/err₁)/log(α₀/α₁) and the
+    predicted e·gap (`SaddleChain.path_deviations`), as two arrays; None where no drop has both."""
+    if len(alphas) < 2:
+        return None
+    a0, a1 = alphas[0], alphas[-1]
+    measured, predicted = [], []
+    for j, s in enumerate(chain.saddles[: drop_error.shape[1]]):
+        e0, e1 = drop_error[0, j], drop_error[-1, j]
+        if s.plateau is None or s.plateau[0] != "log" or s.gap is None:
+            continue
+        if not (e0 > floor and e1 > floor):
+            continue
+        measured.append(math.log(e0 / e1) / math.log(a0 / a1))
+        predicted.append(s.plateau[1] * s.direction_speed * s.gap)
+    return (np.array(measured), np.array(predicted)) if measured else None
+
+
 def saddle_chain_table(values: dict, config: SaddleChainConfig | None = None) -> str:
     """Per saddle: loss, rank, kind, order k, speed s*, Hessian index, null dim, degenerate; per
     α the predicted and simulated drop times; the timings."""
     head = (f"{'j':>2} {'loss':>11} {'rank':>4} {'kind':<12} {'k':>2} {'s*':>10} "
-            f"{'index':>5} {'null':>5} {'degen':>5}")
+            f"{'index':>5} {'null':>5} {'degen':>5} {'gap':>6}")
     lines = [f"saddle chain (stop: {values['stop_reason']})", head, "-" * len(head)]
     for j, s in enumerate(values["saddles"]):
         order = "-" if s["order"] is None else str(s["order"])
         null = "-" if s["null_dim"] is None else str(s["null_dim"])
+        gap = "-" if s.get("gap") is None else f"{s['gap']:.3f}"
         lines.append(
             f"{j:>2} {s['loss']:>11.5g} {s['rank']:>4d} {s['kind']:<12} {order:>2} "
-            f"{s['speed']:>10.4g} {s['hessian_index']:>5d} {null:>5} {str(s['degenerate']):>5}"
+            f"{s['speed']:>10.4g} {s['hessian_index']:>5d} {null:>5} "
+            f"{str(s['degenerate']):>5} {gap:>6}"
         )
     if "greedy" in values:
         g = values["greedy"]
@@ -431,9 +486,17 @@ def saddle_chain_table(values: dict, config: SaddleChainConfig | None = None) ->
                      + ", ".join(f"{v:.5g}" for v in g["losses"])
                      + f"; ranks {g['ranks']}")
     for row in values.get("drops", []):
-        lines.append(f"α = {row['alpha']:g}: drop times predicted / simulated (rel. error)")
-        for p, s, e in zip(row["predicted"], row["simulated"], row["relative_error"]):
-            lines.append(f"   {p:>12.6g} / {s:>12.6g}  ({e:.2%})")
+        lines.append(f"α = {row['alpha']:g}: drop times predicted / simulated (rel. error; "
+                     "the flow's deviation from the chain, α^(e·gap))")
+        devs = row.get("path_deviation") or [float("nan")] * len(row["predicted"])
+        for p, s, e, d in zip(row["predicted"], row["simulated"], row["relative_error"], devs):
+            dev = "" if not np.isfinite(d) else f"; {d:.2g}"
+            err = f"{e:.2%}" if not e < 1e-4 else f"{e:.1e}"
+            lines.append(f"   {p:>12.6g} / {s:>12.6g}  ({err}{dev})")
+    if "approach_rate" in values:
+        r = values["approach_rate"]
+        lines.append("drop-time error ∝ α^rate, measured / predicted (e·gap): " + ", ".join(
+            f"{m:.3f} / {p:.3f}" for m, p in zip(r["measured"], r["predicted"])))
     chain = f"chain {values['chain_seconds']:.1f} s (includes compilation)"
     if values.get("chain_warm_seconds") is not None:
         chain += f", {values['chain_warm_seconds']:.1f} s compiled"
@@ -451,7 +514,8 @@ def saddle_chain_table(values: dict, config: SaddleChainConfig | None = None) ->
 
 def plot_saddle_chain(arrays: dict, config: SaddleChainConfig, fig) -> None:
     """Left: each α's flow loss (solid) beside the staircase the chain predicts (dashed),
-    against log time, with the saddle levels dotted. Right: the drop-time errors per α."""
+    against log time, with the saddle levels dotted. Right: each drop's time error against α,
+    with the chain's `path_deviations` (k = 2 saddles) dashed."""
     get = {k: a.values for k, a in arrays.items()}
     fig.set_size_inches(13, 4.5)
     axes = fig.subplots(1, 2, width_ratios=(2, 1))
@@ -464,8 +528,12 @@ def plot_saddle_chain(arrays: dict, config: SaddleChainConfig, fig) -> None:
                        label=f"flow, α = {alpha:g}")
         axes[0].loglog(t[pos], get["staircase"][i][pos], color=colors[i], lw=1.5, ls="--",
                        label=f"chain prediction, α = {alpha:g}")
-        axes[1].semilogy(np.arange(1, get["drop_error"].shape[1] + 1), get["drop_error"][i],
-                         "o-", color=colors[i], label=f"α = {alpha:g}")
+    drop_colors = colormap("plasma")(np.linspace(0, 0.8, get["drop_error"].shape[1]))
+    for j, color in enumerate(drop_colors):
+        axes[1].loglog(alphas, get["drop_error"][:, j], "o-", color=color, label=f"drop {j + 1}")
+        if np.any(np.isfinite(get["path_deviation"][:, j])):
+            axes[1].loglog(alphas, get["path_deviation"][:, j], "--", color=color,
+                           label=f"drop {j + 1}: predicted deviation α^(e·gap)")
     for k, level in enumerate(get["saddle_loss"]):
         if level > 0:
             axes[0].axhline(level, color="0.5", ls=":", lw=0.8,
@@ -474,7 +542,7 @@ def plot_saddle_chain(arrays: dict, config: SaddleChainConfig, fig) -> None:
     axes[0].set_ylabel("loss")
     axes[0].set_title("loss from α·θ̃: flow (solid), chain staircase (dashed)")
     axes[0].legend(fontsize=7)
-    axes[1].set_xlabel("drop j")
+    axes[1].set_xlabel("α")
     axes[1].set_title("|simulated − predicted drop time| / simulated")
     axes[1].legend(fontsize=8)
     for ax in axes:
