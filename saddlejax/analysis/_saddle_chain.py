@@ -455,10 +455,12 @@ def _strict_escape(curv, u, degenerate_rtol) -> _Escape:
     rest = curv.bottom[~in_space]
     gap = coefficient = None
     if rest.size:
-        lam_2 = float(np.min(rest))
-        ratio = min(lam_2, 0.0) / lam_min  # λ₂/λ₁ of the growth rates −λ
+        # λ₂ < 0 only where `index` counts more negative eigenvalues than the bottom space's.
+        negative = curv.index > int(in_space.sum())
+        lam_2 = float(np.min(rest)) if negative else 0.0
+        ratio = lam_2 / lam_min  # λ₂/λ₁ of the growth rates −λ
         gap = 1.0 - ratio
-        if lam_2 < 0:
+        if negative:
             E_2 = curv.bottom_vectors[:, ~in_space][:, rest <= lam_2 * (1 - degenerate_rtol)]
             c_2 = float(np.linalg.norm(E_2.T @ u))
         else:
