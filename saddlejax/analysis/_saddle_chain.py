@@ -127,6 +127,14 @@ class ChainSaddle(eqx.Module):
     deviation_coefficient: float | None = None
 
     @property
+    def deviation_exponent(self) -> float | None:
+        """e·gap of a k = 2 plateau ("log", a, b), e = a·s: the flow from αθ̃ leaves the saddle
+        off the chain's path by `deviation_coefficient`·α^{e·gap}; None where `gap` is."""
+        if self.plateau is None or self.plateau[0] != "log" or self.gap is None:
+            return None
+        return self.plateau[1] * self.direction_speed * self.gap
+
+    @property
     def null_dim(self) -> int | None:
         if self.n_positive < 0 or self.hessian_index < 0:
             return None
@@ -283,11 +291,11 @@ class SaddleChain(eqx.Module):
             raise ValueError(f"`alpha` must be in (0, 1), got {alpha}.")
         out = []
         for s in self.saddles[: self.n_arrived]:
-            if s.plateau[0] != "log" or s.gap is None:
+            exponent = s.deviation_exponent
+            if exponent is None:
                 out.append(math.nan)
-                continue
-            e = s.plateau[1] * s.direction_speed
-            out.append(s.deviation_coefficient * math.exp(e * s.gap * math.log(alpha)))
+            else:
+                out.append(s.deviation_coefficient * math.exp(exponent * math.log(alpha)))
         return np.array(out)
 
     def staircase(self, alpha: float, ts) -> np.ndarray:

@@ -15,6 +15,7 @@ al. Fig. 1, the saddles against those of the greedy low-rank algorithm (§5.3). 
 import dataclasses
 import math
 import time
+import warnings
 
 import equinox as eqx
 import jax
@@ -253,17 +254,21 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
     # (on a ReLU net, along kinks that cost the solver its step limit): stop sooner there.
     ended = chain.saddles[n_drops].kind in ("minimum", "loss_floor")
     horizon = 3.0 if ended else 1.5
+    single = ended and n_drops == 1  # one escape, straight to a minimum or the loss floor
     with context.task("gradient flows", n_alpha) as task:
         for i, alpha in enumerate(config.alphas):
             t1 = horizon * float(predicted[i, -1])
             middles = plateau_middles(predicted[i], t1)
             saveat = save_times(predicted[i], middles, t1, config.n_save, config.n_window)
             start = time.perf_counter()
-            sol = sj.gradient_flow(
-                problem, sj.init.scale(init, alpha), t1, saveat=saveat, rtol=config.rtol,
-                max_steps=config.max_steps, throw=False,
-            )
-            sol = jax.block_until_ready(sol)
+            with warnings.catch_warnings():
+                if single:  # the precision warning is about escapes after the first
+                    warnings.simplefilter("ignore", sj.NumericalWarning)
+                sol = sj.gradient_flow(
+                    problem, sj.init.scale(init, alpha), t1, saveat=saveat, rtol=config.rtol,
+                    max_steps=config.max_steps, throw=False,
+                )
+                sol = jax.block_until_ready(sol)
             flow_seconds.append(time.perf_counter() - start)
             task.advance(1, alpha=alpha)
             if sol.result != sj.RESULTS.successful:
@@ -400,14 +405,13 @@ def _claims(config, chain, drop_error, level_error, values, greedy) -> list:
                 "(slack: the resolution of the crossing times)",
             )
         )
-    rates = approach_rates(config.alphas, drop_error, chain)
-    if rates is not None:
-        measured, predicted = rates
+    rate = values.get("approach_rate")
+    if rate is not None:
         checks.append(
             check_at_least(
                 f"measured ÷ predicted rate at which the drop-time error falls, α = "
                 f"{config.alphas[0]:g} → {config.alphas[-1]:g} (min over k = 2 drops)",
-                float(np.min(measured / predicted)), 0.8,
+                float(np.min(np.array(rate["measured"]) / np.array(rate["predicted"]))), 0.8,
                 note="the flows approach the chain's path as α^(e·gap) (`path_deviations`: "
                 "the part along the next fastest unstable direction) or faster, where that part "
                 "acts on the drop only at second order; drops whose error is under 1e-5 (the "
@@ -456,12 +460,10 @@ def approach_rates(alphas, drop_error, chain, floor=1e-5):
     measured, predicted = [], []
     for j, s in enumerate(chain.saddles[: drop_error.shape[1]]):
         e0, e1 = drop_error[0, j], drop_error[-1, j]
-        if s.plateau is None or s.plateau[0] != "log" or s.gap is None:
-            continue
-        if not (e0 > floor and e1 > floor):
+        if s.deviation_exponent is None or not (e0 > floor and e1 > floor):
             continue
         measured.append(math.log(e0 / e1) / math.log(a0 / a1))
-        predicted.append(s.plateau[1] * s.direction_speed * s.gap)
+        predicted.append(s.deviation_exponent)
     return (np.array(measured), np.array(predicted)) if measured else None
 
 
