@@ -282,6 +282,7 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
     level_error = np.abs(plateau_loss - levels[: n_drops + 1]) / np.abs(levels[: n_drops + 1])
     ts_all, loss_all = np.array(ts_all), np.array(loss_all)
     staircase = np.array([chain.staircase(a, ts) for a, ts in zip(config.alphas, ts_all)])
+    deviation = np.array([chain.path_deviations(a) for a in config.alphas])  # (alpha, drop)
     greedy = None
     if config.problem == "jacot-fig1":
         with context.task("greedy low-rank saddles", 1) as task:
@@ -289,14 +290,14 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
             greedy = sj.greedy_low_rank(problem, config.depth)
             values["greedy_seconds"] = time.perf_counter() - start
             task.advance(1)
-    arrays = _arrays(config, chain, predicted, simulated, drop_error, plateau_loss,
+    arrays = _arrays(config, chain, predicted, simulated, drop_error, deviation, plateau_loss,
                      level_error, ts_all, loss_all, staircase, greedy)
     values.update(
         flow_seconds=flow_seconds,
         drops=[
             {"alpha": a, "predicted": predicted[i].tolist(), "simulated": simulated[i].tolist(),
              "relative_error": drop_error[i].tolist(),
-             "path_deviation": chain.path_deviations(a).tolist()}
+             "path_deviation": deviation[i].tolist()}
             for i, a in enumerate(config.alphas)
         ],
         plateaus=[
@@ -332,8 +333,8 @@ def _saddle_rows(chain) -> list[dict]:
     ]
 
 
-def _arrays(config, chain, predicted, simulated, drop_error, plateau_loss, level_error, ts,
-            loss, staircase, greedy) -> dict:
+def _arrays(config, chain, predicted, simulated, drop_error, deviation, plateau_loss,
+            level_error, ts, loss, staircase, greedy) -> dict:
     n = len(chain.saddles)
     order = np.array([0 if s.order is None else s.order for s in chain.saddles])
     arrays = {
@@ -351,7 +352,7 @@ def _arrays(config, chain, predicted, simulated, drop_error, plateau_loss, level
         "drop_error": Array(("alpha", "drop"), drop_error, "|simulated − predicted|/simulated"),
         "path_deviation": Array(
             ("alpha", "drop"),
-            np.array([chain.path_deviations(a)[: drop_error.shape[1]] for a in config.alphas]),
+            deviation,
             "chain.path_deviations(α): how far off the chain's path the flow leaves the saddle "
             "(k = 2; NaN otherwise)",
         ),
