@@ -5,6 +5,7 @@ origin of a two-layer tanh net (SPEC §4, §5, §8; Jacot et al. Conj. 3)."""
 import warnings
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -49,6 +50,7 @@ def test_dln_chain_is_the_greedy_chain(dln):
     np.testing.assert_allclose(first.speed, s_star, rtol=1e-6)
     # Modulo the rotations of the hidden units the optimal direction is unique.
     assert first.multiplicity == 1 and not first.degenerate
+    assert all(s.kink is None for s in ch.saddles)  # a smooth loss has no kink to descend
 
 
 def test_dln_chain_predicts_small_alpha_flows(dln):
@@ -177,6 +179,44 @@ def test_two_layer_tanh_flows_approach_the_chain_at_the_gap_rate(tanh3):
     assert np.all(np.array(errors) < 2 * np.array(deviations)), (errors, deviations)
     staircase = ch.staircase(1e-24, ch.drop_times(1e-24)[0] + taus)
     assert np.max(np.abs(staircase - loss)) < 1e-3, np.max(np.abs(staircase - loss))
+
+
+def test_relu_point_beside_a_kink_rests_only_the_smallest_alpha_flows():
+    """The `chain-deep-relu` problem: the chain's rank-1 point ϑ¹ is a critical point of its own
+    smooth piece, and `kink` finds, under 1e−5 from it, a kink past which L falls at first
+    order: no nearer than the nearest sample to a first-layer unit's hyperplane
+    (min |zⱼᵢ|/‖xᵢ‖, the distance that flips one unit on one sample). A flow at α = 1e−5
+    arrives farther off ϑ¹ and passes it (measured: 2.5e−4 below L(ϑ¹) within 1.02× the first
+    drop time, before the kinks stop it at its step limit); one at α = 1e−7 rests there
+    (|L − L(ϑ¹)| = 3e−16 at 1.25× that time; the kink lies 4e−7 … 7e−7 off ϑ¹, by probe). The
+    origin's kinks are in its one-sided Taylor term and are not probed."""
+    from saddlejax.experiments._saddle_chain import SaddleChainConfig, deep_relu_problem
+
+    prob, net = deep_relu_problem(SaddleChainConfig(problem="deep-relu", width=8))
+    ch = sj.saddle_chain(prob, net, key=jr.key(0), max_saddles=1)
+    origin, point = ch.saddles
+    assert origin.kink is None and point.kind == "not_followed" and point.rank == 1
+    kink = point.kink
+    assert kink is not None and 0 < kink.distance < 1e-5 and kink.slope > 0
+    w0 = np.asarray(point.params.weights[0])
+    x = np.asarray(prob.x)
+    live = np.linalg.norm(w0, axis=1) > 1e-8
+    flip = np.min(np.abs(w0[live] @ x.T) / np.linalg.norm(x, axis=1))
+    assert kink.distance >= flip, (kink.distance, flip)
+    flat, unravel = jax.flatten_util.ravel_pytree(point.params)
+    beyond = float(prob(unravel(flat + 4 * kink.distance * kink.direction)))
+    assert beyond < point.loss - 0.5 * kink.slope * kink.distance
+    t_drop = ch.drop_times(1e-7)[0] * 1e-7  # the first drop at α: this / α
+    fast = sj.gradient_flow(prob, sj.init.scale(net, 1e-5), 1.02 * t_drop / 1e-5,
+                            saveat=np.linspace(0.999, 1.02, 400) * t_drop / 1e-5,
+                            max_steps=20_000, throw=False)
+    loss = np.asarray(fast.loss)  # saves after a failure are inf: the kinks stop it
+    assert np.min(loss[np.isfinite(loss)]) < point.loss - 1e-4
+    with warnings.catch_warnings():  # the precision warning concerns later escapes: none here
+        warnings.simplefilter("ignore", sj.NumericalWarning)
+        slow = sj.gradient_flow(prob, sj.init.scale(net, 1e-7), 1.25 * t_drop / 1e-7,
+                                saveat=[1.25 * t_drop / 1e-7], max_steps=25_000)
+    assert abs(float(slow.loss[-1]) - point.loss) < 1e-9 * point.loss
 
 
 def test_branches_of_a_degenerate_saddle():

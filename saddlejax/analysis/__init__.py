@@ -20,6 +20,10 @@ from ._greedy import (
     GreedyStage as GreedyStage,
     greedy_low_rank as greedy_low_rank,
 )
+from ._kinks import (
+    KinkDescent as KinkDescent,
+    kink_descent as kink_descent,
+)
 from ._limiting import (
     LimitingPaths as LimitingPaths,
     limiting_paths as limiting_paths,

@@ -56,6 +56,7 @@ from ..theory import (
 from ..theory._h_flow import solve_h_flow
 from ..theory._taylor import _kth_ray_derivative
 from ._crossings import crossing_times, hermite_interp
+from ._kinks import KinkDescent, kink_descent
 from ._matrices import bottleneck_rank
 from ._ranks import numerical_rank
 from ._spectra import hessian_spectrum
@@ -103,6 +104,10 @@ class ChainSaddle(eqx.Module):
         path by that coefficient × α^{e·gap} (`SaddleChain.path_deviations`): how fast the
         flows approach the chain as α → 0. None for k > 2, at a minimum, or when every bottom
         eigenvalue computed lies in the eigenspace (λ₂ unknown).
+    - `kink`: a `KinkDescent` where a kink within `kink.distance` of ϑ^j leads to a
+        first-order descent (ReLU nets), else None (`kink_descent`; probed at every point
+        after the origin whose curvature is computed). The α → 0 flow rests at ϑ^j; a flow
+        that arrives farther off it than that distance passes it without a plateau.
     """
 
     params: PyTree
@@ -125,6 +130,7 @@ class ChainSaddle(eqx.Module):
     plateau: tuple | None
     gap: float | None = None
     deviation_coefficient: float | None = None
+    kink: KinkDescent | None = None
 
     @property
     def deviation_exponent(self) -> float | None:
@@ -901,8 +907,10 @@ def saddle_chain(
     (auto-switching stiff solver) to the next critical point (‖∇L‖ ≤ `grad_rtol`·g, g the
     gradient scale of the first escape, after the loss fell by `min_drop`), polished by
     Newton's method (minimum-norm steps) to the critical point there; that point's
-    Hessian spectrum (dense below `dense_max` parameters, LOBPCG on HVPs above). The chain
-    stops at a minimum, at `loss_floor` + `loss_tol`, after `max_saddles`, or on a failed path.
+    Hessian spectrum (dense below `dense_max` parameters, LOBPCG on HVPs above), and a probe
+    for a kink near it across which L falls at first order (`kink_descent`; ReLU nets). The
+    chain stops at a minimum, at `loss_floor` + `loss_tol`, after `max_saddles`, or on a failed
+    path.
 
     **Arguments:**
 
@@ -976,6 +984,8 @@ def saddle_chain(
             f, x, hess_rtol=hess_rtol, dense_max=dense_max, n_eig=n_eig,
             max_positive=max_positive, key=k_curv,
         )
+        if j > 0:  # the origin's one-sided terms are exact: its kinks are in the Taylor term
+            point["kink"] = kink_descent(f, x, key=jr.fold_in(k_curv, 1), scale=curv.scale)
         if j == max_saddles:
             saddles.append(_unclassified(point, "not_followed", curv))
             break

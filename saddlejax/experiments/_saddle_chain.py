@@ -254,7 +254,7 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
     # (on a ReLU net, along kinks that cost the solver its step limit): stop sooner there.
     ended = chain.saddles[n_drops].kind in ("minimum", "loss_floor")
     horizon = 3.0 if ended else 1.5
-    single = ended and n_drops == 1  # one escape, straight to a minimum or the loss floor
+    single = n_drops == 1  # one escape compared: later ones are neither predicted nor checked
     with context.task("gradient flows", n_alpha) as task:
         for i, alpha in enumerate(config.alphas):
             t1 = horizon * float(predicted[i, -1])
@@ -328,7 +328,8 @@ def _saddle_rows(chain) -> list[dict]:
         {"loss": float(s.loss), "rank": int(s.rank), "kind": s.kind, "order": s.order,
          "speed": float(s.speed), "hessian_index": int(s.hessian_index),
          "null_dim": s.null_dim, "multiplicity": int(s.multiplicity),
-         "degenerate": bool(s.degenerate), "strict": s.strict, "gap": s.gap}
+         "degenerate": bool(s.degenerate), "strict": s.strict, "gap": s.gap,
+         "kink_distance": None if s.kink is None else s.kink.distance}
         for s in chain.saddles
     ]
 
@@ -469,19 +470,21 @@ def approach_rates(alphas, drop_error, chain, floor=1e-5):
 
 
 def saddle_chain_table(values: dict, config: SaddleChainConfig | None = None) -> str:
-    """Per saddle: loss, rank, kind, order k, speed s*, Hessian index, null dim, degenerate; per
-    α the predicted and simulated drop times; the timings."""
+    """Per saddle: loss, rank, kind, order k, speed s*, Hessian index, null dim, degenerate,
+    gap, the distance to a kink with first-order descent (`ChainSaddle.kink`); per α the
+    predicted and simulated drop times; the timings."""
     head = (f"{'j':>2} {'loss':>11} {'rank':>4} {'kind':<12} {'k':>2} {'s*':>10} "
-            f"{'index':>5} {'null':>5} {'degen':>5} {'gap':>6}")
+            f"{'index':>5} {'null':>5} {'degen':>5} {'gap':>6} {'kink':>8}")
     lines = [f"saddle chain (stop: {values['stop_reason']})", head, "-" * len(head)]
     for j, s in enumerate(values["saddles"]):
         order = "-" if s["order"] is None else str(s["order"])
         null = "-" if s["null_dim"] is None else str(s["null_dim"])
         gap = "-" if s.get("gap") is None else f"{s['gap']:.3f}"
+        kink = "-" if s.get("kink_distance") is None else f"{s['kink_distance']:.2g}"
         lines.append(
             f"{j:>2} {s['loss']:>11.5g} {s['rank']:>4d} {s['kind']:<12} {order:>2} "
             f"{s['speed']:>10.4g} {s['hessian_index']:>5d} {null:>5} "
-            f"{str(s['degenerate']):>5} {gap:>6}"
+            f"{str(s['degenerate']):>5} {gap:>6} {kink:>8}"
         )
     if "greedy" in values:
         g = values["greedy"]
