@@ -219,6 +219,30 @@ def test_relu_point_beside_a_kink_rests_only_the_smallest_alpha_flows():
     assert abs(float(slow.loss[-1]) - point.loss) < 1e-9 * point.loss
 
 
+def test_an_h_flow_without_blow_up_is_reported(monkeypatch):
+    """Where the carried part's H-flow cannot be integrated to its blow-up (a ReLU term that
+    slides along kinks; here forced), the chain warns, the plateau's length is NaN, and the
+    predictions raise naming the saddle, instead of an overflow or a silent NaN time."""
+    import equinox as eqx
+
+    import saddlejax.analysis._saddle_chain as chain_module
+
+    real = chain_module.blowup_time
+
+    def failing(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return eqx.tree_at(lambda b: b.result, out, sj.RESULTS.max_steps_reached)
+
+    monkeypatch.setattr(chain_module, "blowup_time", failing)
+    prob = sj.matrix_completion_problem(jr.key(1), n=6, rank=3, observed=0.6)
+    net = sj.nn.DeepLinear((6, 8, 8, 6), key=jr.key(2))
+    with pytest.warns(sj.NumericalWarning, match="did not reach its blow-up"):
+        ch = sj.saddle_chain(prob, net, key=jr.key(0), max_saddles=1)
+    assert np.isnan(ch.plateau_lengths(1e-3)[0])
+    with pytest.raises(ValueError, match="plateau at saddle 0 has no predicted length"):
+        ch.drop_times(1e-3)
+
+
 def test_branches_of_a_degenerate_saddle():
     """Depth 2: the origin's bottom eigenspace is one copy per hidden unit, and −ρ escapes too;
     both branches reach a saddle of the same loss (the symmetry θ ↦ −θ of a DLN with L = 2)."""

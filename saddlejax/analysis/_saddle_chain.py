@@ -259,6 +259,13 @@ class SaddleChain(eqx.Module):
     def escape_times(self, alpha: float) -> np.ndarray:
         """t_j: the flow time of each path's τ = 0 (the flow is x_j(t − t_j) near path j)."""
         lengths = self.plateau_lengths(alpha)
+        unknown = np.flatnonzero(np.isnan(lengths))
+        if unknown.size:
+            raise ValueError(
+                f"the plateau at saddle {int(unknown[0])} has no predicted length: its carried "
+                "part's H-flow did not reach a blow-up (the chain warned; a ReLU term's H-flow "
+                "can slide along kinks). `plateau_lengths` shows which are known."
+            )
         if not np.all(np.isfinite(lengths)):
             raise OverflowError(
                 f"at `alpha` = {alpha:g} a plateau outlasts float64 (≈ 10^"
@@ -591,6 +598,12 @@ def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _E
             tries = tries[1:]
             blow = blowup_time(H, pu, order=k, throw=False, **tries[0])
         if blow.result != RESULTS.successful:
+            warnings.warn(
+                f"the H-flow of the carried part did not reach its blow-up ({RESULTS[blow.result]}"
+                "; a ReLU term's H-flow can slide along kinks): this saddle's plateau length "
+                "is unknown (NaN in `plateau`), and the optimal direction is followed.",
+                NumericalWarning, stacklevel=3,
+            )
             blow = None
     rho, rho_speed = _followed(H, k, blow, esc)
     carried = _carried(H, pu, blow, rho, config["carry_eta"], tries)

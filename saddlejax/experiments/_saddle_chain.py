@@ -246,7 +246,11 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
     n_alpha = len(config.alphas)
     levels = chain.losses
     mids = 0.5 * (levels[:-1] + levels[1:])[:n_drops]
-    predicted = np.array([chain.drop_times(a) for a in config.alphas])
+    try:
+        predicted = np.array([chain.drop_times(a) for a in config.alphas])
+    except ValueError as e:  # a plateau of unknown length: no time to compare
+        failures.append(f"saddle chain: {e}")
+        return Outcome(values=values, failures=failures, table=saddle_chain_table(values))
     simulated = np.full((n_alpha, n_drops), np.nan)
     plateau_loss = np.full((n_alpha, n_drops + 1), np.nan)
     ts_all, loss_all, flow_seconds = [], [], []
