@@ -55,3 +55,13 @@ def test_smooth_saddles_are_not_kinks(term):
 def test_the_origin_is_refused():
     with pytest.raises(ValueError, match="`x` is 0"):
         sj.kink_descent(_bowl, jnp.zeros(P), key=jr.key(0))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(r_min=0.0), "`r_min`"), (dict(r_max=1e-10), "`r_max`"), (dict(n_dirs=0), "`n_dirs`"),
+    (dict(n_radii=2.0), "`n_radii`"), (dict(key=0), "`key`"),
+])
+def test_bad_arguments(kwargs, match):
+    kwargs = dict(dict(key=jr.key(0)), **kwargs)
+    with pytest.raises(ValueError, match=match):
+        sj.kink_descent(_bowl, E1, **kwargs)

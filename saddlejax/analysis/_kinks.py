@@ -24,6 +24,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
+from .._validate import check_int, check_key, check_real
+
 
 class KinkDescent(eqx.Module):
     """A first-order descent across a kink near ϑ (`kink_descent`).
@@ -95,6 +97,10 @@ def kink_descent(
     **Returns:** a `KinkDescent`, or None where no sampled gradient gives a first-order
     descent (a smooth loss near ϑ, to the probes' resolution).
     """
+    r_min = check_real("r_min", r_min, low=0.0, high=1.0, low_open=True, high_open=True)
+    r_max = check_real("r_max", r_max, low=r_min, high=1.0, low_open=True, high_open=True)
+    n_radii, n_dirs = check_int("n_radii", n_radii), check_int("n_dirs", n_dirs)
+    key = check_key("key", key)
     x = jnp.asarray(x)
     norm = float(jnp.linalg.norm(x))
     if not norm > 0:
