@@ -136,11 +136,12 @@ def kink_descent(
             if found is None:
                 continue
             n_found += 1
-            lo = found
-            while lo > 1e-3 * r and delta(lo) < 0:
+            lo, d_lo = found, d1  # back off from `found` until L is not below L(ϑ)
+            while lo > 1e-3 * r and d_lo < 0:
                 lo *= 0.1
-            s0 = found if delta(lo) < 0 else _bisect_zero(delta, lo, found)
-            slope = (delta(found) - delta(2 * found)) / found
+                d_lo = delta(lo)
+            s0 = found if d_lo < 0 else _bisect_zero(delta, lo, found)
+            slope = (d1 - d2) / found
             if best is None or s0 < best[0]:
                 best = (s0, v, slope)
     if best is None:
