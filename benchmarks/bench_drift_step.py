@@ -1,0 +1,143 @@
+"""What sets the step size on a drift branch: the Rosenbrock step's frozen Hessian, not its
+truncation error.
+
+    python benchmarks/bench_drift_step.py [--quick] [--t0 2.2e6] [--span 1.2e6]
+
+The default instance at α = 1e−3 leaves its first escape for the drift branch
+(benchmarks/README.md, "Every trajectory"); after its second drop it crawls for ≈ 1.4·10⁶ time
+units at L ≈ 0.1337 while ‖θ‖ shrinks from 26 to 6, and `AutoStiff` spends ≈ 2,300 implicit
+steps of h ≈ 100–2,000 there. The solution is smooth on that stretch (its small entries drift
+linearly over 10⁵ time units).
+
+1. **One step** from θ(t0) (default 2.2·10⁶, on the stretch): a RODAS4-CG step of size h for L
+   and for its linearisation at θ(t0), f₀ + J(θ − θ(t0)) with J = −∇²L(θ(t0)), which a
+   Rosenbrock step integrates with the Jacobian it uses. Reported: the embedded error
+   estimate and the true error (against 32 steps of h/32), RMS in the controller's weights
+   atol + rtol·|θ| (1 = what the controller accepts).
+2. **The stretch** [t0 − 10⁵, t0 − 10⁵ + span]: steps, Hessian-vector products and wall for
+   RODAS3, RODAS4, RODAS5P, RODAS4 at rtol 10⁻⁵, and `AutoStiff` with a 16- (default) and a
+   32-dimensional deflation basis, all from the same state and `atol`.
+
+If truncation error limited the steps, the step count would fall with a higher order and with
+a looser rtol (RODAS4, error order 3: ×0.56 for 10× rtol).
+"""
+
+import time
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from _common import default_problem, parser, print_table, solver_named, to_float, write_json
+from jax.flatten_util import ravel_pytree
+
+import saddlejax
+
+ALPHA, KEY = 1e-3, 1
+RTOL = 1e-6
+SUBSTEPS = 32
+
+
+def flat_loss(problem, params):
+    """(θ as one vector, L of that vector): the state a solver step works on."""
+    arrays, static = eqx.partition(params, eqx.is_inexact_array)
+    y0, unravel = ravel_pytree(arrays)
+    return y0, lambda y: problem(eqx.combine(unravel(y), static))
+
+
+def one_step_errors(problem, params, atol, steps):
+    """Part 1: error estimate and true error of one RODAS4 step for L and its linearisation."""
+    y0, loss = flat_loss(problem, params)
+    grad = jax.grad(loss)
+    f0 = -grad(y0)
+    terms = {
+        "L": diffrax.ODETerm(lambda t, y, args: -grad(y)),
+        "linearised": diffrax.ODETerm(
+            lambda t, y, args: f0 - jax.jvp(grad, (y0,), (y - y0,))[1]
+        ),
+    }
+    solver = saddlejax.RosenbrockKrylov(tableau=saddlejax.RODAS4, rtol=RTOL, atol=atol)
+    rows = []
+    for name, term in terms.items():
+        step = jax.jit(
+            lambda h, y, s, term=term: solver.solve_step(term, 0.0, h, y, None, s, False)
+        )
+        state = solver.init(term, 0.0, 1.0, y0, None)
+        for _ in range(8):  # converge the tracked deflation basis at θ(t0)
+            state = step(100.0, y0, state)[3]
+        for h in steps:
+            y1, err, _, _ = step(h, y0, state)
+            ref, s = y0, state
+            for _ in range(SUBSTEPS):
+                ref, _, _, s = step(h / SUBSTEPS, ref, s)
+            scale = atol + RTOL * jnp.maximum(jnp.abs(y0), jnp.abs(y1))
+            rows.append(
+                dict(
+                    problem=name,
+                    h=h,
+                    estimate=to_float(jnp.sqrt(jnp.mean((err / scale) ** 2))),
+                    true_error=to_float(jnp.sqrt(jnp.mean(((y1 - ref) / scale) ** 2))),
+                )
+            )
+    return rows
+
+
+def stretch(problem, params, atol, span, variants):
+    """Part 2: the same stretch of the flow with each solver variant."""
+    rows = []
+    for name, options in variants.items():
+        start = time.perf_counter()
+        sol = saddlejax.gradient_flow(problem, params, span, atol=atol, max_steps=50_000, **options)
+        jax.block_until_ready(sol.loss)
+        st = {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}
+        rows.append(
+            dict(
+                solver=name,
+                wall_s=time.perf_counter() - start,
+                steps=int(st["num_accepted_steps"]),
+                rejected=int(st["num_rejected_steps"]),
+                hvp_evals=int(st["hvp_evals"]),
+                final_loss=to_float(sol.loss[-1]),
+            )
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--t0", type=float, default=2.2e6, help="the state of part 1")
+    p.add_argument("--span", type=float, default=1.2e6, help="the stretch of part 2")
+    args = p.parse_args()
+    problem, params0 = default_problem(ALPHA, key=KEY)
+    begin = args.t0 - 1e5
+    span = 1e5 if args.quick else args.span
+    first = saddlejax.gradient_flow(problem, params0, begin, max_steps=50_000)
+    atol = to_float(first.stats["atol"])  # the default atol of the whole solve, kept
+    on_stretch = saddlejax.gradient_flow(problem, first.final_params, 1e5, atol=atol)
+    steps = (1000.0, 4000.0) if args.quick else (1000.0, 2000.0, 4000.0, 8000.0)
+    single = one_step_errors(problem, on_stretch.final_params, atol, steps)
+    print_table(single, ["problem", "h", "estimate", "true_error"], "One RODAS4 step")
+    rodas4 = dict(solver=solver_named("rodas4"))
+    variants = {"rodas4": rodas4} if args.quick else {
+        "rodas3": dict(solver=solver_named("rodas3")),
+        "rodas4": rodas4,
+        "rodas5p": dict(solver=solver_named("rodas5p")),
+        "rodas4, rtol 1e-5": dict(rodas4, rtol=1e-5),
+        "auto": {},
+        "auto:deflate=32": dict(solver=solver_named("auto", deflate=32)),
+    }
+    runs = stretch(problem, first.final_params, atol, span, variants)
+    print_table(runs, ["solver", "steps", "rejected", "hvp_evals", "wall_s", "final_loss"],
+                f"The stretch [{begin:.3g}, {begin + span:.3g}]")
+    path = write_json(
+        "drift_step",
+        dict(alpha=ALPHA, key=KEY, rtol=RTOL, atol=atol, t0=args.t0, stretch=[begin, begin + span],
+             substeps=SUBSTEPS, one_step=single, stretch_runs=runs),
+        args.out,
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
