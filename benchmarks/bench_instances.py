@@ -118,6 +118,7 @@ def run_one(
     implicit = int(st.get("implicit_steps_accepted", -1))
     hvps = int(st["hvp_evals"])
     ok = bool(sol.successful)
+    sv1 = sol.params[:, 0]
     return dict(
         instance=inst["label"],
         problem_seed=inst["problem_seed"],
@@ -140,7 +141,7 @@ def run_one(
         hvp_evals=hvps,
         hvp_per_implicit=hvps / implicit if implicit > 0 else float("nan"),
         final_loss=to_float(sol.loss[-1]),
-        max_sv1=float(jnp.nanmax(sol.params[:, 0])),
+        max_sv1=float(jnp.max(jnp.where(jnp.isfinite(sv1), sv1, -jnp.inf))),  # saves reached
     )
 
 
