@@ -102,3 +102,8 @@ def print_table(rows: list[dict], columns: list[str], title: str = "") -> str:
 
 def to_float(x) -> float:
     return float(jnp.asarray(x))
+
+
+def scalar_stats(sol) -> dict:
+    """A solution's scalar counters (`sol.stats` without its per-step arrays) as floats."""
+    return {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}

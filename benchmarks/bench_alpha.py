@@ -21,6 +21,7 @@ from _common import (
     drop_time,
     parser,
     print_table,
+    scalar_stats,
     solver_named,
     timed_flow,
     to_float,
@@ -68,7 +69,7 @@ def run(
                 max_steps=max_steps,
                 observe=top_singular_values,
             )
-            st = {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}
+            st = scalar_stats(sol)
             grads = st["grad_evals"]
             hvps = st["hvp_evals"]
             equiv = grads + hvps * th / tg if grads > 0 else float("nan")

@@ -36,7 +36,15 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from _common import default_problem, parser, print_table, solver_named, to_float, write_json
+from _common import (
+    default_problem,
+    parser,
+    print_table,
+    scalar_stats,
+    solver_named,
+    to_float,
+    write_json,
+)
 from jax.flatten_util import ravel_pytree
 
 import saddlejax
@@ -170,7 +178,7 @@ def stretch(problem, params, atol, span, variants):
         start = time.perf_counter()
         sol = saddlejax.gradient_flow(problem, params, span, atol=atol, max_steps=50_000, **options)
         jax.block_until_ready(sol.loss)
-        st = {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}
+        st = scalar_stats(sol)
         rows.append(
             dict(
                 solver=name,

@@ -33,7 +33,15 @@ import statistics
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from _common import parser, print_table, solver_named, timed_flow, to_float, write_json
+from _common import (
+    parser,
+    print_table,
+    scalar_stats,
+    solver_named,
+    timed_flow,
+    to_float,
+    write_json,
+)
 
 import saddlejax
 from saddlejax import RESULTS
@@ -113,7 +121,7 @@ def run_one(
     )
     if show_keys:
         print(f"sol.stats keys: {sorted(sol.stats)}", flush=True)
-    st = {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}
+    st = scalar_stats(sol)
     accepted = int(st["num_accepted_steps"])
     implicit = int(st.get("implicit_steps_accepted", -1))
     hvps = int(st["hvp_evals"])

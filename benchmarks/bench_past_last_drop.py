@@ -20,7 +20,7 @@ two more decades of that divergence per decade of α.
 
 import jax.random as jr
 import numpy as np
-from _common import parser, print_table, timed_flow, to_float, write_json
+from _common import parser, print_table, scalar_stats, timed_flow, write_json
 
 import saddlejax as sj
 from saddlejax.experiments import lambda_max
@@ -62,11 +62,11 @@ def flow_past_last_drop(problem, init, alpha, drops, levels):
             norm=float(norm[inside][-1]), loss=float(loss[inside][-1]),
             lam_max=lambda_max(problem, sol.params_at(i)) if near else float("nan"),
         ))
-    stats = {k: to_float(v) for k, v in sol.stats.items() if getattr(v, "ndim", 1) == 0}
+    stats = scalar_stats(sol)
     implicit = stats.get("implicit_steps_accepted", 0.0)
     summary = dict(
         alpha=alpha, t_d=t_d, t1=t1, wall=wall,
-        result="ok" if sol.result == sj.RESULTS.successful else str(sol.result),
+        result="successful" if sol.successful else str(sj.RESULTS[sol.result]),
         accepted=stats["num_accepted_steps"], implicit=implicit,
         hvp_per_implicit=stats["hvp_evals"] / implicit if implicit else float("nan"),
     )
