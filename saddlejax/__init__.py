@@ -101,6 +101,7 @@ from .flow import (
     gradient_descent as gradient_descent,
     gradient_flow as gradient_flow,
     origin_handoff as origin_handoff,
+    sliding_flow as sliding_flow,
     sweep as sweep,
 )
 from .models import (

@@ -55,6 +55,15 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "`rtol` and `atol` must be positive and finite, but a traced tolerance was zero, "
         "negative, NaN or infinite: nothing was integrated."
     )
+    max_kink_events = (
+        "The sliding flow reached `max_events` kink events before `t1` (`sliding_flow`): the "
+        "flow crosses or slides along kinks more often than allowed (raise `max_events`), or "
+        "it is stuck switching at one kink (a Filippov weight on the boundary of (0, 1))."
+    )
+    max_active_kinks = (
+        "The sliding flow was held on `max_active` kinks at once (`sliding_flow`): raise "
+        "`max_active`."
+    )
     origin_not_left = (
         "The flow of the leading Taylor term at the origin did not reach the handoff defect "
         "before `max_time` (`origin_handoff`): θ₀ may lie in the stable set of the origin. "

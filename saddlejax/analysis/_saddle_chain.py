@@ -42,8 +42,9 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from .._results import RESULTS, NumericalWarning
 from .._trainable import split_trainable
 from .._validate import check_key
-from ..flow import CriticalPoint, LossBelow, gradient_flow
+from ..flow import CriticalPoint, LossBelow, gradient_flow, sliding_flow
 from ..nn import DeepLinear, DeepReLU, TwoLayer
+from ..nn._kinks import has_kinks
 from ..theory import (
     blowup_time,
     escape_speed,
@@ -73,7 +74,8 @@ class ChainSaddle(eqx.Module):
         the number of distinct directions of its active neurons; or the `rank` callable's).
     - `n_params`: P, the number of trainable parameters.
     - `kind`: "saddle", "minimum", "loss_floor" (the chain reached `loss_floor` + `loss_tol`
-        and stopped there), "not_followed" (after `max_saddles`), "diverging" (the path
+        and stopped there), "not_followed" (after `max_saddles`), "on_kinks" (a critical
+        point of the sliding flow on ReLU kinks, where the chain stops), "diverging" (the path
         towards it drifts to infinity, `RESULTS.path_diverged`: where it stood at the horizon),
         or "not_reached" (the path towards it failed; the point where it stopped).
     - `hessian_index`: the number of negative eigenvalues of ∇²L(ϑ^j) (of those computed:
@@ -155,7 +157,9 @@ class ChainPath(eqx.Module):
     **Fields:** `ts` (τ at the saves), `loss`, `grad_norm`, `norm` (‖θ‖); `start_radius` r₀
     and `start_time` τ₀ where the flow was started on the H-path; `arrival_time` τ where the
     next critical point was reached; `steps`; `result` (`RESULTS.path_diverged` for a path that
-    drifts to infinity, `_drifting`).
+    drifts to infinity, `_drifting`); `kinks_at_arrival`: on a net with ReLU kinks (the path
+    integrated by `sliding_flow`), the kinks the flow slid along where it stopped: > 0 at a
+    critical point of the sliding flow (Clarke-critical) that is not one of L's smooth pieces.
     """
 
     ts: np.ndarray
@@ -167,6 +171,7 @@ class ChainPath(eqx.Module):
     arrival_time: float
     steps: int
     result: RESULTS
+    kinks_at_arrival: int = 0
 
 
 class ChainBranch(eqx.Module):
@@ -723,15 +728,16 @@ def _follow(
             CriticalPoint(config["grad_tol"], loss0 - drop),
             LossBelow(config["loss_floor"] + config["loss_tol"]),
         ),
-        stop_at_event=True,
-        throw=False,
         **config["flow_options"],
     )
+    flow = sliding_flow if config["sliding"] else gradient_flow
+    if not config["sliding"]:
+        kwargs.update(stop_at_event=True, throw=False)
     start = unravel_params(x + r0 * rho)
     t_from, params_from, pieces, steps = tau0, start, [], 0
     fired, result = False, RESULTS.successful
     for stop in sorted({min(horizon, 30.0 * scale), horizon}):
-        sol = gradient_flow(objective, params_from, tau0 + stop, t0=t_from, n_save=n + 1, **kwargs)
+        sol = flow(objective, params_from, tau0 + stop, t0=t_from, n_save=n + 1, **kwargs)
         steps += int(sol.stats["num_steps"])
         pieces.append(_saved(sol, float(sol.stop_time)))
         fired = bool(jnp.isfinite(sol.event_time))
@@ -749,7 +755,7 @@ def _follow(
     if result == RESULTS.successful:
         ts = _save_times(tau0, arrival, s, n)
         t1 = max(arrival + 1e-9 * max(1.0, abs(arrival)), ts[-1])
-        sol = gradient_flow(objective, start, t1, t0=tau0, saveat=ts, **kwargs)
+        sol = flow(objective, start, t1, t0=tau0, saveat=ts, **kwargs)
         result, steps = sol.result, int(sol.stats["num_steps"])
         end, saved = sol.final_params, _saved(sol, float(sol.stop_time))
         dips = _dips(saved[1], saved[2], loss0 - drop) if result == RESULTS.successful else []
@@ -767,6 +773,7 @@ def _follow(
     path = ChainPath(
         ts=ts, loss=loss, grad_norm=grad, norm=norm, start_radius=r0, start_time=tau0,
         arrival_time=arrival, steps=steps, result=result,
+        kinks_at_arrival=int(sol.stats.get("active_at_stop", 0)),
     )
     return end, path
 
@@ -909,6 +916,7 @@ def saddle_chain(
     rank: Callable | None = None,
     dedupe: bool = True,
     trainable=eqx.is_inexact_array,
+    sliding: bool | None = None,
     **flow_options,
 ) -> SaddleChain:
     """The chain of saddles ϑ⁰ = 0, ϑ¹, … that gradient flow from αθ̃ visits as α → 0
@@ -949,8 +957,14 @@ def saddle_chain(
     - `dedupe`: two escape directions of a k > 2 term are the same when they change the
         model's outputs (A_θ for a DLN, f(X) for an objective with data `x`) equally at order
         k, i.e. modulo the symmetries that fix the saddle (rotations of a DLN's hidden units).
-    - `**flow_options`: of `gradient_flow` (`rtol`, `atol`, `solver`, …; `max_steps` defaults
-        to 100,000 per path: a path that crawls along ReLU kinks fails in minutes, reported).
+    - `sliding`: follow the paths with `sliding_flow` (the Filippov flow, which slides along
+        ReLU kinks where `gradient_flow` crawls); default: where L has `leaky_relu` kinks. A
+        path that arrives at a critical point of the sliding flow on a kink (Clarke-critical,
+        not a critical point of a smooth piece) ends the chain there, as "on_kinks": its Taylor
+        terms do not classify it.
+    - `**flow_options`: of `gradient_flow`, or of `sliding_flow` (`rtol`, `atol`, `solver`,
+        `max_steps`: 100,000 per path by default; a path that crawls along ReLU kinks without
+        `sliding` fails in minutes, reported).
 
     **Returns:** a `SaddleChain`; its `staircase(alpha, ts)`, `escape_times(alpha)` and
     `drop_times(alpha)` are the predictions for the flow from α·θ̃.
@@ -965,6 +979,8 @@ def saddle_chain(
         raise ValueError("`init` is 0: pass the unit-scale initialisation θ̃ (the flow from αθ̃).")
     flow_options.setdefault("max_steps", 100_000)
     f = _FlatLoss(objective, static, unravel)
+    if sliding is None:
+        sliding = has_kinks(jax.make_jaxpr(f)(theta).jaxpr)
     params_of = f.params
     grad_f = jax.jit(jax.grad(f))
 
@@ -975,7 +991,7 @@ def saddle_chain(
     config = dict(
         radius=radius * norm0, min_drop=min_drop, loss_floor=loss_floor, loss_tol=tol,
         taylor_rtol=taylor_rtol, max_order=max_order, n_restarts=n_restarts, n_save=n_save,
-        horizon_factor=horizon_factor, flow_options=flow_options, grad_tol=None,
+        horizon_factor=horizon_factor, flow_options=flow_options, grad_tol=None, sliding=sliding,
         carry_eta=1e-4, trainable=trainable,
     )
     saddles: list[ChainSaddle] = []
@@ -992,6 +1008,14 @@ def saddle_chain(
         if loss_j <= (loss_floor + tol) * (1 + 1e-4):  # the floor event, located to ~1e−5
             saddles.append(_unclassified(point, "loss_floor"))
             stop_reason = "loss_floor"
+            break
+        if paths and paths[-1].kinks_at_arrival > 0:
+            saddles.append(_unclassified(point, "on_kinks"))
+            stop_reason = (
+                f"on_kinks: the path arrived at a critical point of the sliding flow held on "
+                f"{paths[-1].kinks_at_arrival} ReLU kinks (Clarke-critical), which the smooth "
+                "pieces' Taylor terms do not classify"
+            )
             break
         curv = _curvature(
             f, x, hess_rtol=hess_rtol, dense_max=dense_max, n_eig=n_eig,

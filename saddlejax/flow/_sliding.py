@@ -1,0 +1,358 @@
+"""Gradient flow of a ReLU net that slides along kinks: the Filippov flow, piece by piece.
+
+Where a unit's pre-activation z_s(θ) = 0 is approached from both sides (the flows of the two
+smooth pieces both point at the surface), gradient flow has no classical solution. Its
+Filippov solution (Filippov 1988, §2.4; the limit of the smoothed nets' flows as ε → 0,
+`DeepReLU(smoothing=)`) slides along the surface with the velocity
+v = −(g − Nᵀμ), μ = (NNᵀ)⁺Ng, the projection of either piece's gradient g on the tangent space
+of the active surfaces (rows of N = ∂z_S/∂θ): the pieces' gradients differ by c_s∇z_s there,
+so the projection is the same from every side. For one surface this is the minimum-norm
+element of the Clarke subdifferential, the velocity of the subgradient flow.
+
+The flow is integrated on one smooth piece at a time (each `leaky_relu` on a fixed branch, so
+the solver never steps across a kink); a kink reached is an event, located on the dense output.
+There the Filippov weights λ_s = σ_s − μ_s/c_s of the active set S ∪ {s} decide (σ_s: the
+branch of the piece, c_s: the jump of ∂L/∂z_s): all in (0, 1), the flow slides along s;
+otherwise it crosses. A sliding kink whose weight leaves (0, 1) is released, to the side the
+weight says. Diffrax's solvers do the integration; what they lack is the switching between
+pieces and the sliding velocity, which is what this module adds.
+"""
+
+import math
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, PyTree
+
+from .._results import RESULTS
+from .._trainable import split_trainable
+from .._validate import check_real
+from ..nn._kink_surfaces import kink_values, on_piece
+from ..solvers import AutoStiff
+from ..solvers._base import fill_tolerances
+from ._events import ResolvedBracket, _events, check_event
+from ._options import check_t1, default_save_times
+from ._solution import FlowSolution
+
+# A Filippov weight within this of 0 or 1 is on the boundary: the kink is released (or not
+# taken up), so that a weight that grazes the boundary does not switch back and forth.
+WEIGHT_MARGIN = 1e-9
+# Kinks with |z| below this fraction of max|z| are "at" their surface when a piece starts: their
+# branch is the side the flow moves to.
+AT_KINK_RTOL = 1e-10
+# A kink whose jump |c_s|·‖∇z_s‖ is below this fraction of ‖∇L‖ cannot change the flow (a unit
+# with no outgoing weight): it is not watched while it sits at its surface.
+VISIBLE_RTOL = 1e-12
+
+
+class _Piece(eqx.Module):
+    """One smooth segment: the active (sliding) kinks `index`[`active`], each kink's branch
+    `pattern`, and the crossing condition sign·z + offset > 0 on the `watch`ed kinks."""
+
+    index: Array
+    active: Array
+    pattern: Array
+    sign: Array
+    offset: Array
+    watch: Array
+
+
+class _Sliding(eqx.Module):
+    """The Filippov vector field on flat parameters y (module docstring)."""
+
+    objective: Callable
+    static: PyTree
+    unravel: Callable = eqx.field(static=True)
+
+    def loss(self, y):
+        return self.objective(eqx.combine(self.unravel(y), self.static))
+
+    def kinks(self, y, pattern=None):
+        return kink_values(self.loss, y, pattern)
+
+    def parts(self, y, piece: _Piece):
+        """(z, v, λ, L): the kinks, the sliding velocity, the active kinks' Filippov weights
+        (0.5 in the padding), the loss."""
+        z, z_vjp = jax.vjp(lambda y: self.kinks(y, piece.pattern), y)
+        rows = jax.nn.one_hot(piece.index, z.size, dtype=y.dtype) * piece.active[:, None]
+        normals = jax.vmap(lambda e: z_vjp(e)[0])(rows)
+        zero = jnp.zeros(z.size, y.dtype)
+        loss, (g, jump) = jax.value_and_grad(
+            lambda y, e: on_piece(self.loss, y, piece.pattern, e), argnums=(0, 1)
+        )(y, zero)
+        gram = normals @ normals.T + jnp.diag(~piece.active).astype(y.dtype)
+        inverse = jnp.linalg.pinv(gram, rtol=1e-10, hermitian=True)
+        mu = inverse @ (normals @ g)
+        mu = jnp.where(piece.active, mu, 0.0)
+        # back onto the active surfaces at unit rate: the integration error would otherwise
+        # drift the state off them, the length of a slide
+        pull = inverse @ jnp.where(piece.active, z[piece.index], 0.0)
+        v = -(g - normals.T @ (mu - pull))
+        c = jump[piece.index]
+        side = piece.pattern[piece.index].astype(y.dtype)
+        lam = jnp.where(piece.active, side - mu / jnp.where(c == 0, 1.0, c), 0.5)
+        lam = jnp.where(piece.active & (c == 0), jnp.inf, lam)
+        return z, v, lam, loss
+
+    def __call__(self, t, y, piece):
+        return self.parts(y, piece)[1]
+
+
+def _kink_condition(t, y, args, *, field, **kwargs):
+    """> 0 inside the piece: min over watched kinks of sign·z + offset, and over sliding kinks
+    of the distance of λ to {0, 1}."""
+    piece = args
+    z, _, lam, _ = field.parts(y, piece)
+    cross = jnp.min(jnp.where(piece.watch, piece.sign * z + piece.offset, jnp.inf))
+    slide = jnp.min(jnp.where(piece.active, jnp.minimum(lam, 1.0 - lam) - WEIGHT_MARGIN, jnp.inf))
+    return jnp.minimum(jnp.minimum(cross, slide), jnp.finfo(y.dtype).max)
+
+
+def _user_condition(e, field):
+    """A saddlejax event on the sliding flow: its loss is L on the piece, and its gradient the
+    sliding velocity's negative (so that `CriticalPoint` sees the Clarke stationarity)."""
+    def cond(t, y, args, **kwargs):
+        _, v, _, loss = field.parts(y, args)
+        stop = jax.lax.stop_gradient
+
+        def loss_fn(x):
+            return stop(loss) + jnp.dot(stop(-v), x - stop(x))
+
+        g = e(y, loss_fn)
+        if not jnp.issubdtype(jnp.result_type(g), jnp.floating):
+            return g
+        return stop(g) + (t - stop(t))
+
+    return cond
+
+
+@eqx.filter_jit
+def _segment(field, solver, y, t, t1, ts, piece, rtol, atol, user_events, max_steps):
+    conds = tuple(_user_condition(e, field) for e in user_events)
+    conds += (lambda t, y, args, **kw: _kink_condition(t, y, args, field=field),)
+    event = diffrax.Event(conds, root_finder=ResolvedBracket(rtol=1e-12, atol=1e-12))
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field), solver, t, t1, None, y, args=piece,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        saveat=diffrax.SaveAt(subs=(diffrax.SubSaveAt(ts=jnp.clip(ts, t, t1)),
+                                    diffrax.SubSaveAt(t1=True))), event=event,
+        max_steps=max_steps, throw=False,
+    )
+    fired = jnp.stack([jnp.asarray(m) for m in sol.event_mask]) if sol.event_mask else None
+    stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+    (_, t_stop), (ys, y_stop) = sol.ts, sol.ys
+    return t_stop[-1], y_stop[-1], ys, sol.result, fired, stats
+
+
+@eqx.filter_jit
+def _at(field, y, piece):
+    """What a piece needs where it starts: z, ‖∇z_s‖ per kink, ż along the sliding velocity,
+    ‖∇L‖ and the jumps c_s."""
+    _, v, _, _ = field.parts(y, piece)
+    z, z_vjp = jax.vjp(lambda y: field.kinks(y, piece.pattern), y)
+    norms = jax.vmap(lambda e: jnp.linalg.norm(z_vjp(e)[0]))(jnp.eye(z.size, dtype=y.dtype))
+    zdot = jax.jvp(lambda y: field.kinks(y, piece.pattern), (y,), (v,))[1]
+    g, jump = jax.grad(
+        lambda y, e: on_piece(field.loss, y, piece.pattern, e), argnums=(0, 1)
+    )(y, jnp.zeros(z.size, y.dtype))
+    return z, norms, zdot, jnp.linalg.norm(g), jump
+
+
+_parts = eqx.filter_jit(lambda field, y, piece: field.parts(y, piece))
+_kinks = eqx.filter_jit(lambda field, y: field.kinks(y))
+
+
+def _padded(S, width):
+    index = np.zeros(width, np.int32)
+    active = np.zeros(width, bool)
+    index[: len(S)], active[: len(S)] = S, True
+    return index, active
+
+
+def _piece(field, y, S, width) -> tuple[_Piece, np.ndarray]:
+    """The piece the flow enters at y with active set S ({kink: branch}): each kink on the
+    branch of its sign, those at their surface on the branch the flow moves to, the sliding
+    ones on the branch they were on when they were reached (where sliding kinks interact, in
+    layers one after the other, their weights depend on it). Also returns λ of S."""
+    index, active = _padded(list(S), width)
+    z = np.asarray(_kinks(field, y))
+    pattern = z >= 0
+    m = z.size
+    first = _Piece(jnp.asarray(index), jnp.asarray(active), jnp.asarray(pattern),
+                   jnp.ones(m), jnp.zeros(m), jnp.zeros(m, bool))
+    z, norms, zdot, g_norm, jump = (np.asarray(a) for a in _at(field, y, first))
+    scale = max(float(np.abs(z).max(initial=0.0)), np.finfo(z.dtype).tiny)
+    at_kink = np.abs(z) <= AT_KINK_RTOL * scale
+    pattern = np.where(at_kink & (zdot != 0), zdot > 0, pattern)
+    pattern[list(S)] = list(S.values())
+    sign = np.where(pattern, 1.0, -1.0)
+    visible = np.abs(jump) * norms > VISIBLE_RTOL * g_norm
+    watch = (norms > 0) & (~at_kink | visible)
+    watch[list(S)] = False
+    offset = np.maximum(0.0, -sign * z) + AT_KINK_RTOL * scale
+    piece = _Piece(*(jnp.asarray(a) for a in (index, active, pattern, sign, offset, watch)))
+    return piece, np.asarray(_parts(field, y, piece)[2])[: len(S)]
+
+
+def _admissible(field, y, piece, S, width) -> bool:
+    """Whether the flow slides along every kink of S from y (all Filippov weights in (0, 1))."""
+    index, active = _padded(S, width)
+    trial = eqx.tree_at(lambda p: (p.index, p.active), piece,
+                        (jnp.asarray(index), jnp.asarray(active)))
+    lam = np.asarray(_parts(field, y, trial)[2])[: len(S)]
+    return bool(np.all((lam > WEIGHT_MARGIN) & (lam < 1.0 - WEIGHT_MARGIN)))
+
+
+def sliding_flow(
+    objective: Callable,
+    params0: PyTree,
+    t1: float,
+    *,
+    t0: float = 0.0,
+    saveat=None,
+    n_save: int = 256,
+    rtol: float = 1e-8,
+    atol: float | None = None,
+    event=None,
+    solver: diffrax.AbstractAdaptiveSolver | None = None,
+    max_steps: int = 100_000,
+    max_events: int = 100_000,
+    max_active: int = 16,
+    trainable=eqx.is_inexact_array,
+) -> FlowSolution:
+    """Gradient flow θ' ∈ −∂L(θ) of a net with ReLU kinks, sliding along the kinks it is held
+    on (the Filippov solution; module docstring), from `params0` at `t0` to `t1`.
+
+    Use it where `gradient_flow` crawls along a kink (a `max_steps_reached` or
+    `step_size_underflow` failure on an exact ReLU net): it integrates each smooth piece with
+    `solver` (default `Tsit5`) and switches pieces at the kinks, located as events.
+
+    **Arguments:** as `gradient_flow`'s where they share a name (`saveat`: save times in
+    [t0, t1]; `n_save` evenly-and-geometrically spread saves otherwise; `atol` default
+    rtol·RMS(θ₀); `event`: saddlejax events, which stop the flow, `CriticalPoint` testing
+    the sliding velocity); `max_steps`: solver steps in all; `max_events`: kink events in
+    all; `max_active`: the most kinks slid along at once.
+
+    **Returns:** a `FlowSolution`. `grad_norm` is ‖v‖, the sliding velocity's norm (‖∇L‖
+    off the kinks): the Clarke stationarity measure. `stats` adds `kink_crossings`,
+    `slides_started`, `slides_ended`, `max_active` (the largest active set) and
+    `active_at_stop` (the kinks slid along where the flow stopped). A run that
+    used up `max_steps`, `max_events` or `max_active` is a failure with its reason.
+    """
+    t0 = float(check_real("t0", t0))
+    t1 = check_t1(t0, t1)
+    rtol = float(check_real("rtol", rtol, low=0.0, low_open=True))
+    for name, value in (("max_steps", max_steps), ("max_events", max_events),
+                        ("max_active", max_active)):
+        if not (isinstance(value, int) and value > 0):
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    if event is not None:
+        check_event(event)
+    user_events = tuple(_events(event)) if event is not None else ()
+    state, static = split_trainable(params0, trainable)
+    y, unravel = ravel_pytree(state)
+    field = _Sliding(objective, static, unravel)
+    if _kinks(field, y).size == 0:
+        raise ValueError(
+            "`objective` has no `leaky_relu` kinks (saddlejax's `relu`/`leaky_relu`, as in "
+            "`DeepReLU`): use `gradient_flow`."
+        )
+    if atol is None:
+        atol = rtol * float(jnp.sqrt(jnp.mean(y**2)))
+    atol = float(check_real("atol", atol, low=0.0, low_open=True))
+    ts = default_save_times(t0, t1, n_save) if saveat is None else np.asarray(saveat, float)
+    if np.any(np.diff(ts) < 0) or ts[0] < t0 or ts[-1] > t1:
+        raise ValueError(f"`saveat` times must be non-decreasing and lie in [{t0}, {t1}].")
+    solver = fill_tolerances(AutoStiff() if solver is None else solver, rtol, atol)
+
+    saved = np.full((ts.size, y.size), np.inf)
+    held = [{}] * ts.size  # the kinks slid along at each save, with their branches
+    S: dict[int, bool] = {}
+    t, steps = t0, dict(num_steps=0, num_accepted_steps=0, num_rejected_steps=0)
+    counts = dict(kink_crossings=0, slides_started=0, slides_ended=0, max_active=0)
+    result, event_time, event_mask = RESULTS.successful, math.inf, None
+    for _ in range(max_events + 1):
+        while True:  # kinks whose sliding is no longer admissible leave before the piece starts
+            piece, lam = _piece(field, y, S, max_active)
+            margin = np.minimum(lam, 1.0 - lam)
+            if not S or margin.min() > WEIGHT_MARGIN:
+                break
+            S.pop(list(S)[int(np.argmin(margin))])
+            counts["slides_ended"] += 1
+        t_stop, y_stop, ys, code, fired, stats = _segment(
+            field, solver, y, jnp.asarray(t), jnp.asarray(t1), jnp.asarray(ts), piece,
+            jnp.asarray(rtol), jnp.asarray(atol), user_events, max_steps,
+        )
+        for key in steps:
+            steps[key] += int(stats[key])
+        t_stop = float(t_stop)
+        here = (ts >= t) & (ts <= t_stop)
+        saved[here] = np.asarray(ys)[here]
+        for i in np.flatnonzero(here):
+            held[i] = dict(S)
+        t, y = t_stop, y_stop
+        if code == diffrax.RESULTS.successful:
+            break
+        if code != diffrax.RESULTS.event_occurred:
+            result = RESULTS.promote(code)
+            break
+        if steps["num_steps"] >= max_steps:
+            result = RESULTS.max_steps_reached
+            break
+        fired = np.asarray(fired)
+        if fired[:-1].any():  # a user event: the flow stops there
+            event_time, event_mask = t, tuple(bool(f) for f in fired[:-1])
+            break
+        z, _, lam, _ = (np.asarray(a) for a in _parts(field, y, piece))
+        gap = np.where(np.asarray(piece.watch),
+                       np.asarray(piece.sign) * z + np.asarray(piece.offset), np.inf)
+        margin = np.minimum(lam, 1.0 - lam)[: len(S)] - WEIGHT_MARGIN
+        if S and margin.min() <= gap.min():  # a sliding kink's weight reached 0 or 1
+            S.pop(list(S)[int(np.argmin(margin))])
+            counts["slides_ended"] += 1
+            continue
+        reached = np.flatnonzero(gap <= gap.min() + 1e-13 * np.abs(z).max())
+        for s in reached:
+            if len(S) < max_active and _admissible(field, y, piece, [*S, int(s)], max_active):
+                S[int(s)] = bool(piece.pattern[s])
+                counts["slides_started"] += 1
+            else:
+                counts["kink_crossings"] += 1
+        counts["max_active"] = max(counts["max_active"], len(S))
+        if len(S) == max_active:
+            result = RESULTS.max_active_kinks
+            break
+    else:
+        result = RESULTS.max_kink_events
+    return _solution(field, ts, saved, held, S, t, y, event_time, event_mask, result, steps,
+                     counts, rtol, atol, static, max_active)
+
+
+def _solution(field, ts, saved, held, S, t, y, event_time, event_mask, result, steps, counts,
+              rtol, atol, static, width) -> FlowSolution:
+    """The `FlowSolution` of a sliding flow: L, ‖v‖ (on the piece the flow is in) and ‖θ‖ at
+    the saves it reached, +inf at the others."""
+    reached = np.all(np.isfinite(saved), axis=1)
+    loss, speed = np.full(ts.size, np.inf), np.full(ts.size, np.inf)
+    for i in np.flatnonzero(reached):
+        x = jnp.asarray(saved[i])
+        piece, _ = _piece(field, x, held[i], width)
+        _, v, _, value = _parts(field, x, piece)
+        loss[i], speed[i] = float(value), float(jnp.linalg.norm(v))
+    norm = np.where(reached, np.linalg.norm(np.where(reached[:, None], saved, 0.0), axis=1),
+                    np.inf)
+    params = jax.vmap(field.unravel)(jnp.asarray(saved))
+    stats = {k: jnp.asarray(v) for k, v in {**steps, **counts}.items()}
+    stats["active_at_stop"] = jnp.asarray(len(S))
+    stats.update(rtol=jnp.asarray(rtol), atol=jnp.asarray(atol))
+    return FlowSolution(
+        ts=jnp.asarray(ts), params=params, loss=jnp.asarray(loss), grad_norm=jnp.asarray(speed),
+        norm=jnp.asarray(norm), event_time=jnp.asarray(event_time),
+        event_mask=event_mask, stop_time=jnp.asarray(t), stop_state=field.unravel(y),
+        steps=None, stats=stats, result=result, static=static,
+    )
