@@ -230,12 +230,14 @@ def sliding_flow(
 
     Use it where `gradient_flow` crawls along a kink (a `max_steps_reached` or
     `step_size_underflow` failure on an exact ReLU net): it integrates each smooth piece with
-    `solver` (default `Tsit5`) and switches pieces at the kinks, located as events.
+    `solver` (default `AutoStiff()`: a unit held on a kink can make the flow along it stiff)
+    and switches pieces at the kinks, located as events.
 
     **Arguments:** as `gradient_flow`'s where they share a name (`saveat`: save times in
     [t0, t1]; `n_save` evenly-and-geometrically spread saves otherwise; `atol` default
     rtol·RMS(θ₀); `event`: saddlejax events, which stop the flow, `CriticalPoint` testing
-    the sliding velocity); `max_steps`: solver steps in all; `max_events`: kink events in
+    the sliding velocity; `trainable`: the filter of the parameters); `max_steps`: solver
+    steps (per smooth piece, and checked in all between pieces); `max_events`: kink events in
     all; `max_active`: the most kinks slid along at once.
 
     **Returns:** a `FlowSolution`. `grad_norm` is ‖v‖, the sliding velocity's norm (‖∇L‖
