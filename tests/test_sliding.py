@@ -95,6 +95,7 @@ def test_the_sliding_velocity_stops_the_flow_at_a_clarke_critical_point():
     sol = sj.sliding_flow(loss, jnp.array([0.5, 0.0]), 100.0, event=event, n_save=8)
     assert sol.successful and np.isfinite(float(sol.event_time))
     np.testing.assert_allclose(np.asarray(sol.stop_state), [0.0, 1.0], atol=1e-6)
+    assert int(sol.stats["active_at_stop"]) == 1  # held on the kink: `saddle_chain`'s "on_kinks"
     assert float(jnp.linalg.norm(jax.grad(loss)(sol.stop_state))) >= 1.0
 
 
@@ -150,6 +151,6 @@ def test_kink_values_and_pieces_of_a_deep_relu_net():
                                atol=1e-12)
     pattern = z >= 0
     np.testing.assert_allclose(sj.nn.on_piece(loss, state, pattern), loss(state), rtol=1e-12)
-    # the jump ∂/∂shift is ∂L/∂(unit output): zero for a unit that is off on its piece's branch
+    # the jump ∂/∂shift is ∂L/∂(unit output), finite everywhere
     jump = jax.grad(lambda e: sj.nn.on_piece(loss, state, pattern, e))(jnp.zeros(z.size))
     assert np.all(np.isfinite(np.asarray(jump))) and float(jnp.abs(jump).max()) > 0
