@@ -958,10 +958,10 @@ def saddle_chain(
         model's outputs (A_θ for a DLN, f(X) for an objective with data `x`) equally at order
         k, i.e. modulo the symmetries that fix the saddle (rotations of a DLN's hidden units).
     - `sliding`: follow the paths with `sliding_flow` (the Filippov flow, which slides along
-        ReLU kinks where `gradient_flow` crawls); default: where L has `leaky_relu` kinks. A
-        path that arrives at a critical point of the sliding flow on a kink (Clarke-critical,
-        not a critical point of a smooth piece) ends the chain there, as "on_kinks": its Taylor
-        terms do not classify it.
+        ReLU kinks where `gradient_flow` crawls); default: where L has `leaky_relu` kinks and
+        `init` is not a smoothed net (`smoothing` > 0). A path that arrives at a critical
+        point of the sliding flow on a kink (Clarke-critical, not a critical point of a smooth
+        piece) ends the chain there, as "on_kinks": its Taylor terms do not classify it.
     - `**flow_options`: of `gradient_flow`, or of `sliding_flow` (`rtol`, `atol`, `solver`,
         `max_steps`: 100,000 per path by default; a path that crawls along ReLU kinks without
         `sliding` fails in minutes, reported).
@@ -979,8 +979,8 @@ def saddle_chain(
         raise ValueError("`init` is 0: pass the unit-scale initialisation θ̃ (the flow from αθ̃).")
     flow_options.setdefault("max_steps", 100_000)
     f = _FlatLoss(objective, static, unravel)
-    if sliding is None:
-        sliding = has_kinks(jax.make_jaxpr(f)(theta).jaxpr)
+    if sliding is None:  # a smoothed net keeps the primitive only where it is exact
+        sliding = has_kinks(jax.make_jaxpr(f)(theta).jaxpr) and not getattr(init, "smoothing", 0)
     params_of = f.params
     grad_f = jax.jit(jax.grad(f))
 
