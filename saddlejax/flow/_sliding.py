@@ -52,13 +52,16 @@ VISIBLE_RTOL = 1e-12
 
 class _Piece(eqx.Module):
     """One smooth segment: the active (sliding) kinks `index`[`active`], each kink's branch
-    `pattern`, and the crossing condition sign·z + offset > 0 on the `watch`ed kinks."""
+    `pattern`, and the crossing condition (sign·z + offset)/unit > 0 on the `watch`ed kinks
+    (relative to each kink's size where the piece starts: a root find's absolute tolerance
+    then means the same at every scale of θ, and for every layer)."""
 
     index: Array
     active: Array
     pattern: Array
     sign: Array
     offset: Array
+    unit: Array
     watch: Array
 
 
@@ -108,7 +111,8 @@ def _kink_condition(t, y, args, *, field, **kwargs):
     of the distance of λ to {0, 1}."""
     piece = args
     z, _, lam, _ = field.parts(y, piece)
-    cross = jnp.min(jnp.where(piece.watch, piece.sign * z + piece.offset, jnp.inf))
+    gap = (piece.sign * z + piece.offset) / piece.unit
+    cross = jnp.min(jnp.where(piece.watch, gap, jnp.inf))
     slide = jnp.min(jnp.where(piece.active, jnp.minimum(lam, 1.0 - lam) - WEIGHT_MARGIN, jnp.inf))
     return jnp.minimum(jnp.minimum(cross, slide), jnp.finfo(y.dtype).max)
 
@@ -184,7 +188,7 @@ def _piece(field, y, S, width) -> tuple[_Piece, np.ndarray]:
     pattern = z >= 0
     m = z.size
     first = _Piece(jnp.asarray(index), jnp.asarray(active), jnp.asarray(pattern),
-                   jnp.ones(m), jnp.zeros(m), jnp.zeros(m, bool))
+                   jnp.ones(m), jnp.zeros(m), jnp.ones(m), jnp.zeros(m, bool))
     z, norms, zdot, g_norm, jump = (np.asarray(a) for a in _at(field, y, first))
     scale = max(float(np.abs(z).max(initial=0.0)), np.finfo(z.dtype).tiny)
     at_kink = np.abs(z) <= AT_KINK_RTOL * scale
@@ -195,7 +199,8 @@ def _piece(field, y, S, width) -> tuple[_Piece, np.ndarray]:
     watch = (norms > 0) & (~at_kink | visible)
     watch[list(S)] = False
     offset = np.maximum(0.0, -sign * z) + AT_KINK_RTOL * scale
-    piece = _Piece(*(jnp.asarray(a) for a in (index, active, pattern, sign, offset, watch)))
+    unit = np.abs(z) + offset
+    piece = _Piece(*(jnp.asarray(a) for a in (index, active, pattern, sign, offset, unit, watch)))
     return piece, np.asarray(_parts(field, y, piece)[2])[: len(S)]
 
 
@@ -311,14 +316,14 @@ def sliding_flow(
             event_time, event_mask = t, tuple(bool(f) for f in fired[:-1])
             break
         z, _, lam, _ = (np.asarray(a) for a in _parts(field, y, piece))
-        gap = np.where(np.asarray(piece.watch),
-                       np.asarray(piece.sign) * z + np.asarray(piece.offset), np.inf)
+        gap = np.where(np.asarray(piece.watch), (np.asarray(piece.sign) * z
+                       + np.asarray(piece.offset)) / np.asarray(piece.unit), np.inf)
         margin = np.minimum(lam, 1.0 - lam)[: len(S)] - WEIGHT_MARGIN
         if S and margin.min() <= gap.min():  # a sliding kink's weight reached 0 or 1
             S.pop(list(S)[int(np.argmin(margin))])
             counts["slides_ended"] += 1
             continue
-        reached = np.flatnonzero(gap <= gap.min() + 1e-13 * np.abs(z).max())
+        reached = np.flatnonzero(gap <= gap.min() + 1e-12)
         for s in reached:
             if len(S) < max_active and _admissible(field, y, piece, [*S, int(s)], max_active):
                 S[int(s)] = bool(piece.pattern[s])
