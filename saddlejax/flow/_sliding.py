@@ -18,6 +18,7 @@ weight says. Diffrax's solvers do the integration; what they lack is the switchi
 pieces and the sliding velocity, which is what this module adds.
 """
 
+import functools as ft
 import math
 from collections.abc import Callable
 
@@ -79,8 +80,8 @@ class _Sliding(eqx.Module):
         return kink_values(self.loss, y, pattern)
 
     def parts(self, y, piece: _Piece):
-        """(z, v, λ, L): the kinks, the sliding velocity, the active kinks' Filippov weights
-        (0.5 in the padding), the loss."""
+        """(z, v, λ, L, ∇L, c): the kinks, the sliding velocity, the active kinks' Filippov
+        weights (0.5 in the padding), the loss, its gradient and the jumps, on the piece."""
         z, z_vjp = jax.vjp(lambda y: self.kinks(y, piece.pattern), y)
         rows = jax.nn.one_hot(piece.index, z.size, dtype=y.dtype) * piece.active[:, None]
         normals = jax.vmap(lambda e: z_vjp(e)[0])(rows)
@@ -100,7 +101,7 @@ class _Sliding(eqx.Module):
         side = piece.pattern[piece.index].astype(y.dtype)
         lam = jnp.where(piece.active, side - mu / jnp.where(c == 0, 1.0, c), 0.5)
         lam = jnp.where(piece.active & (c == 0), jnp.inf, lam)
-        return z, v, lam, loss
+        return z, v, lam, loss, g, jump
 
     def __call__(self, t, y, piece):
         return self.parts(y, piece)[1]
@@ -110,7 +111,7 @@ def _kink_condition(t, y, args, *, field, **kwargs):
     """> 0 inside the piece: min over watched kinks of sign·z + offset, and over sliding kinks
     of the distance of λ to {0, 1}."""
     piece = args
-    z, _, lam, _ = field.parts(y, piece)
+    z, _, lam, *_ = field.parts(y, piece)
     gap = (piece.sign * z + piece.offset) / piece.unit
     cross = jnp.min(jnp.where(piece.watch, gap, jnp.inf))
     slide = jnp.min(jnp.where(piece.active, jnp.minimum(lam, 1.0 - lam) - WEIGHT_MARGIN, jnp.inf))
@@ -121,7 +122,7 @@ def _user_condition(e, field):
     """A saddlejax event on the sliding flow: its loss is L on the piece, and its gradient the
     sliding velocity's negative (so that `CriticalPoint` sees the Clarke stationarity)."""
     def cond(t, y, args, **kwargs):
-        _, v, _, loss = field.parts(y, args)
+        _, v, _, loss, *_ = field.parts(y, args)
         stop = jax.lax.stop_gradient
 
         def loss_fn(x):
@@ -157,13 +158,11 @@ def _segment(field, solver, y, t, t1, ts, piece, rtol, atol, user_events, max_st
 def _at(field, y, piece):
     """What a piece needs where it starts: z, ‖∇z_s‖ per kink, ż along the sliding velocity,
     ‖∇L‖ and the jumps c_s."""
-    _, v, _, _ = field.parts(y, piece)
-    z, z_vjp = jax.vjp(lambda y: field.kinks(y, piece.pattern), y)
+    z, v, _, _, g, jump = field.parts(y, piece)
+    kinks = ft.partial(field.kinks, pattern=piece.pattern)
+    _, z_vjp = jax.vjp(kinks, y)
     norms = jax.vmap(lambda e: jnp.linalg.norm(z_vjp(e)[0]))(jnp.eye(z.size, dtype=y.dtype))
-    zdot = jax.jvp(lambda y: field.kinks(y, piece.pattern), (y,), (v,))[1]
-    g, jump = jax.grad(
-        lambda y, e: on_piece(field.loss, y, piece.pattern, e), argnums=(0, 1)
-    )(y, jnp.zeros(z.size, y.dtype))
+    zdot = jax.jvp(kinks, (y,), (v,))[1]
     return z, norms, zdot, jnp.linalg.norm(g), jump
 
 
@@ -178,22 +177,29 @@ def _padded(S, width):
     return index, active
 
 
+def _bare_piece(field, y, S, width) -> _Piece:
+    """The piece of y's signs with active set S ({kink: branch}), the sliding kinks on their
+    branches; no crossing condition (what the sliding velocity and the loss need)."""
+    index, active = _padded(list(S), width)
+    pattern = np.asarray(_kinks(field, y)) >= 0
+    pattern[list(S)] = list(S.values())
+    m = pattern.size
+    return _Piece(jnp.asarray(index), jnp.asarray(active), jnp.asarray(pattern),
+                  jnp.ones(m), jnp.zeros(m), jnp.ones(m), jnp.zeros(m, bool))
+
+
 def _piece(field, y, S, width) -> tuple[_Piece, np.ndarray]:
     """The piece the flow enters at y with active set S ({kink: branch}): each kink on the
     branch of its sign, those at their surface on the branch the flow moves to, the sliding
     ones on the branch they were on when they were reached (where sliding kinks interact, in
     layers one after the other, their weights depend on it). Also returns λ of S."""
-    index, active = _padded(list(S), width)
-    z = np.asarray(_kinks(field, y))
-    pattern = z >= 0
-    m = z.size
-    first = _Piece(jnp.asarray(index), jnp.asarray(active), jnp.asarray(pattern),
-                   jnp.ones(m), jnp.zeros(m), jnp.ones(m), jnp.zeros(m, bool))
+    first = _bare_piece(field, y, S, width)
+    index, active, pattern = (np.asarray(a) for a in (first.index, first.active, first.pattern))
     z, norms, zdot, g_norm, jump = (np.asarray(a) for a in _at(field, y, first))
     scale = max(float(np.abs(z).max(initial=0.0)), np.finfo(z.dtype).tiny)
     at_kink = np.abs(z) <= AT_KINK_RTOL * scale
     pattern = np.where(at_kink & (zdot != 0), zdot > 0, pattern)
-    pattern[list(S)] = list(S.values())
+    pattern[list(S)] = list(S.values())  # again: the step above may have moved them
     sign = np.where(pattern, 1.0, -1.0)
     visible = np.abs(jump) * norms > VISIBLE_RTOL * g_norm
     watch = (norms > 0) & (~at_kink | visible)
@@ -315,7 +321,7 @@ def sliding_flow(
         if fired[:-1].any():  # a user event: the flow stops there
             event_time, event_mask = t, tuple(bool(f) for f in fired[:-1])
             break
-        z, _, lam, _ = (np.asarray(a) for a in _parts(field, y, piece))
+        z, _, lam = (np.asarray(a) for a in _parts(field, y, piece)[:3])
         gap = np.where(np.asarray(piece.watch), (np.asarray(piece.sign) * z
                        + np.asarray(piece.offset)) / np.asarray(piece.unit), np.inf)
         margin = np.minimum(lam, 1.0 - lam)[: len(S)] - WEIGHT_MARGIN
@@ -348,8 +354,7 @@ def _solution(field, ts, saved, held, S, t, y, event_time, event_mask, result, s
     loss, speed = np.full(ts.size, np.inf), np.full(ts.size, np.inf)
     for i in np.flatnonzero(reached):
         x = jnp.asarray(saved[i])
-        piece, _ = _piece(field, x, held[i], width)
-        _, v, _, value = _parts(field, x, piece)
+        _, v, _, value, *_ = _parts(field, x, _bare_piece(field, x, held[i], width))
         loss[i], speed[i] = float(value), float(jnp.linalg.norm(v))
     norm = np.where(reached, np.linalg.norm(np.where(reached[:, None], saved, 0.0), axis=1),
                     np.inf)
