@@ -154,3 +154,22 @@ def test_kink_values_and_pieces_of_a_deep_relu_net():
     # the jump ∂/∂shift is ∂L/∂(unit output), finite everywhere
     jump = jax.grad(lambda e: sj.nn.on_piece(loss, state, pattern, e))(jnp.zeros(z.size))
     assert np.all(np.isfinite(np.asarray(jump))) and float(jnp.abs(jump).max()) > 0
+
+
+
+def test_from_a_tiny_init_the_exact_relu_flow_rests_at_the_chains_first_saddle():
+    """The deep ReLU teacher-student of the `chain-deep-relu` preset from α = 1e-8: the first
+    drop (at t ≈ 3.7e7, where one spacing of t is 7e-9) is resolved on each piece's own clock
+    and kinks of the units still of size α get tolerances of their own size, so the flow
+    arrives at the chain's ϑ¹ (L = 1.3072061, k = 3 there: it rests for ≈ 1.9 drop times)."""
+    from saddlejax.experiments._saddle_chain import SaddleChainConfig, deep_relu_problem
+
+    config = SaddleChainConfig(problem="deep-relu", width=8, problem_seed=0, seed=0)
+    problem, init = deep_relu_problem(config)
+    drop = 0.368845 / 1e-8  # the chain's first drop time (`chain-deep-relu.yaml`)
+    sol = sj.sliding_flow(problem, sj.init.scale(init, 1e-8), 2.0 * drop,
+                          saveat=np.array([0.9, 1.5, 2.0]) * drop)
+    assert sol.successful, sol.result
+    loss = np.asarray(sol.loss)
+    assert loss[0] > 20.0  # before the drop: L(0) = 21.59
+    np.testing.assert_allclose(loss[1:], 1.3072061, rtol=1e-6)

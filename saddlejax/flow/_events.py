@@ -93,6 +93,7 @@ class _BracketState(eqx.Module):
     side: Array  # which end the last step moved: −1 lower, +1 upper, 0 none yet
     error: Scalar  # g at the last evaluated time
     which: Array  # the condition located, among several
+    width: Scalar  # of the first bracket (the solver's step)
 
 
 def _secant(lower, upper, g_lower, g_upper):
@@ -117,8 +118,9 @@ class ResolvedBracket(optx.AbstractRootFinder):
     bracket always holds the root. Stops, successfully, when |g| ≤ `atol`, or when the bracket
     is below `ulps` float spacings of t: at t ≈ 7·10⁹ one spacing is ≈ 10⁻⁶ and ‖θ‖/r − 1 of an
     escaping DLN (L = 4, α = 10⁻⁵) moves by ≈ 7·10⁻¹⁰ per spacing, so |g| ≤ 10⁻¹⁰ alone may not
-    exist and t is then the root to the precision t has. A condition that jumps across 0 is
-    located to that resolution too; one that is NaN inside the bracket fails.
+    exist and t is then the root to the precision t has (near t = 0, to ε of the step: a
+    sliding flow's piece starts its clock there). A condition that jumps across 0 is located
+    to that resolution too; one that is NaN inside the bracket fails.
     """
 
     rtol: float
@@ -145,6 +147,7 @@ class ResolvedBracket(optx.AbstractRootFinder):
             jnp.zeros((), jnp.int32),
             jnp.asarray(jnp.inf, dtype),
             which,
+            jnp.abs(upper - lower),
         )
 
     def step(self, fn, y, args, options, state, tags):
@@ -162,12 +165,15 @@ class ResolvedBracket(optx.AbstractRootFinder):
         g_lower = jnp.where(~same_as_lower & (state.side == 1), 0.5 * g_lower, g_lower)
         side = jnp.where(same_as_lower, -1, 1).astype(jnp.int32)
         new_y = jnp.where(done, y, _secant(lower, upper, g_lower, g_upper))
-        return new_y, _BracketState(lower, upper, g_lower, g_upper, side, g, state.which), aux
+        state = _BracketState(lower, upper, g_lower, g_upper, side, g, state.which, state.width)
+        return new_y, state, aux
 
     def terminate(self, fn, y, args, options, state, tags):
         width = jnp.abs(state.upper - state.lower)
-        resolution = self.ulps * jnp.spacing(
-            jnp.maximum(jnp.abs(state.lower), jnp.abs(state.upper))
+        # float spacings of t, or of the step where t is near 0 (a piece on its own clock)
+        resolution = self.ulps * jnp.maximum(
+            jnp.spacing(jnp.maximum(jnp.abs(state.lower), jnp.abs(state.upper))),
+            jnp.finfo(width.dtype).eps * state.width,
         )
         done = (jnp.abs(state.error) <= self.atol) | (width <= resolution)
         # g was NaN/inf inside the bracket: no time to locate (`event_not_located`).

@@ -20,6 +20,7 @@ pieces and the sliding velocity, which is what this module adds.
 
 import functools as ft
 import math
+import time
 from collections.abc import Callable
 
 import diffrax
@@ -43,12 +44,16 @@ from ._solution import FlowSolution
 # A Filippov weight within this of 0 or 1 is on the boundary: the kink is released (or not
 # taken up), so that a weight that grazes the boundary does not switch back and forth.
 WEIGHT_MARGIN = 1e-9
-# Kinks with |z| below this fraction of max|z| are "at" their surface when a piece starts: their
-# branch is the side the flow moves to.
+# Kinks with |z_s| below this fraction of their size Σ_i |θ_i ∂z_s/∂θ_i| are "at" their surface
+# when a piece starts: their branch is the side the flow moves to.
 AT_KINK_RTOL = 1e-10
+# ... and no less than this fraction of ‖∇z_s‖·‖θ‖ (a size of 0: z_s = θ_0 at θ_0 = 0).
+SIZE_FLOOR = 1e-8
 # A kink whose jump |c_s|·‖∇z_s‖ is below this fraction of ‖∇L‖ cannot change the flow (a unit
 # with no outgoing weight): it is not watched while it sits at its surface.
 VISIBLE_RTOL = 1e-12
+# `progress=True` prints a line at most this often.
+PROGRESS_SECONDS = 5.0
 
 
 class _Piece(eqx.Module):
@@ -80,8 +85,9 @@ class _Sliding(eqx.Module):
         return kink_values(self.loss, y, pattern)
 
     def parts(self, y, piece: _Piece):
-        """(z, v, λ, L, ∇L, c): the kinks, the sliding velocity, the active kinks' Filippov
-        weights (0.5 in the padding), the loss, its gradient and the jumps, on the piece."""
+        """(z, v, λ, L, ∇L, c, δ): the kinks, the sliding velocity, the active kinks' Filippov
+        weights (0.5 in the padding), the loss, its gradient, the jumps, and the Gauss–Newton
+        step δ whose removal puts y on the active surfaces, on the piece."""
         z, z_vjp = jax.vjp(lambda y: self.kinks(y, piece.pattern), y)
         rows = jax.nn.one_hot(piece.index, z.size, dtype=y.dtype) * piece.active[:, None]
         normals = jax.vmap(lambda e: z_vjp(e)[0])(rows)
@@ -89,19 +95,29 @@ class _Sliding(eqx.Module):
         loss, (g, jump) = jax.value_and_grad(
             lambda y, e: on_piece(self.loss, y, piece.pattern, e), argnums=(0, 1)
         )(y, zero)
-        gram = normals @ normals.T + jnp.diag(~piece.active).astype(y.dtype)
+        # unit normals: kinks of units of very different sizes (at small α, ‖∇z_s‖ spans
+        # orders of magnitude) would otherwise fall below the pseudo-inverse's cut-off
+        size = jnp.linalg.norm(normals, axis=1)
+        scale = jnp.where(size > 0, 1.0 / jnp.where(size > 0, size, 1.0), 0.0)
+        units = normals * scale[:, None]
+        gram = units @ units.T + jnp.diag(~piece.active).astype(y.dtype)
         inverse = jnp.linalg.pinv(gram, rtol=1e-10, hermitian=True)
-        mu = inverse @ (normals @ g)
-        mu = jnp.where(piece.active, mu, 0.0)
-        # back onto the active surfaces at unit rate: the integration error would otherwise
-        # drift the state off them, the length of a slide
-        pull = inverse @ jnp.where(piece.active, z[piece.index], 0.0)
-        v = -(g - normals.T @ (mu - pull))
+        weight = jnp.where(piece.active, inverse @ (units @ g), 0.0)
+        mu = scale * weight
+        tangent = g - units.T @ weight
+        # back onto the active surfaces (scale·z: the distance to each), against the drift of
+        # the integration error, at the rate ‖v‖/‖θ‖ at which the flow moves: the drift then
+        # stays at the tolerance's relative size, and the pull is never stiffer than the flow
+        # (a unit rate is, by a factor 1e8, on the plateau of a small α)
+        distance = jnp.where(piece.active, scale * z[piece.index], 0.0)
+        step = units.T @ (inverse @ distance)  # the Gauss–Newton step onto the surfaces
+        rate = jnp.linalg.norm(tangent) / jnp.maximum(jnp.linalg.norm(y), jnp.finfo(y.dtype).tiny)
+        v = -(tangent + rate * step)
         c = jump[piece.index]
         side = piece.pattern[piece.index].astype(y.dtype)
         lam = jnp.where(piece.active, side - mu / jnp.where(c == 0, 1.0, c), 0.5)
         lam = jnp.where(piece.active & (c == 0), jnp.inf, lam)
-        return z, v, lam, loss, g, jump
+        return z, v, lam, loss, g, jump, step
 
     def __call__(self, t, y, piece):
         return self.parts(y, piece)[1]
@@ -137,14 +153,15 @@ def _user_condition(e, field):
 
 
 @eqx.filter_jit
-def _segment(field, solver, y, t, t1, ts, piece, rtol, atol, user_events, max_steps):
+def _segment(field, solver, y, t1, ts, piece, rtol, atol, user_events, max_steps):
+    """The flow on `piece` from y at 0 to the first kink event, or t1."""
     conds = tuple(_user_condition(e, field) for e in user_events)
     conds += (lambda t, y, args, **kw: _kink_condition(t, y, args, field=field),)
     event = diffrax.Event(conds, root_finder=ResolvedBracket(rtol=1e-12, atol=1e-12))
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), solver, t, t1, None, y, args=piece,
+        diffrax.ODETerm(field), solver, 0.0, t1, None, y, args=piece,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        saveat=diffrax.SaveAt(subs=(diffrax.SubSaveAt(ts=jnp.clip(ts, t, t1)),
+        saveat=diffrax.SaveAt(subs=(diffrax.SubSaveAt(ts=jnp.clip(ts, 0.0, t1)),
                                     diffrax.SubSaveAt(t1=True))), event=event,
         max_steps=max_steps, throw=False,
     )
@@ -156,31 +173,36 @@ def _segment(field, solver, y, t, t1, ts, piece, rtol, atol, user_events, max_st
 
 @eqx.filter_jit
 def _at(field, y, piece):
-    """What a piece needs where it starts: z, ‖∇z_s‖ per kink, ż along the sliding velocity,
-    ‖∇L‖ and the jumps c_s."""
-    z, v, _, _, g, jump = field.parts(y, piece)
+    """What a piece needs where it starts: z, ‖∇z_s‖ and the size Σ_i |θ_i ∂z_s/∂θ_i| per
+    kink, ż along the sliding velocity, ‖∇L‖ and the jumps c_s."""
+    z, v, _, _, g, jump, _ = field.parts(y, piece)
     kinks = ft.partial(field.kinks, pattern=piece.pattern)
     _, z_vjp = jax.vjp(kinks, y)
-    norms = jax.vmap(lambda e: jnp.linalg.norm(z_vjp(e)[0]))(jnp.eye(z.size, dtype=y.dtype))
+    grads = jax.vmap(lambda e: z_vjp(e)[0])(jnp.eye(z.size, dtype=y.dtype))
     zdot = jax.jvp(kinks, (y,), (v,))[1]
-    return z, norms, zdot, jnp.linalg.norm(g), jump
+    norms, sizes = jnp.linalg.norm(grads, axis=1), jnp.abs(grads) @ jnp.abs(y)
+    return z, norms, sizes, zdot, jnp.linalg.norm(g), jump
 
 
 _parts = eqx.filter_jit(lambda field, y, piece: field.parts(y, piece))
 _kinks = eqx.filter_jit(lambda field, y: field.kinks(y))
 
 
-def _padded(S, width):
+def _padded(S):
+    """S's indices and mask, padded to the next power of two (at least 8): the arrays' shape,
+    and so the cost of the sliding velocity (K VJPs and a K × K pseudo-inverse per evaluation)
+    and the compilations, follow the number of kinks slid along."""
+    width = max(8, 1 << max(len(S) - 1, 0).bit_length())
     index = np.zeros(width, np.int32)
     active = np.zeros(width, bool)
     index[: len(S)], active[: len(S)] = S, True
     return index, active
 
 
-def _bare_piece(field, y, S, width) -> _Piece:
+def _bare_piece(field, y, S) -> _Piece:
     """The piece of y's signs with active set S ({kink: branch}), the sliding kinks on their
     branches; no crossing condition (what the sliding velocity and the loss need)."""
-    index, active = _padded(list(S), width)
+    index, active = _padded(list(S))
     pattern = np.asarray(_kinks(field, y)) >= 0
     pattern[list(S)] = list(S.values())
     m = pattern.size
@@ -188,15 +210,18 @@ def _bare_piece(field, y, S, width) -> _Piece:
                   jnp.ones(m), jnp.zeros(m), jnp.ones(m), jnp.zeros(m, bool))
 
 
-def _piece(field, y, S, width) -> tuple[_Piece, np.ndarray]:
+def _piece(field, y, S) -> tuple[_Piece, np.ndarray]:
     """The piece the flow enters at y with active set S ({kink: branch}): each kink on the
     branch of its sign, those at their surface on the branch the flow moves to, the sliding
     ones on the branch they were on when they were reached (where sliding kinks interact, in
     layers one after the other, their weights depend on it). Also returns λ of S."""
-    first = _bare_piece(field, y, S, width)
+    first = _bare_piece(field, y, S)
     index, active, pattern = (np.asarray(a) for a in (first.index, first.active, first.pattern))
-    z, norms, zdot, g_norm, jump = (np.asarray(a) for a in _at(field, y, first))
-    scale = max(float(np.abs(z).max(initial=0.0)), np.finfo(z.dtype).tiny)
+    z, norms, sizes, zdot, g_norm, jump = (np.asarray(a) for a in _at(field, y, first))
+    # each kink's own scale: the sum of the sizes of the terms of z_s (a unit of weights ~α
+    # has kinks ~α: it is at its surface only within α·AT_KINK_RTOL of it)
+    floor = np.maximum(SIZE_FLOOR * norms * float(jnp.linalg.norm(y)), np.finfo(z.dtype).tiny)
+    scale = np.maximum(np.maximum(sizes, np.abs(z)), floor)
     at_kink = np.abs(z) <= AT_KINK_RTOL * scale
     pattern = np.where(at_kink & (zdot != 0), zdot > 0, pattern)
     pattern[list(S)] = list(S.values())  # again: the step above may have moved them
@@ -204,15 +229,26 @@ def _piece(field, y, S, width) -> tuple[_Piece, np.ndarray]:
     visible = np.abs(jump) * norms > VISIBLE_RTOL * g_norm
     watch = (norms > 0) & (~at_kink | visible)
     watch[list(S)] = False
-    offset = np.maximum(0.0, -sign * z) + AT_KINK_RTOL * scale
+    # the crossing tolerance on one scale for all kinks: where kinks meet (a unit and a unit it
+    # feeds, on one sample), offsets of their own sizes change which is reached first
+    overall = max(float(np.abs(z).max(initial=0.0)),
+                  float(norms.max(initial=0.0)) * float(jnp.linalg.norm(y)))
+    offset = np.maximum(0.0, -sign * z) + AT_KINK_RTOL * max(overall, np.finfo(z.dtype).tiny)
     unit = np.abs(z) + offset
     piece = _Piece(*(jnp.asarray(a) for a in (index, active, pattern, sign, offset, unit, watch)))
     return piece, np.asarray(_parts(field, y, piece)[2])[: len(S)]
 
 
-def _admissible(field, y, piece, S, width) -> bool:
-    """Whether the flow slides along every kink of S from y (all Filippov weights in (0, 1))."""
-    index, active = _padded(S, width)
+def _onto(field, y, S):
+    """y moved onto the surfaces of S ({kink: branch}) by a Gauss–Newton step (a kink is
+    reached within its root find's tolerance)."""
+    return y - _parts(field, y, _bare_piece(field, y, S))[6] if S else y
+
+
+def _admissible(field, y, piece, S) -> bool:
+    """Whether the flow slides along every kink of S from y (all Filippov weights in (0, 1)),
+    on the piece it reached them in (whose branches say on which side of them it is)."""
+    index, active = _padded(S)
     trial = eqx.tree_at(lambda p: (p.index, p.active), piece,
                         (jnp.asarray(index), jnp.asarray(active)))
     lam = np.asarray(_parts(field, y, trial)[2])[: len(S)]
@@ -233,8 +269,9 @@ def sliding_flow(
     solver: diffrax.AbstractAdaptiveSolver | None = None,
     max_steps: int = 100_000,
     max_events: int = 100_000,
-    max_active: int = 16,
+    max_active: int = 64,
     trainable=eqx.is_inexact_array,
+    progress: bool = False,
 ) -> FlowSolution:
     """Gradient flow θ' ∈ −∂L(θ) of a net with ReLU kinks, sliding along the kinks it is held
     on (the Filippov solution; module docstring), from `params0` at `t0` to `t1`.
@@ -249,7 +286,9 @@ def sliding_flow(
     rtol·RMS(θ₀); `event`: saddlejax events, which stop the flow, `CriticalPoint` testing
     the sliding velocity; `trainable`: the filter of the parameters); `max_steps`: solver
     steps (per smooth piece, and checked in all between pieces); `max_events`: kink events in
-    all; `max_active`: the most kinks slid along at once.
+    all; `max_active`: the most kinks slid along at once (the cost of an evaluation follows
+    the number slid along, not this cap); `progress`: print a line (t, L,
+    events, kinks slid along) every `PROGRESS_SECONDS`.
 
     **Returns:** a `FlowSolution`. `grad_norm` is ‖v‖, the sliding velocity's norm (‖∇L‖
     off the kinks): the Clarke stationarity measure. `stats` adds `kink_crossings`,
@@ -284,33 +323,44 @@ def sliding_flow(
     solver = fill_tolerances(AutoStiff() if solver is None else solver, rtol, atol)
 
     saved = np.full((ts.size, y.size), np.inf)
+    done = np.zeros(ts.size, bool)
     held = [{}] * ts.size  # the kinks slid along at each save, with their branches
     S: dict[int, bool] = {}
     t, steps = t0, dict(num_steps=0, num_accepted_steps=0, num_rejected_steps=0)
     counts = dict(kink_crossings=0, slides_started=0, slides_ended=0, max_active=0)
     result, event_time, event_mask = RESULTS.successful, math.inf, None
-    for _ in range(max_events + 1):
+    shown = time.perf_counter()
+    for n_events in range(max_events + 1):
+        if progress and time.perf_counter() - shown > PROGRESS_SECONDS:
+            shown = time.perf_counter()
+            print(f"  sliding flow: t = {t:.6g} / {t1:.6g}, L = {float(field.loss(y)):.8g}, "
+                  f"{n_events} kink events, {len(S)} kinks slid along", flush=True)
+        y = _onto(field, y, S)
         while True:  # kinks whose sliding is no longer admissible leave before the piece starts
-            piece, lam = _piece(field, y, S, max_active)
+            piece, lam = _piece(field, y, S)
             margin = np.minimum(lam, 1.0 - lam)
             if not S or margin.min() > WEIGHT_MARGIN:
                 break
             S.pop(list(S)[int(np.argmin(margin))])
             counts["slides_ended"] += 1
+        # Each piece on its own clock, from 0: at t ≈ 1e7 (a plateau of a small α) one float
+        # spacing of t is 2e-9, in which a drop moves a kink by more than its root-find tolerance.
         t_stop, y_stop, ys, code, fired, stats = _segment(
-            field, solver, y, jnp.asarray(t), jnp.asarray(t1), jnp.asarray(ts), piece,
+            field, solver, y, jnp.asarray(t1 - t), jnp.asarray(ts - t), piece,
             jnp.asarray(rtol), jnp.asarray(atol), user_events, max_steps,
         )
         for key in steps:
             steps[key] += int(stats[key])
-        t_stop = float(t_stop)
-        here = (ts >= t) & (ts <= t_stop)
+        here = ~done & (ts - t <= float(t_stop))  # (times rounded to before t: saved at t)
         saved[here] = np.asarray(ys)[here]
+        done |= here
         for i in np.flatnonzero(here):
             held[i] = dict(S)
-        t, y = t_stop, y_stop
+        y = y_stop
         if code == diffrax.RESULTS.successful:
+            t = t1
             break
+        t = t + float(t_stop)
         if code != diffrax.RESULTS.event_occurred:
             result = RESULTS.promote(code)
             break
@@ -331,7 +381,7 @@ def sliding_flow(
             continue
         reached = np.flatnonzero(gap <= gap.min() + 1e-12)
         for s in reached:
-            if len(S) < max_active and _admissible(field, y, piece, [*S, int(s)], max_active):
+            if len(S) < max_active and _admissible(field, y, piece, [*S, int(s)]):
                 S[int(s)] = bool(piece.pattern[s])
                 counts["slides_started"] += 1
             else:
@@ -343,18 +393,18 @@ def sliding_flow(
     else:
         result = RESULTS.max_kink_events
     return _solution(field, ts, saved, held, S, t, y, event_time, event_mask, result, steps,
-                     counts, rtol, atol, static, max_active)
+                     counts, rtol, atol, static)
 
 
 def _solution(field, ts, saved, held, S, t, y, event_time, event_mask, result, steps, counts,
-              rtol, atol, static, width) -> FlowSolution:
+              rtol, atol, static) -> FlowSolution:
     """The `FlowSolution` of a sliding flow: L, ‖v‖ (on the piece the flow is in) and ‖θ‖ at
     the saves it reached, +inf at the others."""
     reached = np.all(np.isfinite(saved), axis=1)
     loss, speed = np.full(ts.size, np.inf), np.full(ts.size, np.inf)
     for i in np.flatnonzero(reached):
         x = jnp.asarray(saved[i])
-        _, v, _, value, *_ = _parts(field, x, _bare_piece(field, x, held[i], width))
+        _, v, _, value, *_ = _parts(field, x, _bare_piece(field, x, held[i]))
         loss[i], speed[i] = float(value), float(jnp.linalg.norm(v))
     norm = np.where(reached, np.linalg.norm(np.where(reached[:, None], saved, 0.0), axis=1),
                     np.inf)
