@@ -84,7 +84,7 @@ class _Sliding(eqx.Module):
     def kinks(self, y, pattern=None):
         return kink_values(self.loss, y, pattern)
 
-    def parts(self, y, piece: _Piece):
+    def parts(self, y, piece: _Piece, t=0.0):
         """(z, v, λ, L, ∇L, c, δ): the kinks, the sliding velocity, the active kinks' Filippov
         weights (0.5 in the padding), the loss, its gradient, the jumps, and the Gauss–Newton
         step δ whose removal puts y on the active surfaces, on the piece."""
@@ -106,12 +106,15 @@ class _Sliding(eqx.Module):
         mu = scale * weight
         tangent = g - units.T @ weight
         # back onto the active surfaces (scale·z: the distance to each), against the drift of
-        # the integration error, at the rate ‖v‖/‖θ‖ at which the flow moves: the drift then
-        # stays at the tolerance's relative size, and the pull is never stiffer than the flow
-        # (a unit rate is, by a factor 1e8, on the plateau of a small α)
+        # the integration error, at unit rate at the piece's start and never slower than the
+        # flow moves (‖v‖/‖θ‖), but no faster than 1/(1 + t) after t on the piece: on the
+        # plateau of a small α (t ~ 1e7) a unit rate would hold the steps to ~60
         distance = jnp.where(piece.active, scale * z[piece.index], 0.0)
         step = units.T @ (inverse @ distance)  # the Gauss–Newton step onto the surfaces
-        rate = jnp.linalg.norm(tangent) / jnp.maximum(jnp.linalg.norm(y), jnp.finfo(y.dtype).tiny)
+        rate = jnp.maximum(
+            jnp.linalg.norm(tangent) / jnp.maximum(jnp.linalg.norm(y), jnp.finfo(y.dtype).tiny),
+            1.0 / (1.0 + t),
+        )
         v = -(tangent + rate * step)
         c = jump[piece.index]
         side = piece.pattern[piece.index].astype(y.dtype)
@@ -120,14 +123,14 @@ class _Sliding(eqx.Module):
         return z, v, lam, loss, g, jump, step
 
     def __call__(self, t, y, piece):
-        return self.parts(y, piece)[1]
+        return self.parts(y, piece, t)[1]
 
 
 def _kink_condition(t, y, args, *, field, **kwargs):
     """> 0 inside the piece: min over watched kinks of sign·z + offset, and over sliding kinks
     of the distance of λ to {0, 1}."""
     piece = args
-    z, _, lam, *_ = field.parts(y, piece)
+    z, _, lam, *_ = field.parts(y, piece, t)
     gap = (piece.sign * z + piece.offset) / piece.unit
     cross = jnp.min(jnp.where(piece.watch, gap, jnp.inf))
     slide = jnp.min(jnp.where(piece.active, jnp.minimum(lam, 1.0 - lam) - WEIGHT_MARGIN, jnp.inf))
