@@ -141,7 +141,7 @@ def _user_condition(e, field):
     """A saddlejax event on the sliding flow: its loss is L on the piece, and its gradient the
     sliding velocity's negative (so that `CriticalPoint` sees the Clarke stationarity)."""
     def cond(t, y, args, **kwargs):
-        _, v, _, loss, *_ = field.parts(y, args)
+        _, v, _, loss, *_ = field.parts(y, args, t)
         stop = jax.lax.stop_gradient
 
         def loss_fn(x):
@@ -223,7 +223,8 @@ def _piece(field, y, S) -> tuple[_Piece, np.ndarray]:
     z, norms, sizes, zdot, g_norm, jump = (np.asarray(a) for a in _at(field, y, first))
     # each kink's own scale: the sum of the sizes of the terms of z_s (a unit of weights ~α
     # has kinks ~α: it is at its surface only within α·AT_KINK_RTOL of it)
-    floor = np.maximum(SIZE_FLOOR * norms * float(jnp.linalg.norm(y)), np.finfo(z.dtype).tiny)
+    y_norm = float(jnp.linalg.norm(y))
+    floor = np.maximum(SIZE_FLOOR * norms * y_norm, np.finfo(z.dtype).tiny)
     scale = np.maximum(np.maximum(sizes, np.abs(z)), floor)
     at_kink = np.abs(z) <= AT_KINK_RTOL * scale
     pattern = np.where(at_kink & (zdot != 0), zdot > 0, pattern)
@@ -234,8 +235,7 @@ def _piece(field, y, S) -> tuple[_Piece, np.ndarray]:
     watch[list(S)] = False
     # the crossing tolerance on one scale for all kinks: where kinks meet (a unit and a unit it
     # feeds, on one sample), offsets of their own sizes change which is reached first
-    overall = max(float(np.abs(z).max(initial=0.0)),
-                  float(norms.max(initial=0.0)) * float(jnp.linalg.norm(y)))
+    overall = max(float(np.abs(z).max(initial=0.0)), float(norms.max(initial=0.0)) * y_norm)
     offset = np.maximum(0.0, -sign * z) + AT_KINK_RTOL * max(overall, np.finfo(z.dtype).tiny)
     unit = np.abs(z) + offset
     piece = _Piece(*(jnp.asarray(a) for a in (index, active, pattern, sign, offset, unit, watch)))
