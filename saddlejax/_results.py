@@ -60,6 +60,14 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "flow crosses or slides along kinks more often than allowed (raise `max_events`), or "
         "it is stuck switching at one kink (a Filippov weight on the boundary of (0, 1))."
     )
+    kink_events_dense = (
+        "The sliding flow switched between kinks so often (`sliding_flow`) that at the rate of "
+        "its last `DENSE_WINDOW` kink events it would need more than `DENSE_FACTOR` times the "
+        "`max_events` it had left to reach `t1`: it crosses kinks that meet back and forth (at "
+        "small α, typically the kinks of a unit still of size ~α on several samples, whose "
+        "Filippov weights are ill-conditioned), stopped at `sol.stop_time`. Stop the flow "
+        "earlier, or integrate the smoothed net (`DeepReLU(..., smoothing=)`) past that point."
+    )
     max_active_kinks = (
         "The sliding flow was held on `max_active` kinks at once (`sliding_flow`): raise "
         "`max_active`."

@@ -10,6 +10,7 @@ from jax.flatten_util import ravel_pytree
 from scipy.integrate import solve_ivp
 
 import saddlejax as sj
+from saddlejax.flow._sliding import DENSE_WINDOW
 from saddlejax.nn import relu
 
 B = np.array([0.3, 1.5])
@@ -161,15 +162,20 @@ def test_from_a_tiny_init_the_exact_relu_flow_rests_at_the_chains_first_saddle()
     """The deep ReLU teacher-student of the `chain-deep-relu` preset from α = 1e-8: the first
     drop (at t ≈ 3.7e7, where one spacing of t is 7e-9) is resolved on each piece's own clock
     and kinks of the units still of size α get tolerances of their own size, so the flow
-    arrives at the chain's ϑ¹ (L = 1.3072061, k = 3 there: it rests for ≈ 1.9 drop times)."""
+    arrives at the chain's ϑ¹ (L = 1.3072061, k = 3 there: it rests for ≈ 1.9 drop times).
+    Early in the second drop (≈ 2.89 drop times) it switches back and forth across kinks of
+    units still of size α: it stops there as `kink_events_dense`, not after `max_events`."""
     from saddlejax.experiments._saddle_chain import SaddleChainConfig, deep_relu_problem
 
     config = SaddleChainConfig(problem="deep-relu", width=8, problem_seed=0, seed=0)
     problem, init = deep_relu_problem(config)
     drop = 0.368845 / 1e-8  # the chain's first drop time (`chain-deep-relu.yaml`)
-    sol = sj.sliding_flow(problem, sj.init.scale(init, 1e-8), 2.0 * drop,
-                          saveat=np.array([0.9, 1.5, 2.0]) * drop)
-    assert sol.successful, sol.result
+    sol = sj.sliding_flow(problem, sj.init.scale(init, 1e-8), 3.5 * drop,
+                          saveat=np.array([0.9, 1.5, 2.0, 3.5]) * drop)
+    assert sol.result == sj.RESULTS.kink_events_dense, sol.result
+    assert 2.8 < float(sol.stop_time) / drop < 2.95
+    assert int(sol.stats["kink_crossings"]) < 5 * DENSE_WINDOW
     loss = np.asarray(sol.loss)
     assert loss[0] > 20.0  # before the drop: L(0) = 21.59
-    np.testing.assert_allclose(loss[1:], 1.3072061, rtol=1e-6)
+    np.testing.assert_allclose(loss[1:3], 1.3072061, rtol=1e-6)
+    assert np.isinf(loss[3])  # not reached

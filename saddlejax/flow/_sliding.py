@@ -18,6 +18,7 @@ weight says. Diffrax's solvers do the integration; what they lack is the switchi
 pieces and the sliding velocity, which is what this module adds.
 """
 
+import collections
 import functools as ft
 import math
 import time
@@ -52,6 +53,10 @@ SIZE_FLOOR = 1e-8
 # A kink whose jump |c_s|·‖∇z_s‖ is below this fraction of ‖∇L‖ cannot change the flow (a unit
 # with no outgoing weight): it is not watched while it sits at its surface.
 VISIBLE_RTOL = 1e-12
+# The flow stops as switching too densely (`kink_events_dense`) where, at the rate of its last
+# DENSE_WINDOW kink events, reaching t1 would take DENSE_FACTOR × the events it has left.
+DENSE_WINDOW = 1000
+DENSE_FACTOR = 100
 # `progress=True` prints a line at most this often.
 PROGRESS_SECONDS = 5.0
 
@@ -297,7 +302,9 @@ def sliding_flow(
     off the kinks): the Clarke stationarity measure. `stats` adds `kink_crossings`,
     `slides_started`, `slides_ended`, `max_active` (the largest active set) and
     `active_at_stop` (the kinks slid along where the flow stopped). A run that
-    used up `max_steps`, `max_events` or `max_active` is a failure with its reason.
+    used up `max_steps`, `max_events` or `max_active`, or whose kink events came too densely
+    to reach `t1` within `max_events` (`kink_events_dense`: `DENSE_WINDOW`,
+    `DENSE_FACTOR`), is a failure with its reason.
     """
     t0 = float(check_real("t0", t0))
     t1 = check_t1(t0, t1)
@@ -332,7 +339,7 @@ def sliding_flow(
     t, steps = t0, dict(num_steps=0, num_accepted_steps=0, num_rejected_steps=0)
     counts = dict(kink_crossings=0, slides_started=0, slides_ended=0, max_active=0)
     result, event_time, event_mask = RESULTS.successful, math.inf, None
-    shown = time.perf_counter()
+    shown, window = time.perf_counter(), collections.deque(maxlen=DENSE_WINDOW)
     for n_events in range(max_events + 1):
         if progress and time.perf_counter() - shown > PROGRESS_SECONDS:
             shown = time.perf_counter()
@@ -373,6 +380,12 @@ def sliding_flow(
         fired = np.asarray(fired)
         if fired[:-1].any():  # a user event: the flow stops there
             event_time, event_mask = t, tuple(bool(f) for f in fired[:-1])
+            break
+        window.append(t)
+        if len(window) == DENSE_WINDOW and (t1 - t) * DENSE_WINDOW > (
+            DENSE_FACTOR * (max_events - n_events) * (t - window[0])
+        ):
+            result = RESULTS.kink_events_dense
             break
         z, _, lam = (np.asarray(a) for a in _parts(field, y, piece)[:3])
         gap = np.where(np.asarray(piece.watch), (np.asarray(piece.sign) * z
