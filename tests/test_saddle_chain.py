@@ -324,6 +324,8 @@ def test_converging_paths_are_not_drifts(dln):
         (dict(max_saddles=0), "`max_saddles`"),
         (dict(max_branches=-1), "`max_branches`"),
         (dict(grad_rtol=0.0), "`grad_rtol`"),
+        (dict(carry_eta=0.0), "`carry_eta`"),
+        (dict(carry_eta=1.0), "`carry_eta`"),
     ],
 )
 def test_bad_arguments(kwargs, match):

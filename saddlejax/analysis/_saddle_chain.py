@@ -41,7 +41,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from .._results import RESULTS, NumericalWarning
 from .._trainable import split_trainable
-from .._validate import check_key
+from .._validate import check_key, check_real
 from ..flow import CriticalPoint, LossBelow, gradient_flow, sliding_flow
 from ..nn import DeepLinear, DeepReLU, TwoLayer
 from ..nn._kinks import has_kinks
@@ -917,6 +917,7 @@ def saddle_chain(
     dedupe: bool = True,
     trainable=eqx.is_inexact_array,
     sliding: bool | None = None,
+    carry_eta: float = 1e-4,
     **flow_options,
 ) -> SaddleChain:
     """The chain of saddles ϑ⁰ = 0, ϑ¹, … that gradient flow from αθ̃ visits as α → 0
@@ -962,6 +963,11 @@ def saddle_chain(
         `init` is not a smoothed net (`smoothing` > 0). A path that arrives at a critical
         point of the sliding flow on a kink (Clarke-critical, not a critical point of a smooth
         piece) ends the chain there, as "on_kinks": its Taylor terms do not classify it.
+    - `carry_eta`: η of the part carried past a k > 2 escape: the H-flow's part transverse
+        to the followed direction at (1 − η)·T (module docstring). The later plateaus' lengths
+        depend on it (`benchmarks/bench_relu_chain_drops.py`: the chain-deep-relu preset's
+        second drop at 3.777, 2.942, 2.904, 2.879 × the first for η = 1e−2, 1e−4, 1e−6, 1e−8;
+        the exact flows' trend, 2.937 × at α = 1e−9, meets the default).
     - `**flow_options`: of `gradient_flow`, or of `sliding_flow` (`rtol`, `atol`, `solver`,
         `max_steps`: 100,000 per path by default; a path that crawls along ReLU kinks without
         `sliding` fails in minutes, reported).
@@ -992,7 +998,9 @@ def saddle_chain(
         radius=radius * norm0, min_drop=min_drop, loss_floor=loss_floor, loss_tol=tol,
         taylor_rtol=taylor_rtol, max_order=max_order, n_restarts=n_restarts, n_save=n_save,
         horizon_factor=horizon_factor, flow_options=flow_options, grad_tol=None, sliding=sliding,
-        carry_eta=1e-4, trainable=trainable,
+        carry_eta=check_real("carry_eta", carry_eta, low=0.0, high=1.0, low_open=True,
+                             high_open=True),
+        trainable=trainable,
     )
     saddles: list[ChainSaddle] = []
     paths: list[ChainPath] = []

@@ -290,8 +290,10 @@ def sliding_flow(
     and switches pieces at the kinks, located as events.
 
     **Arguments:** as `gradient_flow`'s where they share a name (`saveat`: save times in
-    [t0, t1]; `n_save` evenly-and-geometrically spread saves otherwise; `atol` default
-    rtol·RMS(θ₀); `event`: saddlejax events, which stop the flow, `CriticalPoint` testing
+    [t0, t1]; `n_save` evenly-and-geometrically spread saves otherwise; `rtol`: from a
+    tiny init α·θ̃, below α for the escapes after the first, whose plateaus' lengths are set
+    by a part of size ~α that an error control of rtol·|θ| would swamp once θ = O(1); `atol`
+    default rtol·RMS(θ₀); `event`: saddlejax events, which stop the flow, `CriticalPoint` testing
     the sliding velocity; `trainable`: the filter of the parameters); `max_steps`: solver
     steps (per smooth piece, and checked in all between pieces); `max_events`: kink events in
     all; `max_active`: the most kinks slid along at once (the cost of an evaluation follows
