@@ -965,9 +965,8 @@ def saddle_chain(
         piece) ends the chain there, as "on_kinks": its Taylor terms do not classify it.
     - `carry_eta`: η of the part carried past a k > 2 escape: the H-flow's part transverse
         to the followed direction at (1 − η)·T (module docstring). The later plateaus' lengths
-        depend on it (`benchmarks/bench_relu_chain_drops.py`: the chain-deep-relu preset's
-        second drop at 3.777, 2.942, 2.904, 2.879 × the first for η = 1e−2, 1e−4, 1e−6, 1e−8;
-        the exact flows' trend, 2.937 × at α = 1e−9, meets the default).
+        depend on it: the part is not transported along the path's O(1) stretch
+        (`benchmarks/bench_relu_chain_drops.py --carry-etas`, against small-α flows).
     - `**flow_options`: of `gradient_flow`, or of `sliding_flow` (`rtol`, `atol`, `solver`,
         `max_steps`: 100,000 per path by default; a path that crawls along ReLU kinks without
         `sliding` fails in minutes, reported).
