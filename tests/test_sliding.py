@@ -157,7 +157,6 @@ def test_kink_values_and_pieces_of_a_deep_relu_net():
     assert np.all(np.isfinite(np.asarray(jump))) and float(jnp.abs(jump).max()) > 0
 
 
-
 def test_from_a_tiny_init_the_exact_relu_flow_rests_at_the_chains_first_saddle():
     """The deep ReLU teacher-student of the `chain-deep-relu` preset from α = 1e-8: the first
     drop (at t ≈ 3.7e7, where one spacing of t is 7e-9) is resolved on each piece's own clock
