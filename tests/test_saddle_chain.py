@@ -212,11 +212,76 @@ def test_relu_point_beside_a_kink_rests_only_the_smallest_alpha_flows():
                             max_steps=20_000, throw=False)
     loss = np.asarray(fast.loss)  # saves after a failure are inf: the kinks stop it
     assert np.min(loss[np.isfinite(loss)]) < point.loss - 1e-4
+    near = np.linspace(0.9999, 1.0001, 201) * ch.drop_times(1e-7)[0]
     with warnings.catch_warnings():  # the precision warning concerns later escapes: none here
         warnings.simplefilter("ignore", sj.NumericalWarning)
         slow = sj.gradient_flow(prob, sj.init.scale(net, 1e-7), 1.25 * t_drop / 1e-7,
-                                saveat=[1.25 * t_drop / 1e-7], max_steps=25_000)
+                                saveat=np.r_[near, 1.25 * t_drop / 1e-7], max_steps=25_000,
+                                rtol=1e-9)
     assert abs(float(slow.loss[-1]) - point.loss) < 1e-9 * point.loss
+    # The first plateau's T is the exact (sliding) H-flow's blow-up: the flow's drop agrees to
+    # 7e−7 at rtol = α/100 (Dopri8 at 1e−5 along the kinks had T 2.4e−5 late; at rtol 1e−8
+    # the flow's own error is 6e−5).
+    mid = 0.5 * (ch.losses[0] + ch.losses[1])
+    crossing = crossing_times(near, np.asarray(slow.loss)[:-1], [mid],
+                              np.asarray(slow.grad_norm)[:-1])[0]
+    assert abs(crossing / ch.drop_times(1e-7)[0] - 1) < 5e-6
+
+
+@pytest.mark.parametrize("seed", [2, 6, 11])
+def test_kinked_blowup_time_matches_dopri8_where_no_kink_is_slid_along(seed):
+    """The blow-up of the H-flow of a deep ReLU net's origin term, H(θ) = −mean ⟨f_θ(x), y⟩
+    (k = 3), by the sliding flow in t plus the tail r^{−(k−2)}/((k−2)s) (`kinked_blowup_time`),
+    against `blowup_time`'s Dopri8 on the sphere at 1e−11, exact where the flow only crosses
+    kinks (seeds 2, 6, 11 of 0–11; on 1, 5, 8, 9 it slides and Dopri8 reaches its step
+    limit; on 0, 7, 10 both fail): T to 1e−7 (measured ≤ 1.7e−8), the directions to 1e−6 (the
+    sliding flow stops at ‖θ‖ = 1e8·‖θ̃‖), the speeds to 1e−9."""
+    from jax.flatten_util import ravel_pytree
+
+    from saddlejax.analysis._kinked_h_flow import kinked_blowup_time
+
+    kx, ky, kn = jr.split(jr.key(seed), 3)
+    x = jr.normal(kx, (6, 2))
+    y = jr.normal(ky, (6, 1))
+    net = sj.nn.DeepReLU((2, 3, 3, 1), key=kn, std=1.0)
+    theta, unravel = ravel_pytree(net)
+
+    def H(t):
+        return -jnp.mean(jax.vmap(unravel(t))(x) * y)
+
+    ref = sj.theory.blowup_time(H, theta, order=3)
+    out = kinked_blowup_time(H, theta, 3, 1.0)
+    assert out.result == sj.RESULTS.successful
+    np.testing.assert_allclose(float(out.time), float(ref.time), rtol=1e-7)
+    np.testing.assert_allclose(np.asarray(out.direction), np.asarray(ref.direction), atol=1e-6)
+    np.testing.assert_allclose(float(out.speed), float(ref.speed), rtol=1e-9)
+
+
+def test_a_path_held_on_a_kink_ends_the_chain_as_on_kinks():
+    """One ReLU neuron a·relu(w·x) on x_A = (1, 1), y_A = 1 and x_B = (1, 0), y_B = −1: a
+    single sign of a fits one sample; the escape from the origin fits it, and the other
+    sample's residual pushes its pre-activation down from the active side while the fit pulls
+    it up from the dead one, so the path ends held on that sample's kink (f = 0 there, loss
+    L(0)/2). That point is Clarke-critical, not a critical point of a smooth piece: the chain
+    stops there as "on_kinks" and does not classify it. Tolerance 1e−6: the arrival's sliding
+    velocity is ~1e−8 (`grad_rtol`)."""
+    x = jnp.array([[1.0, 1.0], [1.0, 0.0]])
+    y = jnp.array([[1.0], [-1.0]])
+    prob = sj.SquareLoss(x, y)
+    for seed in (0, 1):
+        net = sj.nn.TwoLayer(2, 1, 1, "relu", key=jr.key(seed), std=1.0)
+        ch = sj.saddle_chain(prob, net, key=jr.key(seed), max_saddles=3)
+        assert ch.stop_reason.startswith("on_kinks"), ch.stop_reason
+        assert [s.kind for s in ch.saddles] == ["saddle", "on_kinks"]
+        assert ch.paths[0].kinks_at_arrival == 1 and ch.saddles[0].order == 2
+        end = ch.saddles[-1]
+        assert end.order is None and end.hessian_index == -1
+        z = np.asarray(x) @ np.asarray(end.params.w)[0]
+        f = float(np.asarray(end.params.a)[0, 0]) * np.maximum(z, 0.0)
+        held = int(np.argmin(np.abs(z) / np.linalg.norm(np.asarray(x), axis=1)))
+        assert abs(z[held]) < 1e-6 and f[held] == 0.0
+        assert abs(f[1 - held] - float(y[1 - held, 0])) < 1e-6
+        np.testing.assert_allclose(end.loss, 0.5 * ch.saddles[0].loss, rtol=1e-6)
 
 
 def test_an_h_flow_without_blow_up_is_reported(monkeypatch):
@@ -326,6 +391,7 @@ def test_converging_paths_are_not_drifts(dln):
         (dict(grad_rtol=0.0), "`grad_rtol`"),
         (dict(carry_eta=0.0), "`carry_eta`"),
         (dict(carry_eta=1.0), "`carry_eta`"),
+        (dict(continue_smoothing=0.0), "`continue_smoothing`"),
     ],
 )
 def test_bad_arguments(kwargs, match):

@@ -132,6 +132,10 @@ def test_sliding_flow_rejects_what_it_cannot_integrate():
         sj.sliding_flow(_released, jnp.array([0.3, 0.0]), 1.0, max_events=0)
     with pytest.raises(ValueError, match="saveat"):
         sj.sliding_flow(_released, jnp.array([0.3, 0.0]), 1.0, saveat=[0.5, 2.0])
+    with pytest.raises(ValueError, match="`model` must be a net with a ReLU kink smoothing"):
+        sj.sliding_flow(_released, jnp.array([0.3, 0.0]), 1.0, continue_smoothing=1e-4)
+    with pytest.raises(ValueError, match="continue_smoothing"):
+        sj.sliding_flow(_released, jnp.array([0.3, 0.0]), 1.0, continue_smoothing=0.0)
 
 
 def test_kink_values_and_pieces_of_a_deep_relu_net():
@@ -163,18 +167,22 @@ def test_from_a_tiny_init_the_exact_relu_flow_rests_at_the_chains_first_saddle()
     and kinks of the units still of size α get tolerances of their own size, so the flow
     arrives at the chain's ϑ¹ (L = 1.3072061, k = 3 there: it rests for ≈ 1.9 drop times).
     Early in the second drop (≈ 2.89 drop times) it switches back and forth across kinks of
-    units still of size α: it stops there as `kink_events_dense`, not after `max_events`."""
+    units still of size α: it stops there as `kink_events_dense`, not after `max_events`, and
+    with `continue_smoothing` the smoothed net's flow takes over there and completes the drop
+    to the loss floor (the chain's: below 2.2e−3 = 1e−4·L(0))."""
     from saddlejax.experiments._saddle_chain import SaddleChainConfig, deep_relu_problem
 
     config = SaddleChainConfig(problem="deep-relu", width=8, problem_seed=0, seed=0)
     problem, init = deep_relu_problem(config)
     drop = 0.368845 / 1e-8  # the chain's first drop time (`chain-deep-relu.yaml`)
-    sol = sj.sliding_flow(problem, sj.init.scale(init, 1e-8), 3.5 * drop,
-                          saveat=np.array([0.9, 1.5, 2.0, 3.5]) * drop)
-    assert sol.result == sj.RESULTS.kink_events_dense, sol.result
-    assert 2.8 < float(sol.stop_time) / drop < 2.95
+    saves = np.array([0.9, 1.5, 2.0, 3.5]) * drop
+    sol = sj.sliding_flow(problem, sj.init.scale(init, 1e-8), 3.5 * drop, saveat=saves,
+                          continue_smoothing=1e-4)
+    assert sol.result == sj.RESULTS.successful, sol.result
+    assert 2.8 < float(sol.stats["smoothed_from"]) / drop < 2.95  # the dense stop
     assert int(sol.stats["kink_crossings"]) < 5 * DENSE_WINDOW
     loss = np.asarray(sol.loss)
     assert loss[0] > 20.0  # before the drop: L(0) = 21.59
     np.testing.assert_allclose(loss[1:3], 1.3072061, rtol=1e-6)
-    assert np.isinf(loss[3])  # not reached
+    assert loss[3] < 2.2e-3
+    assert sol.final_params.smoothing == 0.0  # the exact net, at the smoothed flow's end

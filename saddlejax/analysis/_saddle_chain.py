@@ -15,8 +15,9 @@ whose term on N is ≥ 0 on the sphere (or vanishes to `max_order`) is a minimum
 
 **Which direction is followed.** The flow from αθ̃ does not pick an arbitrary escape
 direction: it carries a small part u (at scale α; u = θ̃ at the origin). For k > 2 the chain
-integrates the H-flow of u to its blow-up (`blowup_time`); the direction it aligns with,
-polished by Newton's method, is followed, and the time T it takes is the plateau's length
+integrates the H-flow of u to its blow-up (`blowup_time`; at the origin of a ReLU net, whose
+term has the net's kinks, the sliding flow, `kinked_blowup_time`); the direction it aligns
+with, polished by Newton's method, is followed, and the time T it takes is the plateau's length
 α^{−(k−2)}·T (Lemma 13). For k = 2 u is projected onto the bottom eigenspace (what e^{−t∇²L}
 does); the plateau's length is (e·log(1/α) − log|c|)/s with c the projection's size and e the
 exponent of α that u's component has when the flow arrives (1 at the origin; for later k = 2
@@ -43,7 +44,7 @@ from .._results import RESULTS, NumericalWarning
 from .._trainable import split_trainable
 from .._validate import check_key, check_real
 from ..flow import CriticalPoint, LossBelow, gradient_flow, sliding_flow
-from ..nn import DeepLinear, DeepReLU, TwoLayer
+from ..nn import DeepLinear, DeepReLU, TwoLayer, with_smoothing
 from ..nn._kinks import has_kinks
 from ..theory import (
     blowup_time,
@@ -57,6 +58,7 @@ from ..theory import (
 from ..theory._h_flow import solve_h_flow
 from ..theory._taylor import _kth_ray_derivative
 from ._crossings import crossing_times, hermite_interp
+from ._kinked_h_flow import kinked, kinked_blowup_time, kinked_h_flow_at
 from ._kinks import KinkDescent, kink_descent
 from ._matrices import bottleneck_rank
 from ._ranks import numerical_rank
@@ -597,21 +599,28 @@ def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _E
         )
     pu = P(jnp.asarray(u))
     blow, tries = None, (_TIGHT_TOLERANCES, _KINK_TOLERANCES)
+    # The origin's term with ReLU kinks (the net's own, at order k): only the sliding flow
+    # integrates its flow exactly. A later saddle's term is a jet of L, whose kinks at dead
+    # units `sliding_flow` cannot locate: Dopri8, relaxed if it chatters.
+    exact = origin_term is not None and kinked(H, pu)
     if float(jnp.linalg.norm(pu)) > 0:
-        blow = blowup_time(H, pu, order=k, throw=False, **tries[0])
-        if blow.result == RESULTS.max_steps_reached:  # kinks (ReLU): Dopri8 chatters at 1e−11
+        if exact:
+            blow = kinked_blowup_time(H, pu, k, s_star)
+        else:
+            blow = blowup_time(H, pu, order=k, throw=False, **tries[0])
+        if blow.result == RESULTS.max_steps_reached and not exact:  # kinks Dopri8 cannot see
             tries = tries[1:]
             blow = blowup_time(H, pu, order=k, throw=False, **tries[0])
         if blow.result != RESULTS.successful:
             warnings.warn(
                 f"the H-flow of the carried part did not reach its blow-up ({RESULTS[blow.result]}"
-                "; a ReLU term's H-flow can slide along kinks): this saddle's plateau length "
-                "is unknown (NaN in `plateau`), and the optimal direction is followed.",
+                "): this saddle's plateau length is unknown (NaN in `plateau`), and the optimal "
+                "direction is followed.",
                 NumericalWarning, stacklevel=3,
             )
             blow = None
     rho, rho_speed = _followed(H, k, blow, esc)
-    carried = _carried(H, pu, blow, rho, config["carry_eta"], tries)
+    carried = _carried(H, pu, blow, rho, config["carry_eta"], tries, exact)
     others = tuple(
         np.asarray(esc.directions[i])
         for i in range(speeds.size)
@@ -635,18 +644,21 @@ _TIGHT_TOLERANCES = dict(rtol=1e-11, atol=1e-13, max_steps=_H_MAX_STEPS)
 _KINK_TOLERANCES = dict(rtol=1e-5, atol=1e-7, max_steps=_H_MAX_STEPS)
 
 
-def _carried(H, pu, blow, rho, eta, tries) -> np.ndarray:
+def _carried(H, pu, blow, rho, eta, tries, exact) -> np.ndarray:
     """The part of the carried u left behind when the escaping part blows up: the H-flow at
-    (1 − η)T less its component along ρ (module docstring), trying the tolerances `tries` in
-    order (those the blow-up time did not give up on). Without a blow-up, or where the
-    H-flow cannot be integrated (kinks), u less its ρ-component, unevolved."""
+    (1 − η)T less its component along ρ (module docstring), by the sliding flow where H has
+    kinks (`exact`), else by Dopri8 at the tolerances `tries` in order (those the blow-up time
+    did not give up on). Without a blow-up, or where the H-flow cannot be integrated, u less
+    its ρ-component, unevolved."""
     pu, rho = np.asarray(pu), np.asarray(rho)
     if blow is not None:
-        for tols in tries:
-            sol = solve_h_flow(
-                H, jnp.asarray(pu), float(blow.time) * (1 - eta), saveat=diffrax.SaveAt(t1=True),
-                **tols,
-            )
+        t = float(blow.time) * (1 - eta)
+        if exact:
+            end = kinked_h_flow_at(H, pu, t)
+            if end is not None:
+                return end - float(end @ rho) * rho
+        for tols in () if exact else tries:
+            sol = solve_h_flow(H, jnp.asarray(pu), t, saveat=diffrax.SaveAt(t1=True), **tols)
             if sol.result == diffrax.RESULTS.successful:
                 end = np.asarray(sol.ys[-1])
                 return end - float(end @ rho) * rho
@@ -733,6 +745,8 @@ def _follow(
     flow = sliding_flow if config["sliding"] else gradient_flow
     if not config["sliding"]:
         kwargs.update(stop_at_event=True, throw=False)
+    elif config["continue_smoothing"] is not None:
+        kwargs.update(continue_smoothing=config["continue_smoothing"])
     start = unravel_params(x + r0 * rho)
     t_from, params_from, pieces, steps = tau0, start, [], 0
     fired, result = False, RESULTS.successful
@@ -877,6 +891,18 @@ def _polish(f, grad_f, x, grad_tol, max_steps=8):
 # the chain
 
 
+def _continuation(init, smoothing) -> float | None:
+    """`continue_smoothing` checked; None where the model has no kink smoothing to set."""
+    if smoothing is None:
+        return None
+    smoothing = check_real("continue_smoothing", smoothing, low=0.0, high=1.0, low_open=True)
+    try:
+        with_smoothing(init, smoothing)
+    except ValueError:  # not a ReLU net of saddlejax's
+        return None
+    return smoothing
+
+
 def _check_args(radius, max_saddles, max_branches, grad_rtol, hess_rtol):
     if not 0 < radius < 1:
         raise ValueError(
@@ -918,6 +944,7 @@ def saddle_chain(
     trainable=eqx.is_inexact_array,
     sliding: bool | None = None,
     carry_eta: float = 1e-4,
+    continue_smoothing: float | None = 1e-4,
     **flow_options,
 ) -> SaddleChain:
     """The chain of saddles ϑ⁰ = 0, ϑ¹, … that gradient flow from αθ̃ visits as α → 0
@@ -964,9 +991,16 @@ def saddle_chain(
         point of the sliding flow on a kink (Clarke-critical, not a critical point of a smooth
         piece) ends the chain there, as "on_kinks": its Taylor terms do not classify it.
     - `carry_eta`: η of the part carried past a k > 2 escape: the H-flow's part transverse
-        to the followed direction at (1 − η)·T (module docstring). The later plateaus' lengths
-        depend on it: the part is not transported along the path's O(1) stretch
-        (`benchmarks/bench_relu_chain_drops.py --carry-etas`, against small-α flows).
+        to the followed direction at (1 − η)·T (module docstring). The flow from α·θ̃ hands
+        over at η ~ α; the carried part settles as η → 0, but too small an η is within the
+        blow-up's own error, where the followed direction's misalignment, times the radius,
+        swamps it (`benchmarks/bench_relu_chain_drops.py --carry-etas`).
+    - `continue_smoothing`: with `sliding`, where a path's sliding flow stops on dense kink
+        switching (`kink_events_dense`: kinks of units still tiny meet at a corner), it goes on
+        as the flow of the same weights at this kink smoothing ε (`sliding_flow`'s
+        `continue_smoothing`; only for `DeepReLU` and ReLU `TwoLayer` models, whose
+        `nn.with_smoothing` exists), within O(ε) of the exact path; the point it arrives at is
+        polished on the exact L. None: such a path fails.
     - `**flow_options`: of `gradient_flow`, or of `sliding_flow` (`rtol`, `atol`, `solver`,
         `max_steps`: 100,000 per path by default; a path that crawls along ReLU kinks without
         `sliding` fails in minutes, reported).
@@ -999,6 +1033,7 @@ def saddle_chain(
         horizon_factor=horizon_factor, flow_options=flow_options, grad_tol=None, sliding=sliding,
         carry_eta=check_real("carry_eta", carry_eta, low=0.0, high=1.0, low_open=True,
                              high_open=True),
+        continue_smoothing=_continuation(init, continue_smoothing),
         trainable=trainable,
     )
     saddles: list[ChainSaddle] = []

@@ -51,7 +51,15 @@ class SaddleChainConfig:
     (10⁻¹⁰, 1) (two-layer-tanh: (10⁻⁶⁰, 1), its plateaus last log(1/α)), sorted here largest
     first.
     `radius`, `max_saddles`, `max_branches`, `loss_tol` (None: 1e−4·L(0)): of `saddle_chain`.
-    `rtol`, `max_steps`: of the flows (a flow that reaches `max_steps` is a reported failure).
+    `rtol`, `max_steps`: of the flows (a flow that reaches `max_steps` is a reported failure);
+    where the origin's term has order k > 2 the flow at α uses min(`rtol`, α/100): the plateaus
+    after the first escape are set by a part of size ~α carried through it, which an error
+    control of rtol·|θ| ≫ α swamps once θ = O(1) (benchmarks/bench_relu_chain_drops.py).
+    `continue_smoothing`: deep-relu with `smoothing` = 0 is integrated exactly (`sliding_flow`,
+    the flows and the chain's paths); where such a flow stops on dense kink switching
+    (`kink_events_dense`: kinks of units still tiny meeting at a corner), it goes on as the
+    flow of the same weights at this smoothing (`continue_smoothing` of `sliding_flow` and
+    `saddle_chain`); 0: not continued, a reported failure.
     `n_save`: the flows' evenly spread saves (more are added around each
     predicted drop: `n_window` on each side, geometrically closer to it, so that a crossing is
     located to a few percent of its distance from the prediction).
@@ -85,6 +93,7 @@ class SaddleChainConfig:
     loss_tol: float | None = None
     rtol: float = 1e-8
     max_steps: int = 1_000_000
+    continue_smoothing: float = 1e-4
     n_save: int = 2000
     n_window: int = 300
     level_rtol: float = 0.01
@@ -125,6 +134,8 @@ class SaddleChainConfig:
         check_float("rtol", self.rtol, 1e-14, 1.0, low_open=False,
                     why="float64 round-off cannot meet an rtol below 1e-14")
         check_int("max_steps", self.max_steps, 1, 2**31 - 1)
+        check_float("continue_smoothing", self.continue_smoothing, 0.0, 1.0, low_open=False,
+                    high_open=False)
         check_int("n_save", self.n_save, 4, 10**6)
         check_int("n_window", self.n_window, 2, 10**5)
         for name in ("level_rtol", "greedy_rtol", "drop_rtol", "shrink_atol"):
@@ -182,6 +193,7 @@ def _chain(config, problem, init):
     return sj.saddle_chain(
         problem, init, key=jr.key(config.seed), max_saddles=config.max_saddles,
         max_branches=config.max_branches, radius=config.radius, loss_tol=config.loss_tol,
+        continue_smoothing=config.continue_smoothing or None,
     )
 
 
@@ -196,6 +208,29 @@ def save_times(drops: np.ndarray, mids: np.ndarray, t1: float, n_save: int, n_wi
     for d in drops:
         parts += [d * (1 - near), d * (1 + near)]
     return np.clip(np.sort(np.concatenate(parts)), 0.0, t1)
+
+
+class _Flow(eqx.Module):
+    """A flow's saves, and why it is not a success (empty: it is)."""
+
+    ts: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    failures: list
+    continued_at: float | None = None
+
+
+def kinked_flow(problem, params0, t1, saveat, rtol, max_steps, smoothing) -> _Flow:
+    """The exact-ReLU flow from `params0` (`sliding_flow`) at the save times `saveat`, continued
+    past a stop on dense kink switching (`kink_events_dense`) by the flow of the same weights
+    with the kink smoothing `smoothing` (its `continue_smoothing`; 0: not continued)."""
+    sol = sj.sliding_flow(problem, params0, t1, saveat=saveat, rtol=rtol, max_steps=max_steps,
+                          continue_smoothing=smoothing or None)
+    stop = float(sol.stats["smoothed_from"])
+    ts, loss, grad = (np.asarray(a) for a in (sol.ts, sol.loss, sol.grad_norm))
+    failures = [] if sol.successful else [
+        f"sliding flow stopped at t = {float(sol.stop_time):.6g}: {sol.result}"]
+    return _Flow(ts, loss, grad, failures, stop if math.isfinite(stop) else None)
 
 
 def plateau_middles(drops: np.ndarray, t1: float) -> np.ndarray:
@@ -259,28 +294,40 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
     ended = chain.saddles[n_drops].kind in ("minimum", "loss_floor")
     horizon = 3.0 if ended else 1.5
     single = n_drops == 1  # one escape compared: later ones are neither predicted nor checked
+    order0 = chain.saddles[0].order
+    exact_kinks = config.problem == "deep-relu" and config.smoothing == 0
+    continued = []  # where exact-kink flows were continued by the smoothed net's
     with context.task("gradient flows", n_alpha) as task:
         for i, alpha in enumerate(config.alphas):
             t1 = horizon * float(predicted[i, -1])
             middles = plateau_middles(predicted[i], t1)
             saveat = save_times(predicted[i], middles, t1, config.n_save, config.n_window)
+            rtol = config.rtol if order0 == 2 else min(config.rtol, alpha / 100)
             start = time.perf_counter()
             with warnings.catch_warnings():
                 if single:  # the precision warning is about escapes after the first
                     warnings.simplefilter("ignore", sj.NumericalWarning)
-                sol = sj.gradient_flow(
-                    problem, sj.init.scale(init, alpha), t1, saveat=saveat, rtol=config.rtol,
-                    max_steps=config.max_steps, throw=False,
-                )
-                sol = jax.block_until_ready(sol)
+                if exact_kinks:
+                    flow = kinked_flow(problem, sj.init.scale(init, alpha), t1, saveat, rtol,
+                                       config.max_steps, config.continue_smoothing)
+                else:
+                    sol = sj.gradient_flow(
+                        problem, sj.init.scale(init, alpha), t1, saveat=saveat, rtol=rtol,
+                        max_steps=config.max_steps, throw=False,
+                    )
+                    flow = _Flow(np.asarray(sol.ts), np.asarray(sol.loss),
+                                 np.asarray(sol.grad_norm),
+                                 [] if sol.successful else [f"gradient flow: {sol.result}"])
             flow_seconds.append(time.perf_counter() - start)
             task.advance(1, alpha=alpha)
-            if sol.result != sj.RESULTS.successful:
-                failures.append(f"gradient flow at α = {alpha:g}: {sol.result}")
-            ts, loss = np.asarray(sol.ts), np.asarray(sol.loss)
+            failures += [f"flow at α = {alpha:g}: {why}" for why in flow.failures]
+            if flow.continued_at is not None:
+                continued.append({"alpha": alpha, "time": flow.continued_at,
+                                  "over_first_drop": flow.continued_at / predicted[i, 0]})
+            ts, loss = flow.ts, flow.loss
             ts_all.append(ts)
             loss_all.append(loss)
-            simulated[i] = crossing_times(ts, loss, mids, np.asarray(sol.grad_norm))
+            simulated[i] = crossing_times(ts, loss, mids, flow.grad_norm)
             plateau_loss[i] = np.interp(middles, ts, loss)
     drop_error = np.abs(simulated - predicted) / simulated
     level_error = np.abs(plateau_loss - levels[: n_drops + 1]) / np.abs(levels[: n_drops + 1])
@@ -309,6 +356,7 @@ def run_saddle_chain(config: SaddleChainConfig, context: RunContext | None = Non
              "relative_error": level_error[i].tolist()}
             for i, a in enumerate(config.alphas)
         ],
+        continued_smoothed=continued,
     )
     rates = approach_rates(config.alphas, drop_error, chain)
     if rates is not None:

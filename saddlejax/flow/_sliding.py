@@ -36,6 +36,7 @@ from .._results import RESULTS
 from .._trainable import split_trainable
 from .._validate import check_real
 from ..nn._kink_surfaces import kink_values, on_piece
+from ..nn._smoothing import with_smoothing
 from ..solvers import AutoStiff
 from ..solvers._base import fill_tolerances
 from ._events import ResolvedBracket, _events, check_event
@@ -280,6 +281,7 @@ def sliding_flow(
     max_active: int = 64,
     trainable=eqx.is_inexact_array,
     progress: bool = False,
+    continue_smoothing: float | None = None,
 ) -> FlowSolution:
     """Gradient flow θ' ∈ −∂L(θ) of a net with ReLU kinks, sliding along the kinks it is held
     on (the Filippov solution; module docstring), from `params0` at `t0` to `t1`.
@@ -298,12 +300,20 @@ def sliding_flow(
     steps (per smooth piece, and checked in all between pieces); `max_events`: kink events in
     all; `max_active`: the most kinks slid along at once (the cost of an evaluation follows
     the number slid along, not this cap); `progress`: print a line (t, L,
-    events, kinks slid along) every `PROGRESS_SECONDS`.
+    events, kinks slid along) every `PROGRESS_SECONDS`; `continue_smoothing`: ε > 0 to go on
+    past a stop on dense kink switching (`kink_events_dense`) with `gradient_flow` of the same
+    weights at kink smoothing ε (`nn.with_smoothing`; `params0` must then be a `DeepReLU` or a
+    ReLU `TwoLayer`), to `t1` or the event: the smoothed flow is within O(ε) of the sliding
+    one (`DeepReLU`'s `smoothing`), and passes the corners of many kinks where the Filippov
+    weights are ill-conditioned. Default None: stop there, a failure.
 
     **Returns:** a `FlowSolution`. `grad_norm` is ‖v‖, the sliding velocity's norm (‖∇L‖
     off the kinks): the Clarke stationarity measure. `stats` adds `kink_crossings`,
     `slides_started`, `slides_ended`, `max_active` (the largest active set) and
-    `active_at_stop` (the kinks slid along where the flow stopped). A run that
+    `active_at_stop` (the kinks slid along where the flow stopped; 0 after a continuation);
+    a continued one
+    `smoothed_from` (the time the smoothed flow took over; +inf if it did not), and its saves
+    after that time are the smoothed net's (`grad_norm`: ‖∇L_ε‖). A run that
     used up `max_steps`, `max_events` or `max_active`, or whose kink events came too densely
     to reach `t1` within `max_events` (`kink_events_dense`: `DENSE_WINDOW`,
     `DENSE_FACTOR`), is a failure with its reason.
@@ -317,6 +327,10 @@ def sliding_flow(
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     if event is not None:
         check_event(event)
+    if continue_smoothing is not None:
+        continue_smoothing = check_real("continue_smoothing", continue_smoothing, low=0.0,
+                                        high=1.0, low_open=True)
+        with_smoothing(params0, continue_smoothing)  # a ReLU net, or a clear error now
     user_events = tuple(_events(event)) if event is not None else ()
     state, static = split_trainable(params0, trainable)
     y, unravel = ravel_pytree(state)
@@ -326,6 +340,7 @@ def sliding_flow(
             "`objective` has no `leaky_relu` kinks (saddlejax's `relu`/`leaky_relu`, as in "
             "`DeepReLU`): use `gradient_flow`."
         )
+    given_atol = atol  # the continuation's default is its own start's
     if atol is None:
         atol = rtol * float(jnp.sqrt(jnp.mean(y**2)))
     atol = float(check_real("atol", atol, low=0.0, low_open=True))
@@ -410,8 +425,51 @@ def sliding_flow(
             break
     else:
         result = RESULTS.max_kink_events
-    return _solution(field, ts, saved, held, S, t, y, event_time, event_mask, result, steps,
-                     counts, rtol, atol, static)
+    sol = _solution(field, ts, saved, held, S, t, y, event_time, event_mask, result, steps,
+                    counts, rtol, atol, static)
+    if result == RESULTS.kink_events_dense and continue_smoothing is not None:
+        return _smoothed_continuation(objective, sol, ts, t1, continue_smoothing, event, rtol,
+                                      given_atol, max_steps, trainable)
+    sol.stats["smoothed_from"] = jnp.asarray(math.inf)
+    return sol
+
+
+def _smoothed_continuation(objective, sol, ts, t1, smoothing, event, rtol, atol, max_steps,
+                           trainable) -> FlowSolution:
+    """`sol`, stopped on dense kink switching, continued to `t1` (or the event) by
+    `gradient_flow` of its weights at kink smoothing `smoothing` (`atol` None: rtol·RMS(θ)
+    where it takes over; the start's, from a tiny init, would stall it on the O(1) part): the
+    saves after its stop, the smoothed flow's result and end; the model (`static`) stays the
+    exact one."""
+    from ._flow import gradient_flow  # _flow's module imports this one's
+
+    t = float(sol.stop_time)
+    done = ts <= t
+    rest = ts[~done]
+    smooth = gradient_flow(
+        objective, with_smoothing(sol.final_params, smoothing), t1, t0=t,
+        saveat=rest if rest.size else np.array([t1]), rtol=rtol, atol=atol, event=event,
+        stop_at_event=True, throw=False, max_steps=max_steps, trainable=trainable,
+    )
+    n = rest.size
+    # ε is a static field, in the trees' structure: the smoothed flow's trees are made exact
+    params, stop_state = (with_smoothing(a, 0.0) for a in (smooth.params, smooth.stop_state))
+
+    def joined(a, b):
+        return jnp.concatenate([jnp.asarray(a)[done], jnp.asarray(b)[:n]])
+
+    stats = dict(sol.stats)
+    for key in ("num_steps", "num_accepted_steps", "num_rejected_steps"):
+        stats[key] = stats[key] + smooth.stats[key]
+    stats["smoothed_from"] = jnp.asarray(t)
+    stats["active_at_stop"] = jnp.asarray(0)  # the smoothed flow slides along none
+    return FlowSolution(
+        ts=jnp.asarray(ts), params=jax.tree.map(joined, sol.params, params),
+        loss=joined(sol.loss, smooth.loss), grad_norm=joined(sol.grad_norm, smooth.grad_norm),
+        norm=joined(sol.norm, smooth.norm), event_time=smooth.event_time,
+        event_mask=smooth.event_mask, stop_time=smooth.stop_time, stop_state=stop_state,
+        steps=None, stats=stats, result=smooth.result, static=sol.static,
+    )
 
 
 def _solution(field, ts, saved, held, S, t, y, event_time, event_mask, result, steps, counts,
