@@ -220,7 +220,7 @@ def test_relu_point_beside_a_kink_rests_only_the_smallest_alpha_flows():
                                 rtol=1e-9)
     assert abs(float(slow.loss[-1]) - point.loss) < 1e-9 * point.loss
     # The first plateau's T is the exact (sliding) H-flow's blow-up: the flow's drop agrees to
-    # 7e−7 at rtol = α/100 (Dopri8 at 1e−5 along the kinks had T 2.4e−5 late; at rtol 1e−8
+    # 5e−7 at rtol = α/100 (Dopri8 at 1e−5 along the kinks had T 2.4e−5 late; at rtol 1e−8
     # the flow's own error is 6e−5).
     mid = 0.5 * (ch.losses[0] + ch.losses[1])
     crossing = crossing_times(near, np.asarray(slow.loss)[:-1], [mid],

@@ -40,6 +40,7 @@ from ..nn._smoothing import with_smoothing
 from ..solvers import AutoStiff
 from ..solvers._base import fill_tolerances
 from ._events import ResolvedBracket, _events, check_event
+from ._flow import gradient_flow
 from ._options import check_t1, default_save_times
 from ._solution import FlowSolution
 
@@ -303,17 +304,17 @@ def sliding_flow(
     events, kinks slid along) every `PROGRESS_SECONDS`; `continue_smoothing`: ε > 0 to go on
     past a stop on dense kink switching (`kink_events_dense`) with `gradient_flow` of the same
     weights at kink smoothing ε (`nn.with_smoothing`; `params0` must then be a `DeepReLU` or a
-    ReLU `TwoLayer`), to `t1` or the event: the smoothed flow is within O(ε) of the sliding
-    one (`DeepReLU`'s `smoothing`), and passes the corners of many kinks where the Filippov
-    weights are ill-conditioned. Default None: stop there, a failure.
+    ReLU `TwoLayer`), to `t1` or the event, at `rtol` and `atol` (None: rtol·RMS(θ) where it
+    takes over): the smoothed flow is within O(ε) of the sliding one (`DeepReLU`'s
+    `smoothing`), and passes the corners of many kinks where the Filippov weights are
+    ill-conditioned. Default None: stop there, a failure.
 
     **Returns:** a `FlowSolution`. `grad_norm` is ‖v‖, the sliding velocity's norm (‖∇L‖
     off the kinks): the Clarke stationarity measure. `stats` adds `kink_crossings`,
     `slides_started`, `slides_ended`, `max_active` (the largest active set) and
-    `active_at_stop` (the kinks slid along where the flow stopped; 0 after a continuation);
-    a continued one
-    `smoothed_from` (the time the smoothed flow took over; +inf if it did not), and its saves
-    after that time are the smoothed net's (`grad_norm`: ‖∇L_ε‖). A run that
+    `active_at_stop` (the kinks slid along where the flow stopped; 0 after a continuation)
+    and `smoothed_from` (the time the smoothed flow took over; +inf if it did not), after
+    which the saves are the smoothed net's (`grad_norm`: ‖∇L_ε‖). A run that
     used up `max_steps`, `max_events` or `max_active`, or whose kink events came too densely
     to reach `t1` within `max_events` (`kink_events_dense`: `DENSE_WINDOW`,
     `DENSE_FACTOR`), is a failure with its reason.
@@ -441,8 +442,6 @@ def _smoothed_continuation(objective, sol, ts, t1, smoothing, event, rtol, atol,
     where it takes over; the start's, from a tiny init, would stall it on the O(1) part): the
     saves after its stop, the smoothed flow's result and end; the model (`static`) stays the
     exact one."""
-    from ._flow import gradient_flow  # _flow's module imports this one's
-
     t = float(sol.stop_time)
     done = ts <= t
     rest = ts[~done]
