@@ -108,6 +108,28 @@ def test_smoothed_relu_band(getkey):
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads(*args))
 
 
+def test_with_smoothing_keeps_the_weights_and_sets_only_the_smoothing():
+    """`nn.with_smoothing`: the same weights (the same arrays), the new ε, the original
+    untouched; the smoothed net differs from the exact one by at most log 2·ε·sⱼ per unit
+    (`smoothed_leaky_relu`), and a net without a ReLU kink is refused."""
+    net = sj.nn.DeepReLU((3, 5, 2), key=jr.key(0))
+    smooth = sj.nn.with_smoothing(net, 0.5)  # wide: exact only where |zⱼ| ≥ 40·ε·sⱼ
+    assert net.smoothing == 0.0 and smooth.smoothing == 0.5
+    assert all(a is b for a, b in zip(net.weights, smooth.weights))
+    x = jr.normal(jr.key(1), (3,))
+    gap = float(jnp.max(jnp.abs(smooth(x) - net(x))))
+    assert 0.0 < gap < 1.0
+    assert sj.nn.with_smoothing(smooth, 0.0)(x).tolist() == net(x).tolist()
+    two = sj.nn.TwoLayer(3, 4, 1, "relu", key=jr.key(2))
+    assert sj.nn.with_smoothing(two, 1e-4).smoothing == 1e-4
+    with pytest.raises(ValueError, match="activation is 'tanh'"):
+        sj.nn.with_smoothing(sj.nn.TwoLayer(3, 4, 1, "tanh", key=jr.key(2)), 1e-4)
+    with pytest.raises(ValueError, match="got a DeepLinear"):
+        sj.nn.with_smoothing(sj.nn.DeepLinear((2, 2), key=jr.key(0)), 1e-4)
+    with pytest.raises(ValueError, match="`smoothing`"):
+        sj.nn.with_smoothing(net, -1.0)
+
+
 def test_smoothed_relu_with_one_live_input():
     """A sample that reaches unit j through one live input k (the other inputs dead, hₖ' = 0
     with pre-activations zₖ' < 0): as wⱼₖ changes sign, zⱼ = wⱼₖhₖ crosses 0. Measured by
