@@ -10,13 +10,11 @@ the next saddle, then takes an error that grows ∝ ‖θ‖ as the flow blows u
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._results import RESULTS
 from ..flow import LossBelow, sliding_flow
-from ..nn._kinks import has_kinks
 from ..theory import escape_speed
 from ..theory._h_flow import BlowupTime
 
@@ -29,11 +27,6 @@ RTOL = 1e-12
 # optimal direction does not blow up (it settled where H ≥ 0, or crawls towards a slower escape).
 HORIZON = 1e4
 MAX_EVENTS = 20_000
-
-
-def kinked(H, theta0) -> bool:
-    """Whether H applies `leaky_relu` (then its flow needs `sliding_flow`)."""
-    return has_kinks(jax.make_jaxpr(H)(theta0).jaxpr)
 
 
 def kinked_blowup_time(H, theta0, order: int, speed: float) -> BlowupTime:

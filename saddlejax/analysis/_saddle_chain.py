@@ -45,7 +45,7 @@ from .._trainable import split_trainable
 from .._validate import check_key, check_real
 from ..flow import CriticalPoint, LossBelow, gradient_flow, sliding_flow
 from ..nn import DeepLinear, DeepReLU, TwoLayer, with_smoothing
-from ..nn._kinks import has_kinks
+from ..nn._kinks import applies_kinks
 from ..theory import (
     blowup_time,
     escape_speed,
@@ -58,7 +58,7 @@ from ..theory import (
 from ..theory._h_flow import solve_h_flow
 from ..theory._taylor import _kth_ray_derivative
 from ._crossings import crossing_times, hermite_interp
-from ._kinked_h_flow import kinked, kinked_blowup_time, kinked_h_flow_at
+from ._kinked_h_flow import kinked_blowup_time, kinked_h_flow_at
 from ._kinks import KinkDescent, kink_descent
 from ._matrices import bottleneck_rank
 from ._ranks import numerical_rank
@@ -602,7 +602,7 @@ def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _E
     # The origin's term with ReLU kinks (the net's own, at order k): only the sliding flow
     # integrates its flow exactly. A later saddle's term is a jet of L, whose kinks at dead
     # units `sliding_flow` cannot locate: Dopri8, relaxed if it chatters.
-    exact = origin_term is not None and kinked(H, pu)
+    exact = origin_term is not None and applies_kinks(H, pu)
     if float(jnp.linalg.norm(pu)) > 0:
         if exact:
             blow = kinked_blowup_time(H, pu, k, s_star)
@@ -651,18 +651,19 @@ def _carried(H, pu, blow, rho, eta, tries, exact) -> np.ndarray:
     did not give up on). Without a blow-up, or where the H-flow cannot be integrated, u less
     its ρ-component, unevolved."""
     pu, rho = np.asarray(pu), np.asarray(rho)
+    end = None
     if blow is not None:
         t = float(blow.time) * (1 - eta)
         if exact:
             end = kinked_h_flow_at(H, pu, t)
-            if end is not None:
-                return end - float(end @ rho) * rho
-        for tols in () if exact else tries:
-            sol = solve_h_flow(H, jnp.asarray(pu), t, saveat=diffrax.SaveAt(t1=True), **tols)
-            if sol.result == diffrax.RESULTS.successful:
-                end = np.asarray(sol.ys[-1])
-                return end - float(end @ rho) * rho
-    return pu - float(pu @ rho) * rho
+        else:
+            for tols in tries:
+                sol = solve_h_flow(H, jnp.asarray(pu), t, saveat=diffrax.SaveAt(t1=True), **tols)
+                if sol.result == diffrax.RESULTS.successful:
+                    end = np.asarray(sol.ys[-1])
+                    break
+    end = pu if end is None else end
+    return end - float(end @ rho) * rho
 
 
 # Inexact Newton for the polish: escape directions at a later saddle come in continua (the
@@ -1019,7 +1020,7 @@ def saddle_chain(
     flow_options.setdefault("max_steps", 100_000)
     f = _FlatLoss(objective, static, unravel)
     if sliding is None:  # a smoothed net keeps the primitive only where it is exact
-        sliding = has_kinks(jax.make_jaxpr(f)(theta).jaxpr) and not getattr(init, "smoothing", 0)
+        sliding = applies_kinks(f, theta) and not getattr(init, "smoothing", 0)
     params_of = f.params
     grad_f = jax.jit(jax.grad(f))
 

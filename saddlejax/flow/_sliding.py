@@ -431,7 +431,6 @@ def sliding_flow(
     if result == RESULTS.kink_events_dense and continue_smoothing is not None:
         return _smoothed_continuation(objective, sol, ts, t1, continue_smoothing, event, rtol,
                                       given_atol, max_steps, trainable)
-    sol.stats["smoothed_from"] = jnp.asarray(math.inf)
     return sol
 
 
@@ -486,6 +485,7 @@ def _solution(field, ts, saved, held, S, t, y, event_time, event_mask, result, s
     params = jax.vmap(field.unravel)(jnp.asarray(saved))
     stats = {k: jnp.asarray(v) for k, v in {**steps, **counts}.items()}
     stats["active_at_stop"] = jnp.asarray(len(S))
+    stats["smoothed_from"] = jnp.asarray(math.inf)  # set by `_smoothed_continuation`
     stats.update(rtol=jnp.asarray(rtol), atol=jnp.asarray(atol))
     return FlowSolution(
         ts=jnp.asarray(ts), params=params, loss=jnp.asarray(loss), grad_norm=jnp.asarray(speed),

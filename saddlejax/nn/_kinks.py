@@ -84,3 +84,8 @@ def has_kinks(jaxpr: Jaxpr) -> bool:
         eqn.primitive is leaky_relu_p or any(has_kinks(sub) for sub in jaxprs_in_params(eqn.params))
         for eqn in jaxpr.eqns
     )
+
+
+def applies_kinks(fn, *args) -> bool:
+    """Whether `fn(*args)` applies `leaky_relu` (`has_kinks` of its traced jaxpr; not run)."""
+    return has_kinks(jax.make_jaxpr(fn)(*args).jaxpr)
