@@ -132,6 +132,21 @@ def test_two_layer_tanh_first_drop(tanh):
     assert errors[1] < 5e-4 and errors[1] < errors[0], errors
 
 
+def test_frozen_leaves_stay_frozen_along_the_paths(tanh):
+    """`trainable`: the paths train only the trainable leaves. With the output weights frozen
+    at θ̃'s (|a| ~ 1) the first-layer chain leaves the origin (k = 2) and its path reaches the
+    loss floor (a path that trains the frozen leaves too ends elsewhere: read back with them
+    restored, at L = 0.0417, "not_followed")."""
+    prob, net, _ = tanh
+    trainable = sj.freeze(net, lambda m: m.a)
+    ch = sj.saddle_chain(prob, net, key=jr.key(0), max_saddles=1, trainable=trainable)
+    assert ch.stop_reason == "loss_floor", ch.stop_reason
+    assert ch.losses[-1] <= 1e-4 * ch.losses[0] * (1 + 1e-4)
+    for saddle in ch.saddles:
+        np.testing.assert_array_equal(saddle.params.a, net.a)
+    np.testing.assert_allclose(float(prob(ch.saddles[-1].params)), ch.losses[-1], rtol=1e-12)
+
+
 @pytest.fixture(scope="module")
 def tanh3():
     """Three outputs, width 12 (more neurons than `n_eig` = 8 bottom pairs)."""

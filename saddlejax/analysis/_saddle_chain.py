@@ -44,8 +44,9 @@ from .._results import RESULTS, NumericalWarning
 from .._trainable import split_trainable
 from .._validate import check_key, check_real
 from ..flow import CriticalPoint, LossBelow, gradient_flow, sliding_flow
-from ..nn import DeepLinear, DeepReLU, TwoLayer, with_smoothing
+from ..nn import DeepLinear, DeepReLU, TwoLayer
 from ..nn._kinks import applies_kinks
+from ..nn._smoothing import has_kink_smoothing
 from ..theory import (
     blowup_time,
     escape_speed,
@@ -741,6 +742,7 @@ def _follow(
             CriticalPoint(config["grad_tol"], loss0 - drop),
             LossBelow(config["loss_floor"] + config["loss_tol"]),
         ),
+        trainable=config["trainable"],
         **config["flow_options"],
     )
     flow = sliding_flow if config["sliding"] else gradient_flow
@@ -897,11 +899,7 @@ def _continuation(init, smoothing) -> float | None:
     if smoothing is None:
         return None
     smoothing = check_real("continue_smoothing", smoothing, low=0.0, high=1.0, low_open=True)
-    try:
-        with_smoothing(init, smoothing)
-    except ValueError:  # not a ReLU net of saddlejax's
-        return None
-    return smoothing
+    return smoothing if has_kink_smoothing(init) else None
 
 
 def _check_args(radius, max_saddles, max_branches, grad_rtol, hess_rtol):

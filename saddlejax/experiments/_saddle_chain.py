@@ -16,6 +16,7 @@ import dataclasses
 import math
 import time
 import warnings
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -210,7 +211,7 @@ def save_times(drops: np.ndarray, mids: np.ndarray, t1: float, n_save: int, n_wi
     return np.clip(np.sort(np.concatenate(parts)), 0.0, t1)
 
 
-class _Flow(eqx.Module):
+class _Flow(NamedTuple):
     """A flow's saves, and why it is not a success (empty: it is)."""
 
     ts: np.ndarray

@@ -9,6 +9,11 @@ from .._validate import check_real
 from ._kinks import relu
 
 
+def has_kink_smoothing(model) -> bool:
+    """Whether `model` is a ReLU net whose kink smoothing `with_smoothing` can set."""
+    return hasattr(model, "smoothing") and getattr(model, "activation", relu) is relu
+
+
 def with_smoothing(model: eqx.Module, smoothing: float) -> eqx.Module:
     """`model` (a `DeepReLU`, or a `TwoLayer` with `activation="relu"`) with its kink smoothing
     ε set to `smoothing` (≥ 0; 0: exact kinks) and its weights unchanged (`smoothed_leaky_relu`:
