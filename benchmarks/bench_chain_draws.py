@@ -1,15 +1,16 @@
 """The deep-linear chain's drops against small-α flows on random draws of one problem.
 
-    python benchmarks/bench_chain_draws.py [--draws 0,0 0,1 1,0 2,0] [--alphas 1e-3 1e-4]
-                                           [--width 10] [--quick]
+    python benchmarks/bench_chain_draws.py [--draws 0,0 0,1 1,0 2,0 3,0 1,1 2,1 3,1]
+                                           [--alphas 1e-3 1e-4] [--width 10] [--quick]
 
 Problem: the `chain-jacot-fig1` preset's (10×10 rank-3 completion, 50 % observed, depth 4) at
 `width` (10: its quick mode), drawn as `seed,problem_seed` (θ̃ and the chain's probes; the
-data). Per draw: `saddle_chain`, then per α the flow from α·θ̃ (rtol α/100, as the preset's
+data). Per draw: `saddle_chain` (the part carried to each later saddle handed over at the
+`alphas`, `carry_alphas`), then per α the flow from α·θ̃ (rtol α/100, as the preset's
 flows: a later plateau's length is set by a part of size ~α carried through the escapes) to
 1.5 × the chain's last predicted drop, saved densely near each predicted drop. Reported: each
-drop's predicted ÷ simulated time − 1 (crossings half-way between the chain's saddle levels):
-the chain's α → 0 prediction against the flows at two α, so whether the error shrinks.
+drop's predicted ÷ simulated time − 1 (crossings half-way between the chain's saddle levels),
+the chain's prediction at each α against the flow at that α.
 """
 
 import time
@@ -34,7 +35,7 @@ def draw_rows(seed: int, problem_seed: int, width: int, alphas) -> list[dict]:
                                problem_seed=problem_seed)
     problem, init = jacot_fig1_problem(config)
     start = time.perf_counter()
-    chain = sj.saddle_chain(problem, init, key=jr.key(seed))
+    chain = sj.saddle_chain(problem, init, key=jr.key(seed), carry_alphas=alphas)
     chain_s = time.perf_counter() - start
     print(f"draw ({seed}, {problem_seed}): chain {chain_s:.1f} s, losses {chain.losses}, "
           f"stop {chain.stop_reason[:40]}", flush=True)
@@ -62,7 +63,8 @@ def draw_rows(seed: int, problem_seed: int, width: int, alphas) -> list[dict]:
 
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--draws", nargs="+", default=["0,0", "0,1", "1,0", "2,0"])
+    p.add_argument("--draws", nargs="+",
+                   default=["0,0", "0,1", "1,0", "2,0", "3,0", "1,1", "2,1", "3,1"])
     p.add_argument("--alphas", type=float, nargs="+", default=[1e-3, 1e-4])
     p.add_argument("--width", type=int, default=10)
     args = p.parse_args(argv)

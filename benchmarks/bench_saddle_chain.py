@@ -47,10 +47,14 @@ def run_seed(
     problem, width, seed, alphas, *, warm_repeat=True, cap_greedy=False, greedy=True, **label
 ) -> dict:
     net = saddlejax.nn.DeepLinear((10, width, width, width, 10), key=jr.key(seed))
-    chain, cold = timed(lambda: saddlejax.saddle_chain(problem, net, key=jr.key(0)))
+    chain, cold = timed(
+        lambda: saddlejax.saddle_chain(problem, net, key=jr.key(0), carry_alphas=alphas)
+    )
     warm = float("nan")
     if warm_repeat:
-        _, warm = timed(lambda: saddlejax.saddle_chain(problem, net, key=jr.key(0)))
+        _, warm = timed(
+            lambda: saddlejax.saddle_chain(problem, net, key=jr.key(0), carry_alphas=alphas)
+        )
     # `cap_greedy`: greedy stops where the chain stopped; a stage past a drift runs to its
     # horizon (minutes) and has no chain saddle to be compared with.
     width_cap = max(1, chain.losses.size - 1) if cap_greedy else None

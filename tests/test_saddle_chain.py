@@ -28,7 +28,7 @@ def _crossings(sol, levels):
 def dln():
     prob = sj.matrix_completion_problem(jr.key(1), n=6, rank=3, observed=0.6)
     net = sj.nn.DeepLinear((6, 8, 8, 6), key=jr.key(2))
-    return prob, net, sj.saddle_chain(prob, net, key=jr.key(0))
+    return prob, net, sj.saddle_chain(prob, net, key=jr.key(0), carry_alphas=(1e-2, 1e-3))
 
 
 def test_dln_chain_is_the_greedy_chain(dln):
@@ -55,13 +55,13 @@ def test_dln_chain_is_the_greedy_chain(dln):
 
 def test_dln_chain_predicts_small_alpha_flows(dln):
     """Plateau levels within 1 % of the chain's saddle losses, and the predicted drop times
-    (α^{−(L−2)}·T per plateau, T the blow-up time of the carried part's H-flow) within a
-    relative error that shrinks with α. Measured (drops 1, 2, 3; both curves interpolated
-    with dL/dt = −‖∇L‖², saved densely near the predicted drops): 0.024, 0.005, 31 % at
-    α = 1e−2; 0.003, 0.033, 4.0 % at 1e−3; 0.013, 0.005, 1.8 % at 1e−4 (rtol 1e−8). The
-    third plateau's bias is the carried part's: its growth at the earlier saddles is taken at
-    leading order."""
+    (α^{−(L−2)}·T per plateau, T the blow-up time of the carried part's H-flow, the part handed
+    over at each α) against the flows'. Measured (drops 1, 2, 3; both curves interpolated with
+    dL/dt = −‖∇L‖², saved densely near the predicted drops): 2.4e−4, 9e−6, 7.5e−3 at
+    α = 1e−2; 2.5e−5, 1.1e−5, 1.5e−4 at 1e−3. The part carried as the H-flow's transverse
+    part at (1 − η)T, untransported, was off by 31 % and 4.0 % at the third drop."""
     prob, net, ch = dln
+    assert [len(s.blowups) for s in ch.saddles[:-1]] == [0, 2, 2]
     errors = []
     for alpha in (1e-2, 1e-3):
         predicted = ch.drop_times(alpha)
@@ -77,8 +77,29 @@ def test_dln_chain_predicts_small_alpha_flows(dln):
         levels = np.interp(mids, np.asarray(sol.ts), np.asarray(sol.loss))
         np.testing.assert_allclose(levels, ch.losses[:-1], rtol=1e-2)
     print(errors)
-    assert np.all(errors[1] < 0.06) and np.all(errors[1][:2] < 2e-3), errors
+    assert np.all(errors[0] < 2e-2) and np.all(errors[1] < 5e-4), errors
     assert np.max(errors[1]) < np.max(errors[0]), errors
+
+
+def test_later_plateaus_on_a_random_deep_net():
+    """Depth 4 (k = 4 at every saddle), a draw on which the part carried untransported (the
+    H-flow's transverse part at (1 − η)T) puts the second and third drops 8.7 % and 34 % late
+    at α = 1e−3: handed over at α through each path and compared with the next saddle modulo
+    the hidden units' rotations, they are within 1.6e−4 and 7.6e−4 of the flow."""
+    prob = sj.matrix_completion_problem(jr.key(0), n=6, rank=3, observed=0.6)
+    net = sj.nn.DeepLinear((6, 6, 6, 6, 6), key=jr.key(12))
+    alpha = 1e-3
+    ch = sj.saddle_chain(prob, net, key=jr.key(0), carry_alphas=(alpha,))
+    assert list(ch.ranks) == [0, 1, 2, 3] and ch.orders[:3] == [4, 4, 4]
+    predicted = ch.drop_times(alpha)
+    t1 = 1.5 * predicted[-1]
+    sol = sj.gradient_flow(
+        prob, sj.init.scale(net, alpha), t1, rtol=alpha / 100,
+        saveat=save_times(predicted, plateau_middles(predicted, t1), t1, 2000, 300),
+    )
+    errors = np.abs(predicted / _crossings(sol, ch.losses) - 1)
+    print(errors)
+    assert np.all(errors < 3e-3), errors
 
 
 def test_tiny_alpha_times(dln):
@@ -407,6 +428,9 @@ def test_converging_paths_are_not_drifts(dln):
         (dict(grad_rtol=0.0), "`grad_rtol`"),
         (dict(carry_eta=0.0), "`carry_eta`"),
         (dict(carry_eta=1.0), "`carry_eta`"),
+        (dict(carry_alphas=()), "`carry_alphas`"),
+        (dict(carry_alphas=(1e-3, 1.5)), "`carry_alphas`"),
+        (dict(carry_alphas=1e-3), "`carry_alphas`"),
         (dict(continue_smoothing=0.0), "`continue_smoothing`"),
     ],
 )

@@ -285,6 +285,40 @@ def test_balanced_factorisation(getkey, rotate):
     np.testing.assert_allclose(err, np.sqrt(np.sum(s[2:] ** 2)), rtol=1e-10)
     for d in sj.balancedness(narrow):
         assert float(jnp.max(jnp.abs(d))) < EXACT * float(s[0])
+    # A matrix of rank 2 up to rounding: its rounding-level singular values would enter the
+    # factors as their 4th roots (1e−4) unless `rank` keeps them out.
+    ws = balanced_dln(a, (4, 4, 4, 4, 4), key=key, rank=2)
+    assert max(int(np.linalg.matrix_rank(np.asarray(w), tol=1e-12)) for w in ws) == 2
+    np.testing.assert_allclose(sj.nn.end_to_end_matrix(ws), a, atol=EXACT * scale)
+    with pytest.raises(ValueError, match="`rank`"):
+        balanced_dln(a, (4, 4, 4), rank=0)
+
+
+def test_balanced_representative_is_on_the_orbit_and_balanced():
+    """`balanced_representative` of a rank-2 net moved along its GL orbit (W_ℓ ↦ G_ℓW_ℓG_{ℓ−1}⁻¹,
+    A unchanged, balancedness not): A is kept, every D_ℓ vanishes, and it is the balanced point
+    nearest the net modulo rotations (the net's own balanced start, rotated, comes back)."""
+    from saddlejax.analysis._alignment import balanced_representative
+
+    getkey = _fixed_draw().__next__
+    a = sj.matrix_completion_problem(getkey(), n=4, rank=2).target
+    widths = (4, 5, 5, 4)
+    start = DeepLinear(widths, key=getkey())
+    start = eqx.tree_at(lambda m: m.weights, start, balanced_dln(a, widths, rank=2))
+    g = [jnp.eye(5) + 0.2 * jr.normal(k, (5, 5)) for k in jr.split(getkey(), 2)]
+    w1, w2, w3 = start.weights
+    moved = eqx.tree_at(lambda m: m.weights, start,
+                        (g[0] @ w1, g[1] @ w2 @ jnp.linalg.inv(g[0]), w3 @ jnp.linalg.inv(g[1])))
+    scale = float(jnp.max(jnp.abs(a)))
+    assert max(float(jnp.max(jnp.abs(d))) for d in sj.balancedness(moved.weights)) > 0.1
+    rep = balanced_representative(moved)
+    np.testing.assert_allclose(rep.matrix(), a, atol=EXACT * scale)
+    assert max(float(jnp.max(jnp.abs(d))) for d in sj.balancedness(rep.weights)) < EXACT * scale
+    rotated = rotate_hidden(start, random_rotations(getkey(), widths))
+    back = balanced_representative(rotated)
+    assert _max_abs(back.weights, rotated.weights) < 1e-9
+    with pytest.raises(ValueError, match="`model`"):
+        balanced_representative(TwoLayer(3, 4, 1, "tanh", key=getkey()))
 
 
 def test_balancedness_conserved_from_balanced_start():
@@ -344,3 +378,31 @@ def test_jit_and_vmap(getkey):
     for i, p in enumerate(perms):
         looped = permute_neurons(ws, 1, p)
         assert _max_abs(jax.tree_util.tree_map(lambda b: b[i], batched), looped) == 0.0
+
+
+def test_gauge_aligned_undoes_a_rotation():
+    """`gauge_aligned` moves a net along its orbit to the point nearest a reference: a rotated
+    net comes back onto the original to round-off, and one that is also ε off the orbit comes
+    back to within ε·‖noise‖ of it — no farther than the exact inverse rotation puts it (the
+    optimum may be nearer). Other nets are refused."""
+    from saddlejax.analysis import gauge_aligned, has_gauge
+
+    getkey = _fixed_draw().__next__
+    net = DeepLinear(WIDTHS, key=getkey())
+    rots = random_rotations(getkey(), WIDTHS)
+    aligned = gauge_aligned(rotate_hidden(net, rots), net)
+    assert _max_abs(aligned.weights, net.weights) < 1e-10
+    noise = tuple(jr.normal(k, w.shape) for k, w in zip(jr.split(getkey(), 3), net.weights))
+    eps = 1e-6
+    moved = eqx.tree_at(lambda m: m.weights, net,
+                        tuple(w + eps * n for w, n in zip(net.weights, noise)))
+    aligned = gauge_aligned(rotate_hidden(moved, rots), net)
+    dist = float(jnp.sqrt(sum(jnp.sum((a - w) ** 2) for a, w in zip(aligned.weights,
+                                                                    net.weights))))
+    bound = eps * float(jnp.sqrt(sum(jnp.sum(n**2) for n in noise)))
+    assert 0.5 * bound < dist <= bound * (1 + 1e-6)
+    assert has_gauge(net) and not has_gauge(TwoLayer(3, 4, 1, "tanh", key=getkey()))
+    with pytest.raises(ValueError, match="`model`"):
+        gauge_aligned(TwoLayer(3, 4, 1, "tanh", key=getkey()), net)
+    with pytest.raises(ValueError, match="`reference`"):
+        gauge_aligned(net, DeepLinear((4, 6, 5, 4), key=getkey()))

@@ -3,6 +3,8 @@ alignment modulo symmetries, escape paths against the engine's flows, Hessian sp
 diagnostics of layered nets (SPEC §2, §5, §7, §8)."""
 
 from ._alignment import (
+    gauge_aligned as gauge_aligned,
+    has_gauge as has_gauge,
     procrustes_rotations as procrustes_rotations,
     rotate_hidden as rotate_hidden,
 )

@@ -23,12 +23,25 @@ does); the plateau's length is (e·log(1/α) − log|c|)/s with c the projection
 exponent of α that u's component has when the flow arrives (1 at the origin; for later k = 2
 saddles, reduced by the growth it had at the earlier ones: the Rayleigh quotient of ∇²L there
 along the new direction — exact when that direction is an eigenvector at every earlier saddle,
-as for shallow DLNs). After an escape, u keeps its part transverse to the followed direction.
+as for shallow DLNs).
+
+**What is carried to the next saddle.** A later plateau's length is set by the part of size α
+that the flow brings to ϑ^{j+1}. The escape does not transport it linearly: components across
+the escape direction grow as the escaping part does (by (T − t)^{μ/((k−2)s)}, μ < 0 an
+eigenvalue of the term's Hessian there), to sizes α^{1+μ/s} ≫ α, and feed the part of size α
+at second order; the largest of them move the flow along the next saddle's orbit of
+symmetries, by O(1). So the chain hands over at amplitude α (`_handed_over`): the term's H-flow
+to the path's radius, the flow of L from there to the next saddle, and the point reached,
+moved along the model's symmetry orbit to ϑ^{j+1} (`gauge_aligned`; DLN: rotations of the
+hidden units), less ϑ^{j+1}, over α. The plateau's T then depends on α (slowly), and is
+computed at each α asked for (`carry_alphas`). For models whose symmetries are not known (and
+on ReLU paths, `sliding`) u keeps the H-flow's part transverse to the followed direction at
+(1 − η)T (`carry_eta`), one T for every α.
 """
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import diffrax
 import equinox as eqx
@@ -58,6 +71,7 @@ from ..theory import (
 )
 from ..theory._h_flow import solve_h_flow
 from ..theory._taylor import _kth_ray_derivative
+from ._alignment import balanced_representative, gauge_aligned, has_gauge
 from ._crossings import crossing_times, hermite_interp
 from ._kinked_h_flow import kinked_blowup_time, kinked_h_flow_at
 from ._kinks import KinkDescent, kink_descent
@@ -100,7 +114,11 @@ class ChainSaddle(eqx.Module):
         direction is slower than s*.
     - `strict`: Prop. 14 at every non-optimal escape direction found (k > 2; None otherwise).
     - `plateau`: how the plateau at ϑ^j lasts at scale α: ("power", k, T) for α^{−(k−2)}·T,
-        ("log", a, b) for a·log(1/α) + b; None at a minimum.
+        ("log", a, b) for a·log(1/α) + b; None at a minimum. T at the smallest of
+        `saddle_chain`'s `carry_alphas`.
+    - `blowups`: ((α, T_α), …) where T depends on α (a later k > 2 plateau: T is the blow-up
+        time of the part of size α carried to ϑ^j, which the escapes before transport
+        nonlinearly, so T_α drifts slowly with α); empty where T is one number.
     - `gap`, `deviation_coefficient`: k = 2: 1 − λ₂/λ₁, with λ₁ = s the followed growth rate
         (−λ_min(∇²L)) and λ₂ the next fastest, −(the most negative eigenvalue outside the
         bottom eigenspace), 0 when there is none; and c₂·c₁^{−λ₂/λ₁}, c₁ and c₂ the sizes of
@@ -136,6 +154,15 @@ class ChainSaddle(eqx.Module):
     gap: float | None = None
     deviation_coefficient: float | None = None
     kink: KinkDescent | None = None
+    blowups: tuple = ()
+
+    def blowup_at(self, alpha: float) -> float:
+        """T of a ("power", k, T) plateau at scale α: `blowups` interpolated linearly in log α
+        (held constant beyond the scales computed), or `plateau`'s T."""
+        if not self.blowups:
+            return self.plateau[2]
+        a, t = np.log([b[0] for b in self.blowups]), np.array([b[1] for b in self.blowups])
+        return float(np.interp(math.log(alpha), a, t))
 
     @property
     def deviation_exponent(self) -> float | None:
@@ -234,7 +261,7 @@ class SaddleChain(eqx.Module):
         for s in self.saddles[: self.n_arrived]:
             kind, *c = s.plateau
             if kind == "power":
-                k, T = c
+                k, T = c[0], s.blowup_at(alpha)
                 with np.errstate(over="ignore"):
                     out.append(np.power(float(alpha), -(k - 2)) * T)
             else:
@@ -253,7 +280,7 @@ class SaddleChain(eqx.Module):
         for j, s in enumerate(self.saddles[: self.n_arrived]):
             kind, *c = s.plateau
             if kind == "power":
-                k, T = c
+                k, T = c[0], s.blowup_at(alpha)
                 log_len = -(k - 2) * math.log(alpha) + math.log(T)
             else:
                 a, b = c
@@ -471,6 +498,7 @@ class _Escape(eqx.Module):
     others: tuple = ()  # other escape directions, for branches
     gap: float | None = None  # 1 − λ₂/λ₁ (k = 2)
     deviation_coefficient: float | None = None  # c₂·c₁^{−λ₂/λ₁} (k = 2)
+    project: Callable | None = None  # P_N, onto the directions the term lives on (k > 2)
 
 
 def _strict_escape(curv, u, degenerate_rtol) -> _Escape:
@@ -631,7 +659,7 @@ def _restricted_escape(f, x, curv, u, origin_term, invariant, config, key) -> _E
     return _Escape(
         k, term.next_order, curv.positive is not None, H, s_star,
         rho, rho_speed, optimal, strict,
-        None if blow is None else float(blow.time), None, carried, others,
+        None if blow is None else float(blow.time), None, carried, others, project=P,
     )
 
 
@@ -891,6 +919,89 @@ def _polish(f, grad_f, x, grad_tol, max_steps=8):
 
 
 # ---------------------------------------------------------------------------------------------
+# the small part carried through a path
+
+
+def _blowups(esc, carried: dict) -> dict | None:
+    """T per α: the blow-up time of the H-flow from each scale's carried part (the smallest
+    scale's is the escape's own); None where one does not blow up."""
+    out = {}
+    for alpha, u in carried.items():
+        if alpha == min(carried):
+            out[alpha] = esc.blowup
+            continue
+        blow = blowup_time(esc.H, esc.project(jnp.asarray(u)), order=esc.order, throw=False,
+                           **_TIGHT_TOLERANCES)
+        if blow.result != RESULTS.successful:
+            return None
+        out[alpha] = float(blow.time)
+    return out
+
+
+def _handed_over(objective, params_of, x, esc, u, blowup, alpha, x_next, loss_j, path, config):
+    """The part of size α that the flow from α·θ̃ carries to ϑ^{j+1}, at unit scale: the
+    term's H-flow from the carried part u at ϑ^j to where α·ψ reaches the path's radius r₀
+    (the term dominates L there), then the flow of L from ϑ^j + α·ψ to the next critical
+    point; that point moved along the model's symmetry orbit to ϑ^{j+1} (`gauge_aligned`),
+    less ϑ^{j+1}, over α. The transport is nonlinear at amplitude α: the flow's components
+    that grow along the escape (of sizes α^{1+μ/s}, μ < 0 an eigenvalue of the term's Hessian
+    across the escape direction) feed the part of size α at second order. None where a solve
+    fails or the flow arrives at another point.
+
+    **Returns:** the carried part and the path-clock time τ (path j's, τ = 0 where its H-path
+    is O(1)) at which it was read: the next plateau lasts τ + α^{−(k'−2)}·T(part)."""
+    k, s = esc.order, esc.rho_speed
+    eta = (alpha / config["radius"]) ** (k - 2) / ((k - 2) * s * blowup)
+    psi = esc.project(jnp.asarray(u))
+    tau0 = -(alpha ** (-(k - 2))) * blowup * min(eta, 1.0)  # the start, in path j's clock
+    if eta < 1:  # else α·u is already past r₀: the flow of L starts there
+        h = solve_h_flow(esc.H, psi, blowup * (1 - eta), saveat=diffrax.SaveAt(t1=True),
+                         **_TIGHT_TOLERANCES)
+        if h.result != diffrax.RESULTS.successful:
+            return None
+        psi = h.ys[-1]
+    options = dict(config["flow_options"])
+    options.pop("atol", None)  # rtol·RMS(θ₀): the part of size α is resolved to rtol/α
+    options["rtol"] = min(float(options.get("rtol", 1e-6)), _HANDOVER_RTOL, 1e-3 * alpha)
+    t1 = 4.0 * (path.arrival_time - path.start_time) - 2.0 * tau0
+    sol = gradient_flow(
+        objective, params_of(x + alpha * psi), t1, saveat=np.geomspace(t1 * 1e-4, t1, 256),
+        throw=False, trainable=config["trainable"], **options,
+    )
+    if sol.result != RESULTS.successful:
+        return None
+    # Read where ‖∇L‖ is least between the drop's half-way level and the next drop: the
+    # decaying stable part has gone and the part of size α has not yet grown (by the next
+    # plateau's own H-flow, α^{k−1}-slow).
+    loss, loss_next = np.asarray(sol.loss), float(config["loss_of"](x_next))
+    drop = loss_j - loss_next
+    arrived = np.flatnonzero(loss < loss_next + 0.5 * drop)
+    left = np.flatnonzero(loss < loss_next - 1e-3 * drop)
+    if not arrived.size:
+        return None
+    grad = np.asarray(sol.grad_norm)[: left[0] if left.size else loss.size]
+    if grad.size <= arrived[0]:
+        return None
+    i = arrived[0] + int(np.argmin(grad[arrived[0]:]))
+    end = sol.params_at(i)
+    aligned = _flat(gauge_aligned(end, params_of(x_next)), config["trainable"])
+    carried = (aligned - x_next) / alpha
+    if not alpha * float(jnp.linalg.norm(carried)) <= _ARRIVED_RTOL * float(
+        jnp.linalg.norm(x_next - x)
+    ):
+        return None
+    return np.asarray(carried), tau0 + float(sol.ts[i])
+
+
+# The handover's flow resolves the part of size α to rtol/α of itself (its solve at α/1000);
+# 1e−8 at least, as the paths' own polish.
+_HANDOVER_RTOL = 1e-8
+# The handover arrived at the chain's next point when the aligned distance is below this
+# fraction of ‖ϑ^{j+1} − ϑ^j‖ (the carried part is O(α); another critical point is O(1) away).
+_ARRIVED_RTOL = 0.1
+
+
+# ---------------------------------------------------------------------------------------------
 # the chain
 
 
@@ -900,6 +1011,19 @@ def _continuation(init, smoothing) -> float | None:
         return None
     smoothing = check_real("continue_smoothing", smoothing, low=0.0, high=1.0, low_open=True)
     return smoothing if has_kink_smoothing(init) else None
+
+
+def _check_alphas(alphas) -> list[float]:
+    try:
+        out = sorted(float(a) for a in alphas)
+    except TypeError:
+        raise ValueError(f"`carry_alphas` must be a sequence of scales, got {alphas!r}.") from None
+    if not out or not all(0 < a < 1 for a in out) or len(set(out)) < len(out):
+        raise ValueError(
+            f"`carry_alphas` must be distinct scales in (0, 1), got {alphas!r}: the α's whose "
+            "flows the chain predicts, e.g. (1e-3, 1e-4)."
+        )
+    return out
 
 
 def _check_args(radius, max_saddles, max_branches, grad_rtol, hess_rtol):
@@ -943,6 +1067,7 @@ def saddle_chain(
     trainable=eqx.is_inexact_array,
     sliding: bool | None = None,
     carry_eta: float = 1e-4,
+    carry_alphas: Sequence[float] = (1e-4,),
     continue_smoothing: float | None = 1e-4,
     **flow_options,
 ) -> SaddleChain:
@@ -989,11 +1114,19 @@ def saddle_chain(
         `init` is not a smoothed net (`smoothing` > 0). A path that arrives at a critical
         point of the sliding flow on a kink (Clarke-critical, not a critical point of a smooth
         piece) ends the chain there, as "on_kinks": its Taylor terms do not classify it.
-    - `carry_eta`: η of the part carried past a k > 2 escape: the H-flow's part transverse
-        to the followed direction at (1 − η)·T (module docstring). The flow from α·θ̃ hands
-        over at η ~ α; the carried part settles as η → 0, but too small an η is within the
-        blow-up's own error, where the followed direction's misalignment, times the radius,
-        swamps it (`benchmarks/bench_relu_chain_drops.py --carry-etas`).
+    - `carry_eta`: where no handover is made (`carry_alphas`), η of the part carried past a
+        k > 2 escape: the H-flow's part transverse to the followed direction at (1 − η)·T
+        (module docstring). The flow from α·θ̃ hands over at η ~ α; the carried part settles
+        as η → 0, but too small an η is within the blow-up's own error, where the followed
+        direction's misalignment, times the radius, swamps it
+        (`benchmarks/bench_relu_chain_drops.py --carry-etas`).
+    - `carry_alphas`: the scales α at which the part carried past each k > 2 escape is
+        moved through the path (`_handed_over`: the escape's H-flow to the path's radius, then
+        the flow of L at that amplitude, compared with the next saddle modulo the model's
+        symmetries), for models whose symmetries `gauge_aligned` knows (`DeepLinear`) and
+        smooth paths. A later plateau's T depends on α through that part, slowly
+        (`ChainSaddle.blowups`): give the α's the predictions are for. Elsewhere, and where a
+        handover fails (warned), the part is `carry_eta`'s, one T for every α.
     - `continue_smoothing`: with `sliding`, where a path's sliding flow stops on dense kink
         switching (`kink_events_dense`: kinks of units still tiny meet at a corner), it goes on
         as the flow of the same weights at this kink smoothing ε (`sliding_flow`'s
@@ -1023,7 +1156,15 @@ def saddle_chain(
     grad_f = jax.jit(jax.grad(f))
 
     x = jnp.zeros_like(theta)
-    u = np.asarray(theta)  # the small part at unit scale: the flow starts at α·θ̃
+    alphas = _check_alphas(carry_alphas)
+    # The small part at unit scale, per α: the flow starts at α·θ̃. Carried through the paths
+    # at amplitude α where the model's symmetries are known (`_handed_over`).
+    carried = {a: np.asarray(theta) for a in alphas}
+    offsets = dict.fromkeys(alphas, 0.0)  # the path-clock time each part was read at
+    handover = has_gauge(init) and not sliding and not jax.tree_util.tree_leaves(
+        eqx.filter(static, eqx.is_array)
+    )
+    u, per_alpha = carried[alphas[0]], False
     loss0 = float(f(x))
     tol = 1e-4 * abs(loss0) if loss_tol is None else loss_tol
     config = dict(
@@ -1033,7 +1174,7 @@ def saddle_chain(
         carry_eta=check_real("carry_eta", carry_eta, low=0.0, high=1.0, low_open=True,
                              high_open=True),
         continue_smoothing=_continuation(init, continue_smoothing),
-        trainable=trainable,
+        trainable=trainable, loss_of=f,
     )
     saddles: list[ChainSaddle] = []
     paths: list[ChainPath] = []
@@ -1091,7 +1232,20 @@ def saddle_chain(
                         f, x, hess_rtol=factor * hess_rtol, dense_max=dense_max, n_eig=n_eig,
                         max_positive=max_positive, key=k_curv,
                     )
-        saddle = _classified(point, curv, esc, f, x, log_stages)
+        blowups = None
+        if per_alpha and esc is not None and esc.order > 2 and esc.blowup is not None:
+            blowups = _blowups(esc, carried)
+            if blowups is None:
+                warnings.warn(
+                    "the H-flow of a carried part did not blow up at every `carry_alphas`: this "
+                    "saddle's plateau length is the smallest α's at every α.",
+                    NumericalWarning, stacklevel=2,
+                )
+        # The plateau lasts τ + α^{−(k−2)}·T from where its part was read (path-clock τ).
+        lengths = None if blowups is None else {
+            a: t + a ** (esc.order - 2) * offsets[a] for a, t in blowups.items()
+        }
+        saddle = _classified(point, curv, esc, f, x, log_stages, lengths)
         saddles.append(saddle)
         if esc is None:
             stop_reason = "minimum"
@@ -1122,8 +1276,34 @@ def saddle_chain(
                 grad_norm=float(jnp.linalg.norm(grad_f(end_x))), rank=int(rank(end)),
                 n_params=int(x.size)), "diverging" if diverged else "not_reached"))
             break
-        x = _flat(end, trainable)
-        u = esc.carried if esc.carried is not None else u - float(u @ esc.rho) * esc.rho
+        if handover:  # the flows reach the balanced point of the saddle's GL-orbit
+            end = balanced_representative(end)
+        x_next = _flat(end, trainable)
+        handed = None
+        if (handover and esc.order > 2 and esc.blowup is not None
+                and float(f(x_next)) > (loss_floor + tol) * (1 + 1e-4)):
+            handed = {}
+            for a in alphas:
+                handed[a] = _handed_over(
+                    objective, params_of, x, esc, carried[a], (blowups or {}).get(a, esc.blowup),
+                    a, x_next, loss_j, path, config,
+                )
+            if any(c is None for c in handed.values()):
+                handed = None
+                warnings.warn(
+                    "the part carried through a path could not be handed over at every "
+                    "`carry_alphas` (a solve failed, or the flow at that amplitude arrived "
+                    "elsewhere): the next plateau's length comes from `carry_eta`.",
+                    NumericalWarning, stacklevel=2,
+                )
+        if handed is None:
+            u = esc.carried if esc.carried is not None else u - float(u @ esc.rho) * esc.rho
+            carried, offsets = dict.fromkeys(alphas, u), dict.fromkeys(alphas, 0.0)
+        else:
+            carried = {a: c for a, (c, _) in handed.items()}
+            offsets = {a: tau for a, (_, tau) in handed.items()}
+        per_alpha = handed is not None
+        x, u = x_next, carried[alphas[0]]
         if not np.linalg.norm(u) > 0:
             warnings.warn(
                 "the carried small part is 0 after an escape: the next direction is the "
@@ -1198,7 +1378,7 @@ def _unclassified(point, kind, curv=None) -> ChainSaddle:
     )
 
 
-def _classified(point, curv, esc, f, x, log_stages) -> ChainSaddle:
+def _classified(point, curv, esc, f, x, log_stages, blowups=None) -> ChainSaddle:
     """A critical point with its curvature and (for a saddle) how it is left."""
     if esc is None:
         return _unclassified(point, "minimum", curv)
@@ -1206,6 +1386,8 @@ def _classified(point, curv, esc, f, x, log_stages) -> ChainSaddle:
         a, b = _log_plateau(f, x, esc, log_stages)
         plateau = ("log", a, b)
         log_stages.append((x, a, b))
+    elif blowups:
+        plateau = ("power", esc.order, blowups[min(blowups)])
     else:
         plateau = ("power", esc.order, esc.blowup if esc.blowup is not None else math.nan)
     return ChainSaddle(
@@ -1216,6 +1398,7 @@ def _classified(point, curv, esc, f, x, log_stages) -> ChainSaddle:
         degenerate=esc.multiplicity > 1 or esc.rho_speed < esc.speed * (1 - 1e-6),
         strict=esc.strict, plateau=plateau, gap=esc.gap,
         deviation_coefficient=esc.deviation_coefficient,
+        blowups=() if blowups is None else tuple(sorted(blowups.items())),
     )
 
 

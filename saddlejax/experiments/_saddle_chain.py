@@ -194,7 +194,7 @@ def _chain(config, problem, init):
     return sj.saddle_chain(
         problem, init, key=jr.key(config.seed), max_saddles=config.max_saddles,
         max_branches=config.max_branches, radius=config.radius, loss_tol=config.loss_tol,
-        continue_smoothing=config.continue_smoothing or None,
+        continue_smoothing=config.continue_smoothing or None, carry_alphas=config.alphas,
     )
 
 

@@ -243,10 +243,11 @@ def balanced_dln(
     widths: Sequence[int],
     *,
     key: PRNGKeyArray | None = None,
+    rank: int | None = None,
 ) -> tuple[Float[Array, "n_out n_in"], ...]:
     """A balanced factorisation W_L ⋯ W_1 of a matrix A.
 
-    With the SVD A = U Σ Vᵀ and k = min(n_0, …, n_L) (the narrowest layer),
+    With the SVD A = U Σ Vᵀ and k = min(n_0, …, n_L) (the narrowest layer; at most `rank`),
     W_1 = O_1 I(Σ_k^{1/L} V_kᵀ), W_ℓ = O_ℓ I(Σ_k^{1/L}) O_{ℓ−1}ᵀ, W_L = I(U_k Σ_k^{1/L}) O_{L−1}ᵀ,
     where I pads with zeros to the layer's shape (the inclusion of the width-k factorisation,
     Jacot et al. §2.2 and App. B.2) and O_ℓ is a rotation. Then
@@ -261,6 +262,8 @@ def balanced_dln(
     - `widths`: the layer sizes (n_0, n_1, …, n_L).
     - `key`: if given, the O_ℓ are Haar-random (`random_rotations`); otherwise O_ℓ = I and the
         factors are the zero-padded diagonal ones.
+    - `rank`: keep at most this many singular values (A's numerical rank: a singular value at
+        rounding, 1e−16·σ₁, would enter the factors as its L-th root, 1e−4·σ₁^{1/L} at L = 4).
 
     **Returns:** the weights (W_1, …, W_L) as a tuple.
 
@@ -276,13 +279,14 @@ def balanced_dln(
         )
     if not jnp.issubdtype(a.dtype, jnp.floating):
         a = a.astype(jnp.result_type(float))
-    return _balanced(a, widths, key)
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"`rank` must be a positive int, got {rank!r}.")
+    return _balanced(a, widths, key, min(widths) if rank is None else min(min(widths), rank))
 
 
 @eqx.filter_jit
-def _balanced(a, widths, key):
+def _balanced(a, widths, key, k):
     depth = len(widths) - 1
-    k = min(widths)
     u, s, vt = jnp.linalg.svd(a, full_matrices=False)
     c = s[:k] ** (1.0 / depth)
     weights = []
@@ -335,7 +339,7 @@ def random_balanced_dln(
 def _random_balanced(widths, key, std, dtype):
     k_matrix, k_rot = jr.split(key)
     a = jr.normal(k_matrix, (widths[-1], widths[0]), dtype)
-    weights = _balanced(a, widths, k_rot)
+    weights = _balanced(a, widths, k_rot, min(widths))
     total = sum(jnp.sum(w**2) for w in weights)
     count = sum(w.size for w in weights)
     factor = std / jnp.sqrt(total / count)
