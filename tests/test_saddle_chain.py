@@ -33,12 +33,14 @@ def dln():
 
 def test_dln_chain_is_the_greedy_chain(dln):
     """Depth 3: the chain's saddles are the greedy algorithm's (same losses to 1e−5: both
-    converge to the same critical points to ‖∇L‖ ≤ 1e−8), of rank 0, 1, 2, 3; the origin's
+    converge to the same critical points to ‖∇L‖ ≤ 1e−8; the last point, where both cross the
+    loss floor 1e−4·L(0), to 1e−4: a crossing located to ~1e−5), of rank 0, 1, 2, 3; the origin's
     term has k = L = 3, m = 2L; later saddles are left through the Hessian's null space with
     k = 3 (Jacot et al. Remark 6), and the DLN speed at the origin is s* = L^{−(L−2)/2}σ_1(G)."""
     prob, net, ch = dln
     greedy = sj.greedy_low_rank(prob, 3)
-    np.testing.assert_allclose(ch.losses, greedy.losses, rtol=1e-5)
+    np.testing.assert_allclose(ch.losses[:-1], greedy.losses[:-1], rtol=1e-5)
+    np.testing.assert_allclose(ch.losses[-1], greedy.losses[-1], rtol=1e-4)
     assert list(ch.ranks) == [0, 1, 2, 3]
     assert ch.stop_reason == "loss_floor"
     first, *later = ch.saddles[:-1]

@@ -50,7 +50,7 @@ class SaddleChainConfig:
     flows pass kinks they slide along).
     `alphas`: the scales of the flows from α·θ̃ checked against the chain, distinct, in
     (10⁻¹⁰, 1) (two-layer-tanh: (10⁻⁶⁰, 1), its plateaus last log(1/α)), sorted here largest
-    first.
+    first; also the chain's `carry_alphas` (its later plateaus are predicted at each).
     `radius`, `max_saddles`, `max_branches`, `loss_tol` (None: 1e−4·L(0)): of `saddle_chain`.
     `rtol`, `max_steps`: of the flows (a flow that reaches `max_steps` is a reported failure);
     where the origin's term has order k > 2 the flow at α uses min(`rtol`, α/100): the plateaus
