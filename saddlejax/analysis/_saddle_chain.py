@@ -33,8 +33,10 @@ at second order; the largest of them move the flow along the next saddle's orbit
 symmetries, by O(1). So the chain hands over at amplitude α (`_handed_over`): the term's H-flow
 to the path's radius, the flow of L from there to the next saddle, and the point reached,
 moved along the model's symmetry orbit to ϑ^{j+1} (`gauge_aligned`; DLN: rotations of the
-hidden units), less ϑ^{j+1}, over α. The plateau's T then depends on α (slowly), and is
-computed at each α asked for (`carry_alphas`). For models whose symmetries are not known (and
+hidden units), less ϑ^{j+1}, over α, with ϑ^{j+1} taken at the balanced point of its orbit
+under GL(n_ℓ) (`balanced_representative`), where the flows, which conserve balancedness,
+arrive. The plateau's T then depends on α (slowly), and is computed at each α asked for
+(`carry_alphas`). For models whose symmetries are not known (and
 on ReLU paths, `sliding`) u keeps the H-flow's part transverse to the followed direction at
 (1 − η)T (`carry_eta`), one T for every α.
 """
@@ -118,7 +120,8 @@ class ChainSaddle(eqx.Module):
         `saddle_chain`'s `carry_alphas`.
     - `blowups`: ((α, T_α), …) where T depends on α (a later k > 2 plateau: T is the blow-up
         time of the part of size α carried to ϑ^j, which the escapes before transport
-        nonlinearly, so T_α drifts slowly with α); empty where T is one number.
+        nonlinearly, so T_α drifts slowly with α; plus α^{k−2}·τ, τ the path-clock time at
+        which that part was read); empty where T is one number.
     - `gap`, `deviation_coefficient`: k = 2: 1 − λ₂/λ₁, with λ₁ = s the followed growth rate
         (−λ_min(∇²L)) and λ₂ the next fastest, −(the most negative eigenvalue outside the
         bottom eigenspace), 0 when there is none; and c₂·c₁^{−λ₂/λ₁}, c₁ and c₂ the sizes of
@@ -1124,9 +1127,11 @@ def saddle_chain(
         moved through the path (`_handed_over`: the escape's H-flow to the path's radius, then
         the flow of L at that amplitude, compared with the next saddle modulo the model's
         symmetries), for models whose symmetries `gauge_aligned` knows (`DeepLinear`) and
-        smooth paths. A later plateau's T depends on α through that part, slowly
-        (`ChainSaddle.blowups`): give the α's the predictions are for. Elsewhere, and where a
-        handover fails (warned), the part is `carry_eta`'s, one T for every α.
+        smooth paths (at an α so large that α·u is past the radius already, the flow of L
+        starts at α·u, and runs the plateau itself, short at such α). A later plateau's T
+        depends on α through that part, slowly (`ChainSaddle.blowups`): give the α's the
+        predictions are for. Elsewhere, and where a handover fails (warned), the part is
+        `carry_eta`'s, one T for every α.
     - `continue_smoothing`: with `sliding`, where a path's sliding flow stops on dense kink
         switching (`kink_events_dense`: kinks of units still tiny meet at a corner), it goes on
         as the flow of the same weights at this kink smoothing ε (`sliding_flow`'s
