@@ -941,7 +941,9 @@ def _blowups(esc, carried: dict) -> dict | None:
     return out
 
 
-def _handed_over(objective, params_of, x, esc, u, blowup, alpha, x_next, loss_j, path, config):
+def _handed_over(
+    objective, params_of, x, esc, u, blowup, alpha, x_next, loss_j, loss_next, path, config
+):
     """The part of size α that the flow from α·θ̃ carries to ϑ^{j+1}, at unit scale: the
     term's H-flow from the carried part u at ϑ^j to where α·ψ reaches the path's radius r₀
     (the term dominates L there), then the flow of L from ϑ^j + α·ψ to the next critical
@@ -976,7 +978,7 @@ def _handed_over(objective, params_of, x, esc, u, blowup, alpha, x_next, loss_j,
     # Read where ‖∇L‖ is least between the drop's half-way level and the next drop: the
     # decaying stable part has gone and the part of size α has not yet grown (by the next
     # plateau's own H-flow, α^{k−1}-slow).
-    loss, loss_next = np.asarray(sol.loss), float(config["loss_of"](x_next))
+    loss = np.asarray(sol.loss)
     drop = loss_j - loss_next
     arrived = np.flatnonzero(loss < loss_next + 0.5 * drop)
     left = np.flatnonzero(loss < loss_next - 1e-3 * drop)
@@ -1172,6 +1174,7 @@ def saddle_chain(
     u, per_alpha = carried[alphas[0]], False
     loss0 = float(f(x))
     tol = 1e-4 * abs(loss0) if loss_tol is None else loss_tol
+    floor = (loss_floor + tol) * (1 + 1e-4)  # the floor event, located to ~1e−5
     config = dict(
         radius=radius * norm0, min_drop=min_drop, loss_floor=loss_floor, loss_tol=tol,
         taylor_rtol=taylor_rtol, max_order=max_order, n_restarts=n_restarts, n_save=n_save,
@@ -1179,7 +1182,7 @@ def saddle_chain(
         carry_eta=check_real("carry_eta", carry_eta, low=0.0, high=1.0, low_open=True,
                              high_open=True),
         continue_smoothing=_continuation(init, continue_smoothing),
-        trainable=trainable, loss_of=f,
+        trainable=trainable,
     )
     saddles: list[ChainSaddle] = []
     paths: list[ChainPath] = []
@@ -1192,7 +1195,7 @@ def saddle_chain(
         here = params_of(x)
         point = dict(params=here, loss=loss_j, grad_norm=float(jnp.linalg.norm(grad_f(x))),
                      rank=int(rank(here)), n_params=int(x.size))
-        if loss_j <= (loss_floor + tol) * (1 + 1e-4):  # the floor event, located to ~1e−5
+        if loss_j <= floor:
             saddles.append(_unclassified(point, "loss_floor"))
             stop_reason = "loss_floor"
             break
@@ -1284,14 +1287,14 @@ def saddle_chain(
         if handover:  # the flows reach the balanced point of the saddle's GL-orbit
             end = balanced_representative(end)
         x_next = _flat(end, trainable)
+        loss_next = float(f(x_next))
         handed = None
-        if (handover and esc.order > 2 and esc.blowup is not None
-                and float(f(x_next)) > (loss_floor + tol) * (1 + 1e-4)):
+        if handover and esc.order > 2 and esc.blowup is not None and loss_next > floor:
             handed = {}
             for a in alphas:
                 handed[a] = _handed_over(
                     objective, params_of, x, esc, carried[a], (blowups or {}).get(a, esc.blowup),
-                    a, x_next, loss_j, path, config,
+                    a, x_next, loss_j, loss_next, path, config,
                 )
             if any(c is None for c in handed.values()):
                 handed = None
